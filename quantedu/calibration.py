@@ -1,0 +1,132 @@
+"""Calibration plumbing shared by GPTQ, AWQ and the importance matrix.
+
+Layer-wise methods see a model one decoder block at a time: capture what enters the first block,
+then for each block (1) observe the inputs of its linear layers, (2) change the block, (3) run it to
+produce the next block's inputs. ``sequential_blocks`` does exactly that, keeping one block's
+inputs in memory, in the order of the GPTQ reference (``llama.py``'s ``llama_sequential``).
+
+Which inputs feed block ``i+1`` is a real choice:
+
+* ``quantized_inputs=True`` (default, what GPTQ's reference and llm-compressor do): block ``i+1``
+  is calibrated on the outputs of the already-quantized block ``i``, so it can compensate for the
+  error that earlier blocks introduced.
+* ``quantized_inputs=False``: every block sees the outputs of the full-precision model, so each
+  block's problem is independent of the others (what the original AWQ code does).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook: nothing after the first block needs to run."""
+
+
+def decoder_layers(model) -> nn.ModuleList:
+    """The list of decoder blocks of a causal LM (Llama, Mistral, Qwen, ... keep them at model.model.layers)."""
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise TypeError(
+            f"{type(model).__name__} does not keep its decoder blocks at model.model.layers; "
+            "the layer-wise methods support Llama-style causal LMs"
+        )
+    return layers
+
+
+def _first_tensor(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@torch.no_grad()
+def capture_block_inputs(model, batches: torch.Tensor) -> tuple[list[torch.Tensor], dict]:
+    """Hidden states entering block 0 for each calibration row, and the keyword arguments
+    (position embeddings, attention mask, ...) that every block is called with.
+
+    All rows have the same length, so one set of keyword arguments serves them all.
+    """
+    if batches.dim() != 2:
+        raise ValueError(f"expected token ids of shape (n_samples, seq_len), got {tuple(batches.shape)}")
+    layers = decoder_layers(model)
+    device = next(model.parameters()).device
+    inputs: list[torch.Tensor] = []
+    shared_kwargs: dict = {}
+
+    def hook(_module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        inputs.append(hidden.detach())
+        if not shared_kwargs:
+            shared_kwargs.update({k: v for k, v in kwargs.items() if k != "hidden_states"})
+        raise _StopForward
+
+    handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for row in batches:
+            try:
+                model(row.unsqueeze(0).to(device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    shared_kwargs["use_cache"] = False
+    shared_kwargs.pop("past_key_values", None)
+    shared_kwargs.pop("past_key_value", None)
+    return inputs, shared_kwargs
+
+
+@torch.no_grad()
+def run_block(block: nn.Module, inputs: list[torch.Tensor], kwargs: dict) -> list[torch.Tensor]:
+    """Outputs of one decoder block for each input."""
+    return [_first_tensor(block(x, **kwargs)) for x in inputs]
+
+
+def linear_layers(module: nn.Module) -> dict[str, nn.Linear]:
+    """The nn.Linear layers inside ``module`` by their relative names (e.g. ``self_attn.q_proj``)."""
+    return {name: m for name, m in module.named_modules() if isinstance(m, nn.Linear)}
+
+
+@contextmanager
+def observe_linear_inputs(module: nn.Module, callback: Callable[[str, torch.Tensor], None], names=None):
+    """Call ``callback(name, x)`` with the 2-D input ``(tokens, in_features)`` of each linear layer
+    of ``module`` every time it runs (for Hessians, activation statistics, importance matrices)."""
+    handles = []
+    for name, layer in linear_layers(module).items():
+        if names is not None and name not in names:
+            continue
+
+        def hook(_m, args, _out, name=name):
+            x = args[0].detach()
+            callback(name, x.reshape(-1, x.shape[-1]))
+
+        handles.append(layer.register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def sequential_blocks(
+    model,
+    batches: torch.Tensor,
+    process_block: Callable[[int, nn.Module, list[torch.Tensor], dict], None],
+    quantized_inputs: bool = True,
+    desc: str = "blocks",
+) -> None:
+    """Run ``process_block(index, block, inputs, kwargs)`` on every decoder block in order.
+
+    ``process_block`` changes the block in place (e.g. replaces its weights by quantized ones);
+    the next block's inputs are then the outputs of the changed block, or of the original block
+    when ``quantized_inputs=False``.
+    """
+    inputs, kwargs = capture_block_inputs(model, batches)
+    for index, block in enumerate(tqdm(decoder_layers(model), desc=desc)):
+        original_outputs = None if quantized_inputs else run_block(block, inputs, kwargs)
+        process_block(index, block, inputs, kwargs)
+        inputs = run_block(block, inputs, kwargs) if quantized_inputs else original_outputs

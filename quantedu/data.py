@@ -1,0 +1,96 @@
+"""Text for calibration and evaluation.
+
+* ``"pydoc"`` (offline): the help topics that ship with every Python, ``pydoc_data.topics`` —
+  about 113k tokens of English technical prose with code. No download needed.
+* ``"wikitext2"`` (online): wikitext-2-raw-v1 through ``datasets``, the set GPTQ/AWQ papers use.
+
+The split into calibration and evaluation parts is deterministic and never overlaps: for pydoc,
+each help topic goes wholly to one side by a hash of its name; for wikitext2, calibration comes
+from the train split and evaluation from the test split.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+CORPORA = ("pydoc", "wikitext2")
+EVAL_FRACTION = 0.3
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    calibration: str
+    evaluation: str
+
+    def __repr__(self) -> str:
+        return (
+            f"Corpus({self.name!r}: calibration {len(self.calibration):,} chars, "
+            f"evaluation {len(self.evaluation):,} chars)"
+        )
+
+
+def _goes_to_evaluation(topic: str) -> bool:
+    digest = hashlib.sha256(topic.encode()).digest()
+    return digest[0] < 256 * EVAL_FRACTION
+
+
+def _pydoc() -> Corpus:
+    from pydoc_data.topics import topics
+
+    calibration = [text for key, text in topics.items() if not _goes_to_evaluation(key)]
+    evaluation = [text for key, text in topics.items() if _goes_to_evaluation(key)]
+    return Corpus("pydoc", "\n\n".join(calibration), "\n\n".join(evaluation))
+
+
+def _wikitext2() -> Corpus:
+    try:
+        from datasets import load_dataset
+
+        ds = load_dataset("wikitext", "wikitext-2-raw-v1")
+    except Exception as exc:  # noqa: BLE001 - datasets raises many kinds when offline
+        raise RuntimeError(
+            "wikitext2 needs the Hugging Face hub (pip install datasets, and a network). "
+            "Offline, use load_corpus('pydoc'); for a workshop run `quantedu prepare` while online. "
+            f"Cause: {exc.__class__.__name__}: {exc}"
+        ) from exc
+    return Corpus("wikitext2", "".join(ds["train"]["text"]), "".join(ds["test"]["text"]))
+
+
+@lru_cache(maxsize=4)
+def load_corpus(name: str = "pydoc") -> Corpus:
+    """The named corpus, split into non-overlapping calibration and evaluation text."""
+    if name == "pydoc":
+        return _pydoc()
+    if name == "wikitext2":
+        return _wikitext2()
+    raise ValueError(f"unknown corpus {name!r}; choose one of {CORPORA}")
+
+
+def tokenize(tokenizer, text: str) -> torch.Tensor:
+    """1-D LongTensor of token ids, no special tokens (so windows are pure corpus text)."""
+    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False, verbose=False)
+    return torch.tensor(ids["input_ids"], dtype=torch.long)
+
+
+def calibration_batches(
+    tokenizer, n_samples: int = 32, seq_len: int = 512, seed: int = 0, corpus: Corpus | str = "pydoc"
+) -> torch.Tensor:
+    """``(n_samples, seq_len)`` token windows drawn at seeded random offsets of the calibration text."""
+    if n_samples < 1 or seq_len < 2:
+        raise ValueError("need n_samples >= 1 and seq_len >= 2")
+    if isinstance(corpus, str):
+        corpus = load_corpus(corpus)
+    ids = tokenize(tokenizer, corpus.calibration)
+    if len(ids) <= seq_len:
+        raise ValueError(f"calibration text has {len(ids)} tokens, fewer than seq_len={seq_len}")
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(ids) - seq_len, (n_samples,), generator=gen)
+    return torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
+
+
+def evaluation_text(corpus: Corpus | str = "pydoc") -> str:
+    return (load_corpus(corpus) if isinstance(corpus, str) else corpus).evaluation

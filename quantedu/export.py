@@ -1,0 +1,214 @@
+"""Save weight-only quantized models in the checkpoint formats that inference engines load.
+
+Input is generic, so GPTQ, AWQ and RTN share it: for each quantized ``nn.Linear`` (by its name in
+``model.named_modules()``) an object with ``codes`` (uint8 ``(rows, cols)``, unsigned, in
+``[0, 2**bits-1]``), ``scales`` and ``zeros`` (``(rows, n_groups)``, integer-valued zeros) and
+``g_idx`` (``(cols,)`` group of every input column), plus the :class:`~quantedu.primitives.QuantConfig`
+they were made with. The dequantized weight is ``scales[:, g_idx] * (codes - zeros[:, g_idx])``.
+
+Two layouts:
+
+* **compressed-tensors ``pack-quantized``** (what llm-compressor writes; transformers loads it through
+  the ``compressed-tensors`` package, vLLM serves it). Per layer ``weight_packed`` (int32, the codes as a
+  dense little-endian bitstream along the input dimension, ``(rows, ceil(cols*bits/32))``),
+  ``weight_scale`` ``(rows, n_groups)``, ``weight_shape``, and for asymmetric schemes
+  ``weight_zero_point`` packed the same way along the *output* dimension. Codes are stored as
+  ``signed + 2**(bits-1)``, which is exactly our unsigned code. compressed-tensors 0.19 has no
+  ``g_idx``: only the natural column->group map (no act-order, or act-order with static groups).
+* **GPTQ** (AutoGPTQ / GPTQModel / optimum, ``checkpoint_format="gptq"``, a.k.a. v1): ``qweight``
+  int32 ``(cols*bits/32, rows)`` packed along the input dimension, ``qzeros`` int32
+  ``(n_groups, rows*bits/32)`` storing ``zero - 1`` (the v1 convention: kernels add the 1 back),
+  ``scales`` ``(n_groups, rows)`` in the model dtype, ``g_idx`` int32 ``(cols,)``. Any ``g_idx``.
+
+Both are written into a temporary folder and renamed into place (:func:`quantedu.artifacts.atomic_path`).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .artifacts import atomic_path
+from .primitives import QuantConfig, dequantize, group_index, pack_int32, unpack_int32
+
+__all__ = ["save_compressed_tensors", "save_gptq", "load_gptq_weights", "load_gptq_model"]
+
+
+def _pack(codes: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    """Dense bitstream packing along ``dim``; pads the stream to whole words like compressed-tensors."""
+    n = codes.shape[dim]
+    words = math.ceil(n * bits / 32)
+    pad = (-n) % 32
+    if pad:
+        shape = list(codes.shape)
+        shape[dim] = pad
+        codes = torch.cat([codes, torch.zeros(shape, dtype=codes.dtype)], dim=dim)
+    return pack_int32(codes, bits, dim=dim).narrow(dim, 0, words).contiguous()
+
+
+def _check(name: str, q, config: QuantConfig, layer: nn.Linear) -> None:
+    rows, cols = layer.weight.shape
+    if tuple(q.codes.shape) != (rows, cols):
+        raise ValueError(f"{name}: codes have shape {tuple(q.codes.shape)}, the layer's weight {(rows, cols)}")
+    if int(q.codes.max()) > config.maxq:
+        raise ValueError(f"{name}: codes exceed {config.maxq}; were they made with {config.label()}?")
+    if config.granularity == "tensor":
+        raise ValueError("per-tensor weight quantization is not exported; use per-channel or groups")
+
+
+def _linear_modules(model: nn.Module) -> dict[str, nn.Linear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+def _base_state_dict(model: nn.Module, quantized: dict) -> dict[str, torch.Tensor]:
+    """Unquantized tensors, with tied duplicates dropped (safetensors refuses shared storage)."""
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if getattr(model.config, "tie_word_embeddings", False):
+        sd.pop("lm_head.weight", None)
+    for name in quantized:
+        sd.pop(f"{name}.weight")
+    return sd
+
+
+def _write(path, model, state_dict, quantization_config: dict, tokenizer) -> Path:
+    from safetensors.torch import save_file
+
+    config = copy.deepcopy(model.config)
+    config.quantization_config = quantization_config
+    with atomic_path(path) as tmp:
+        tmp.mkdir(parents=True)
+        config.save_pretrained(tmp)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(tmp)
+        save_file(state_dict, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return Path(path)
+
+
+def save_compressed_tensors(model: nn.Module, quantized: dict, config: QuantConfig, path, tokenizer=None,
+                            actorder: str | None = None) -> Path:
+    """Write ``model`` with the ``quantized`` layers as a compressed-tensors ``pack-quantized`` checkpoint.
+
+    ``actorder`` (``None`` or ``"static"``) is recorded as metadata only: the stored layout is the same.
+    Reload with ``AutoModelForCausalLM.from_pretrained(path)`` (needs ``compressed-tensors``).
+    """
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
+
+    linears = _linear_modules(model)
+    missing = sorted(set(quantized) - set(linears))
+    if missing:
+        raise KeyError(f"not linear layers of this model: {missing[:5]}")
+    sd = _base_state_dict(model, quantized)
+    for name, q in quantized.items():
+        layer = linears[name]
+        _check(name, q, config, layer)
+        rows, cols = layer.weight.shape
+        if config.granularity == "group" and cols % config.group_size:
+            raise ValueError(
+                f"{name}: {cols} input columns are not a multiple of group_size={config.group_size}, and "
+                "compressed-tensors refuses a ragged last group. Use save_gptq(), or a group size dividing "
+                f"{cols} (e.g. 32 or 64 for 576)."
+            )
+        natural = group_index(cols, config).to(q.g_idx.device)
+        if not torch.equal(q.g_idx.long(), natural):
+            raise ValueError(
+                f"{name}: its g_idx is permuted (act-order without static groups); compressed-tensors "
+                "has no g_idx. Use save_gptq(), or quantize with desc_act=True, static_groups=True."
+            )
+        dtype = layer.weight.dtype
+        sd[f"{name}.weight_packed"] = _pack(q.codes, config.bits, dim=1)
+        sd[f"{name}.weight_scale"] = q.scales.to(dtype).contiguous()
+        sd[f"{name}.weight_shape"] = torch.tensor([rows, cols])
+        if not config.symmetric:
+            sd[f"{name}.weight_zero_point"] = _pack(q.zeros.round().to(torch.uint8), config.bits, dim=0)
+    strategy = "group" if config.granularity == "group" else "channel"
+    args = QuantizationArgs(
+        num_bits=config.bits, type="int", symmetric=config.symmetric, strategy=strategy,
+        group_size=config.group_size if strategy == "group" else None, actorder=actorder, dynamic=False,
+    )
+    qcfg = QuantizationConfig(
+        config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=args, format="pack-quantized")},
+        format="pack-quantized", quantization_status="compressed",
+        ignore=sorted(n for n in linears if n not in quantized),
+    )
+    return _write(path, model, sd, qcfg.model_dump(exclude_none=False), tokenizer)
+
+
+def save_gptq(model: nn.Module, quantized: dict, config: QuantConfig, path, tokenizer=None,
+              desc_act: bool = False, static_groups: bool = False, damp_percent: float = 0.01) -> Path:
+    """Write the GPTQ (v1) checkpoint layout: ``qweight``/``qzeros``/``scales``/``g_idx`` + ``quantization_config``.
+
+    transformers loads it only through GPTQModel (``gptqmodel``); :func:`load_gptq_model` reads it here.
+    """
+    if config.bits not in (2, 3, 4, 8):
+        raise ValueError(f"the GPTQ layout packs 2, 3, 4 or 8 bits, not {config.bits}")
+    linears = _linear_modules(model)
+    sd = _base_state_dict(model, quantized)
+    for name, q in quantized.items():
+        layer = linears[name]
+        _check(name, q, config, layer)
+        rows, cols = layer.weight.shape
+        if (cols * config.bits) % 32 or (rows * config.bits) % 32:
+            raise ValueError(f"{name}: {rows}x{cols} does not pack into whole int32 words at {config.bits} bits")
+        # v1 stores zero - 1 (an AutoGPTQ quirk its kernels undo); a zero of 0 would wrap, so refuse it.
+        if int(q.zeros.min()) < 1:
+            raise ValueError(f"{name}: a zero point of 0 cannot be stored in the GPTQ v1 layout (zero - 1)")
+        dtype = layer.weight.dtype
+        sd[f"{name}.qweight"] = pack_int32(q.codes.t(), config.bits, dim=0).contiguous()
+        sd[f"{name}.qzeros"] = pack_int32((q.zeros.round() - 1).to(torch.uint8).t(), config.bits, dim=1).contiguous()
+        sd[f"{name}.scales"] = q.scales.t().to(dtype).contiguous()
+        sd[f"{name}.g_idx"] = q.g_idx.to(torch.int32).contiguous()
+    qcfg = {
+        "quant_method": "gptq", "checkpoint_format": "gptq", "bits": config.bits,
+        "group_size": config.group_size if config.granularity == "group" else -1,
+        "sym": config.symmetric, "desc_act": desc_act, "static_groups": static_groups,
+        "damp_percent": damp_percent, "true_sequential": False, "pack_dtype": "int32",
+        "modules_in_block_to_quantize": None,
+    }
+    return _write(path, model, sd, qcfg, tokenizer)
+
+
+def load_gptq_weights(path) -> dict[str, torch.Tensor]:
+    """Unpack a GPTQ v1 checkpoint into dequantized ``{layer_name: weight}`` (float32)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    qc = json.loads((path / "config.json").read_text())["quantization_config"]
+    bits, g = qc["bits"], qc["group_size"]
+    sd = load_file(str(path / "model.safetensors"))
+    out = {}
+    for key in [k for k in sd if k.endswith(".qweight")]:
+        name = key[: -len(".qweight")]
+        codes = unpack_int32(sd[key], bits, dim=0).t()
+        zeros = unpack_int32(sd[f"{name}.qzeros"], bits, dim=1).t().float() + 1
+        scales = sd[f"{name}.scales"].t().float()
+        config = QuantConfig(bits=bits, group_size=g if g != -1 else codes.shape[1],
+                             symmetric=qc["sym"], granularity="group" if g != -1 else "channel")
+        out[name] = dequantize(codes, scales, zeros, config, g_idx=sd[f"{name}.g_idx"].long())
+    return out
+
+
+def load_gptq_model(path, dtype=torch.float32):
+    """A plain transformers model with the GPTQ checkpoint's weights dequantized (our reader, no kernels)."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(path)
+    config = AutoConfig.from_pretrained(path)
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    sd = {k: v for k, v in load_file(str(path / "model.safetensors")).items()
+          if not k.endswith((".qweight", ".qzeros", ".scales", ".g_idx"))}
+    sd.update({f"{name}.weight": w.to(dtype) for name, w in load_gptq_weights(path).items()})
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [m for m in missing if not (m == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    return model.eval()

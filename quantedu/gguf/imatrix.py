@@ -1,0 +1,104 @@
+"""Importance matrix ("imatrix") from calibration activations, as llama.cpp's ``llama-imatrix`` defines it.
+
+For every linear layer ``y = W x`` inside the transformer blocks, ``llama-imatrix`` accumulates, over all
+calibration tokens, the square of each input feature: ``in_sum2[j] += x[j]^2`` and ``counts += 1``
+per token (tools/imatrix/imatrix.cpp, ``IMatrixCollector::collect_imatrix``). ``llama-quantize`` then
+uses ``in_sum2 / counts`` - the mean of squared inputs per input column - as the weight of column ``j``
+in every quantization error it minimizes (the ``quant_weights`` of ggml-quants.c). Columns that see
+large activations matter more.
+
+Only tensors named ``blk.*`` are collected (``output.weight`` only with ``--process-output``); entries
+are keyed by GGUF tensor name. Our version registers forward pre-hooks on the ``nn.Linear`` modules
+of a transformers model and maps HF module names to GGUF names with gguf-py's tensor name map.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def gguf_tensor_names(model) -> dict[str, str]:
+    """HF module name -> GGUF tensor name (``model.layers.3.mlp.down_proj`` -> ``blk.3.ffn_down.weight``)."""
+    import gguf
+    arch_name = getattr(model.config, "model_type", "llama")
+    arch = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}.get(arch_name, gguf.MODEL_ARCH.LLAMA)
+    tmap = gguf.get_tensor_name_map(arch, model.config.num_hidden_layers)
+    out = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            g = tmap.get_name(name)
+            if g is not None:
+                out[name] = f"{g}.weight"
+    return out
+
+
+class ImatrixCollector:
+    """Forward pre-hooks that accumulate ``sum x^2`` per input column and the token count.
+
+    >>> with ImatrixCollector(model) as col:
+    ...     for batch in batches: model(batch)
+    >>> imatrix = col.result()   # {"blk.0.attn_q.weight": float32[576], ...}
+    """
+
+    def __init__(self, model, include_output: bool = False):
+        self.model = model
+        names = gguf_tensor_names(model)
+        self.names = {k: v for k, v in names.items() if v.startswith("blk.") or (include_output and v == "output.weight")}
+        self.sum2: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self._handles = []
+
+    def _hook(self, gname):
+        def hook(module, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            s = (x * x).sum(dim=0)
+            if gname in self.sum2:
+                self.sum2[gname] += s
+            else:
+                self.sum2[gname] = s.clone()
+            self.counts[gname] = self.counts.get(gname, 0) + x.shape[0]
+        return hook
+
+    def __enter__(self):
+        mods = dict(self.model.named_modules())
+        for hf_name, gname in self.names.items():
+            self._handles.append(mods[hf_name].register_forward_pre_hook(self._hook(gname)))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def result(self) -> dict[str, np.ndarray]:
+        """``in_sum2 / counts`` per GGUF tensor name (float32 numpy arrays)."""
+        if not self.sum2:
+            raise RuntimeError("no activations were collected: run the model on calibration batches inside "
+                               "`with ImatrixCollector(model):` first")
+        return {k: (v / self.counts[k]).cpu().numpy().astype(np.float32) for k, v in self.sum2.items()}
+
+
+@torch.no_grad()
+def compute_imatrix(model, batches, include_output: bool = False) -> dict[str, np.ndarray]:
+    """Run ``model`` on ``batches`` (token-id tensors ``(batch, seq)``) and return the imatrix."""
+    model.eval()
+    with ImatrixCollector(model, include_output) as col:
+        for b in batches:
+            model(b.to(next(model.parameters()).device))
+    return col.result()
+
+
+def save_imatrix(imatrix: dict[str, np.ndarray], path) -> None:
+    """Store as ``.npz`` (atomically)."""
+    import io
+
+    from quantedu.artifacts import atomic_write_bytes
+    buf = io.BytesIO()
+    np.savez(buf, **imatrix)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_imatrix(path) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        return {k: z[k].astype(np.float32) for k in z.files}

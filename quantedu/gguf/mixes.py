@@ -1,0 +1,166 @@
+"""Per-tensor type assignment of llama.cpp's quantization "mixes" (Q4_K_M, Q3_K_S, ...).
+
+A name like ``Q4_K_M`` is not one bit width: it is a *recipe* that picks a GGML type for every tensor.
+This module follows ``llama_tensor_get_type`` / ``llama_tensor_get_type_impl`` / ``tensor_type_fallback``
+in llama.cpp's src/llama-quant.cpp for dense (non-MoE, non-Falcon, non-70B) models:
+
+1. tensors that are not 2-D ``*.weight`` matrices (norms, biases) are not quantized;
+2. the output matrix - or ``token_embd`` when the embeddings are tied - gets Q6_K, or Q8_0 when its
+   rows are not a multiple of the default type's block size;
+3. ``attn_v`` and ``ffn_down`` get more bits on some layers (``use_more_bits``: the first and last
+   eighth of the layers and every third layer in between), ``attn_output`` too in the Q2/Q3 mixes;
+4. a type whose block (256 for K-quants) does not divide the row length falls back to a 32-block type:
+   Q4_K->Q5_0, Q5_K->Q5_1, Q6_K->Q8_0, Q2_K/Q3_K->Q4_0, IQ4_XS->IQ4_NL (F16 if even that does not fit).
+
+Layer indices are counters in file order, as in llama.cpp (``i_attention_wv``, ``i_ffn_down``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gguf import GGMLQuantizationType as T
+from gguf import LlamaFileType as FT
+
+from .layouts import LAYOUTS
+
+BLOCK = {t: lay.block_size for t, lay in LAYOUTS.items()}
+
+# the mixes' default type (llama_ftype_get_default_type)
+DEFAULT_TYPE = {
+    "Q4_0": T.Q4_0, "Q4_1": T.Q4_1, "Q5_0": T.Q5_0, "Q5_1": T.Q5_1, "Q8_0": T.Q8_0,
+    "Q2_K": T.Q2_K, "Q3_K_S": T.Q3_K, "Q3_K_M": T.Q3_K, "Q3_K_L": T.Q3_K,
+    "Q4_K_S": T.Q4_K, "Q4_K_M": T.Q4_K, "Q5_K_S": T.Q5_K, "Q5_K_M": T.Q5_K, "Q6_K": T.Q6_K,
+    "IQ4_NL": T.IQ4_NL, "IQ4_XS": T.IQ4_XS,
+}
+MIXES = tuple(DEFAULT_TYPE)
+
+# the llama_ftype number llama_model_quantize takes for each mix (gguf-py's LlamaFileType)
+FTYPE = {name: int(FT[f"MOSTLY_{name}"]) for name in MIXES}
+
+# tensor_type_fallback: rows not a multiple of 256
+FALLBACK = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0, T.IQ4_XS: T.IQ4_NL}
+
+
+def use_more_bits(i_layer: int, n_layers: int) -> bool:
+    """The layers that get a bigger type in the _M mixes: first/last eighth and every third between."""
+    return i_layer < n_layers // 8 or i_layer >= 7 * n_layers // 8 or (i_layer - n_layers // 8) % 3 == 2
+
+
+def _rule(mix, category, i, n, n_gqa, has_imatrix):
+    """``llama_tensor_get_type_impl`` for one tensor; ``None`` = keep the default type."""
+    if category == "attn_v":
+        if mix == "Q2_K":
+            return T.Q4_K if n_gqa >= 4 else T.Q3_K
+        if mix == "Q3_K_M":
+            return T.Q5_K if i < 2 else T.Q4_K
+        if mix == "Q3_K_L":
+            return T.Q5_K
+        if mix in ("IQ4_NL", "IQ4_XS") and n_gqa >= 4:
+            return T.Q5_K
+        if mix in ("Q4_K_M", "Q5_K_M") and use_more_bits(i, n):
+            return T.Q6_K
+        if mix == "Q4_K_S" and i < 4:
+            return T.Q5_K
+    elif category == "ffn_down":
+        if mix == "Q2_K":
+            return T.Q3_K
+        if mix == "Q3_K_M":
+            return T.Q5_K if i < n // 16 else T.Q4_K
+        if mix == "Q3_K_L":
+            return T.Q5_K
+        if mix == "Q4_K_M":
+            return T.Q6_K if use_more_bits(i, n) else None
+        if mix in ("IQ4_NL", "IQ4_XS") and i < n // 8 and not has_imatrix:
+            return T.Q5_K
+        if mix == "Q5_K_M" and use_more_bits(i, n):
+            return T.Q6_K
+        if mix == "Q4_K_S" and i < n // 8:
+            return T.Q5_K
+        if mix in ("Q4_0", "Q5_0") and has_imatrix and i < n // 8:
+            return T.Q4_1 if mix == "Q4_0" else T.Q5_1
+    elif category == "attn_output":
+        return {"Q2_K": T.Q3_K, "Q3_K_M": T.Q4_K, "Q3_K_L": T.Q5_K}.get(mix)
+    return None
+
+
+def _fallback(qtype: T, n_cols: int) -> T:
+    if n_cols % BLOCK.get(qtype, 1) == 0:
+        return qtype
+    fb = FALLBACK.get(qtype, qtype)
+    return fb if n_cols % BLOCK.get(fb, 1) == 0 else T.F16
+
+
+def _category(name: str) -> str:
+    if name == "output.weight":
+        return "output"
+    if name == "token_embd.weight":
+        return "token_embd"
+    for cat in ("attn_v", "attn_k", "attn_q", "attn_output"):
+        if f"{cat}.weight" in name:
+            return cat
+    for cat in ("ffn_up", "ffn_gate", "ffn_down"):
+        if cat in name:
+            return cat
+    return "other"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What the recipe needs to know about a tensor: GGUF name, shape (GGUF order: ne[0] = row length
+    first), and its current type (kept for tensors that are not quantized)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: T = T.F32
+
+
+def should_quantize(t: TensorInfo) -> bool:
+    """``tensor_allows_quantization`` for a dense llama-like model: 2-D ``*.weight``, not a norm."""
+    return len([d for d in t.shape if d > 1]) >= 2 and t.name.endswith("weight") and "_norm.weight" not in t.name
+
+
+def assign_types(tensors: list[TensorInfo], mix: str, n_layer: int, n_head: int, n_head_kv: int,
+                 has_imatrix: bool = False) -> dict[str, T]:
+    """GGML type of every tensor under ``mix`` (e.g. ``"Q4_K_M"``), as ``llama_model_quantize`` picks it.
+
+    ``tensors`` must be in file order (the layer counters follow it).
+    """
+    mix = mix.upper()
+    if mix not in DEFAULT_TYPE:
+        raise ValueError(f"unknown mix {mix!r}; known: {', '.join(MIXES)}")
+    default = DEFAULT_TYPE[mix]
+    n_gqa = n_head // max(1, n_head_kv)
+    tied = not any(t.name == "output.weight" for t in tensors)
+    i_attn_v = i_ffn_down = 0
+    out = {}
+    for t in tensors:
+        if not should_quantize(t):
+            out[t.name] = t.dtype
+            continue
+        n_cols = t.shape[0]
+        cat = _category(t.name)
+        new = default
+        if cat == "output" or (tied and cat == "token_embd"):
+            if n_cols % BLOCK[default]:
+                new = T.Q8_0
+            elif default != T.Q8_0:
+                new = T.Q6_K
+        elif cat == "attn_v":
+            new = _rule(mix, cat, i_attn_v, n_layer, n_gqa, has_imatrix) or default
+            i_attn_v += 1
+        elif cat == "ffn_down":
+            new = _rule(mix, cat, i_ffn_down, n_layer, n_gqa, has_imatrix) or default
+            i_ffn_down += 1
+        else:
+            new = _rule(mix, cat, 0, n_layer, n_gqa, has_imatrix) or default
+        out[t.name] = _fallback(new, n_cols)
+    return out
+
+
+def mix_table(types: dict[str, T]):
+    """Count of tensors per (role, type): a compact view of what a mix did."""
+    import pandas as pd
+    rows = [{"role": _category(n) if _category(n) != "other" else n.split(".")[-2], "type": t.name}
+            for n, t in types.items()]
+    df = pd.DataFrame(rows)
+    return df.groupby(["role", "type"]).size().unstack(fill_value=0)

@@ -1,0 +1,300 @@
+"""GPTQ: post-training quantization with second-order error compensation.
+
+Frantar, Ashkboos, Hoefler, Alistarh, "GPTQ: Accurate Post-Training Quantization for Generative
+Pre-trained Transformers" (ICLR 2023, arXiv:2210.17323). The per-layer algorithm follows the
+authors' reference ``gptq.py`` (IST-DASLab/gptq, ``GPTQ.fasterquant``); llm-compressor's
+``modifiers/gptq/gptq_quantize.py`` is the same algorithm and the tests check ours against it.
+
+For one linear layer with weight ``W`` (rows x cols) and calibration inputs ``X`` (cols x tokens)
+GPTQ minimizes the layer-output error ``||W X - Q X||^2 = tr((W - Q) H (W - Q)^T)`` with
+``H = 2 X X^T``. Quantizing column ``q`` and then moving the remaining columns by
+``-(w_q - quant(w_q)) / [H^-1]_qq * [H^-1]_q,:`` is the optimal (OBS) compensation; GPTQ does
+it for all rows at once, in a fixed column order, reading the rows of the Cholesky factor of
+``H^-1`` instead of re-inverting ``H`` after every column.
+
+Conventions (see :mod:`quantedu.primitives`): unsigned codes with integer zero points, groups of
+``group_size`` consecutive input columns, ``g_idx[c]`` = group of column ``c``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .primitives import QuantConfig, choose_qparams, dequantize
+
+__all__ = [
+    "GPTQConfig",
+    "GPTQResult",
+    "HessianAccumulator",
+    "gptq_quantize_weight",
+    "gptq_quantize_model",
+]
+
+
+@dataclass(frozen=True)
+class GPTQConfig:
+    """Settings of GPTQ; the names are the ones GPTQ checkpoints store in ``quantization_config``.
+
+    ``group_size=-1`` means one scale per output row (per-channel). ``desc_act`` quantizes the
+    columns in order of decreasing ``diag(H)`` (act-order); ``static_groups`` fixes every group's
+    scale/zero from the original weight before GPTQ starts, so groups stay contiguous in the
+    original column order and the checkpoint needs no permuted ``g_idx`` (llm-compressor's
+    ``actorder="static"``/``"weight"``). ``damp_percent`` adds that fraction of ``mean(diag(H))``
+    to the diagonal so the Cholesky factorization exists.
+    """
+
+    bits: int = 4
+    group_size: int = 128
+    sym: bool = True
+    desc_act: bool = False
+    static_groups: bool = False
+    damp_percent: float = 0.01
+    block_size: int = 128
+
+    def __post_init__(self):
+        if self.bits not in (2, 3, 4, 8):
+            raise ValueError(f"GPTQ bits must be 2, 3, 4 or 8, got {self.bits!r}")
+        if self.group_size != -1 and (not isinstance(self.group_size, int) or self.group_size < 1):
+            raise ValueError(f"group_size must be a positive integer or -1 (per-channel), got {self.group_size!r}")
+        if not 0 <= self.damp_percent < 1:
+            raise ValueError(f"damp_percent must lie in [0, 1), got {self.damp_percent!r}; 0.01 is usual")
+        if not isinstance(self.block_size, int) or self.block_size < 1:
+            raise ValueError(f"block_size must be a positive integer, got {self.block_size!r}")
+
+    def quant_config(self) -> QuantConfig:
+        if self.group_size == -1:
+            return QuantConfig(bits=self.bits, symmetric=self.sym, granularity="channel")
+        return QuantConfig(bits=self.bits, group_size=self.group_size, symmetric=self.sym)
+
+    def label(self) -> str:
+        extra = (" desc_act" + (" static" if self.static_groups else "")) if self.desc_act else ""
+        return f"GPTQ {self.quant_config().label()}{extra}"
+
+
+@dataclass
+class GPTQResult:
+    """Quantized layer: ``weight == scales[:, g_idx] * (codes - zeros[:, g_idx])`` (original column order)."""
+
+    weight: torch.Tensor  # dequantized weight, dtype of the input weight
+    codes: torch.Tensor  # uint8 (rows, cols)
+    scales: torch.Tensor  # float32 (rows, n_groups)
+    zeros: torch.Tensor  # float32 integer-valued (rows, n_groups)
+    g_idx: torch.Tensor  # int32 (cols,)
+    perm: torch.Tensor | None  # quantization order of the columns (act-order), else None
+    loss: float  # sum over rows of the GPTQ objective, as the reference reports it
+    config: QuantConfig
+
+
+class HessianAccumulator:
+    """Running ``H = 2/n * sum_i X_i X_i^T`` over calibration samples (reference ``add_batch``).
+
+    ``n`` counts samples (sequences), as the reference and llm-compressor do; the scale of ``H``
+    does not change GPTQ's result (damping is relative to ``mean(diag(H))``), only its numerics.
+    """
+
+    def __init__(self, columns: int, device=None):
+        self.H = torch.zeros(columns, columns, dtype=torch.float32, device=device)
+        self.n = 0
+
+    @torch.no_grad()
+    def add(self, x: torch.Tensor) -> None:
+        if x.shape[-1] != self.H.shape[0]:
+            raise ValueError(f"input has {x.shape[-1]} features, the Hessian expects {self.H.shape[0]}")
+        batch = x.shape[0] if x.dim() > 2 else 1
+        x = x.reshape(-1, x.shape[-1]).to(self.H.device, torch.float32)
+        # Rescale the old average and add the new samples: H stays an average, no overflow.
+        self.H *= self.n / (self.n + batch)
+        self.n += batch
+        x = math.sqrt(2 / self.n) * x
+        self.H += x.t() @ x
+
+    def hook(self):
+        """A forward hook for ``nn.Linear`` that adds the layer's input."""
+        return lambda module, args, output: self.add(args[0])
+
+
+def _fake_quant_column(w, scale, zero, maxq):
+    q = torch.clamp(torch.round(w / scale) + zero, 0, maxq)
+    return q, scale * (q - zero)
+
+
+@torch.no_grad()
+def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig = GPTQConfig()) -> GPTQResult:
+    """Quantize one weight ``W`` (out_features, in_features) given its input Hessian ``H``."""
+    if W.dim() != 2 or H.shape != (W.shape[1], W.shape[1]):
+        raise ValueError(f"need W (rows, cols) and H (cols, cols); got {tuple(W.shape)} and {tuple(H.shape)}")
+    qc = config.quant_config()
+    dtype = W.dtype
+    W = W.detach().clone().float()
+    H = H.detach().clone().float().to(W.device)
+    rows, cols = W.shape
+    g = config.group_size if config.group_size != -1 else cols
+    maxq = qc.maxq
+
+    # Dead inputs (always zero in calibration) carry no information about the error: any value
+    # is optimal, so set the weight to 0 and give H a unit diagonal there to keep it invertible.
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+
+    if config.static_groups:
+        # Every group's grid comes from the original weight, before any error was pushed into it.
+        static_scale, static_zero = choose_qparams(W, qc)
+
+    perm = None
+    if config.desc_act:
+        # Columns with large inputs first: their error is compensated by the most remaining columns.
+        perm = torch.argsort(torch.diag(H), descending=True)
+        W, H = W[:, perm], H[perm][:, perm]
+
+    # Dampening: H + lambda*I with lambda a fraction of the average diagonal.
+    diag = torch.arange(cols, device=W.device)
+    H[diag, diag] += config.damp_percent * torch.mean(torch.diag(H))
+    # Row q of the upper Cholesky factor of H^-1 holds exactly the OBS update for column q given
+    # that columns < q are already fixed: no re-inversion per column (paper, Section 4 step 3).
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+
+    Q = torch.zeros_like(W)
+    codes = torch.zeros_like(W, dtype=torch.uint8)
+    losses = torch.zeros(rows, device=W.device)
+    n_groups = math.ceil(cols / g)
+    scales = torch.zeros(rows, n_groups, device=W.device)
+    zeros = torch.zeros(rows, n_groups, device=W.device)
+    # group of each *position* in quantization order; g_idx is per original column
+    order_group = torch.arange(cols, device=W.device) // g
+    if perm is not None and config.static_groups:
+        order_group = perm // g  # a permuted column keeps the group of its original position
+    scale = zero = None
+
+    # Lazy batch updates: within a block of columns only the block is updated column by column;
+    # the rest of W receives the block's accumulated error in one matmul (memory-bound -> compute-bound).
+    for i1 in range(0, cols, config.block_size):
+        i2 = min(i1 + config.block_size, cols)
+        W1 = W[:, i1:i2].clone()
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            grp = int(order_group[col])
+            if config.static_groups:
+                scale, zero = static_scale[:, grp], static_zero[:, grp]
+            elif col % g == 0:
+                # A new group starts: choose its grid from the weights as GPTQ has updated them so far
+                # (the rest of the block from W1, later blocks from W: exact when block_size % g == 0).
+                ahead = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :g]
+                s, z = choose_qparams(ahead, replace(qc, granularity="channel"))
+                scale, zero = s[:, 0], z[:, 0]
+                scales[:, grp], zeros[:, grp] = scale, zero
+            w = W1[:, i]
+            d = Hinv1[i, i]
+            q, deq = _fake_quant_column(w, scale, zero, maxq)
+            codes[:, col], Q[:, col] = q.to(torch.uint8), deq
+            err = (w - deq) / d
+            losses += (w - deq) ** 2 / d**2 / 2
+            # OBS update of the not-yet-quantized columns of this block.
+            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        # Deferred update of every later column with the whole block's error.
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+
+    if config.static_groups:
+        scales, zeros = static_scale.reshape(rows, -1), static_zero.reshape(rows, -1)
+    g_idx = order_group.clone()
+    if perm is not None:
+        invperm = torch.argsort(perm)
+        Q, codes, g_idx = Q[:, invperm], codes[:, invperm], order_group[invperm]
+    return GPTQResult(
+        weight=Q.to(dtype), codes=codes, scales=scales, zeros=zeros, g_idx=g_idx.to(torch.int32),
+        perm=perm, loss=float(losses.sum()), config=qc,
+    )
+
+
+def _to(obj, device):
+    """Move tensors (also inside tuples/dicts, e.g. position embeddings) to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+@torch.no_grad()
+def gptq_quantize_model(
+    model: nn.Module,
+    batches: torch.Tensor,
+    config: GPTQConfig = GPTQConfig(),
+    inputs_from: Literal["quantized", "fp"] = "quantized",
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> dict[str, GPTQResult]:
+    """Quantize every linear layer of every decoder block in place (weights become dequantized GPTQ).
+
+    ``batches`` are calibration token ids ``(n_samples, seq_len)``. Blocks are processed one at a
+    time: the block is moved to ``device`` with its calibration inputs, every ``nn.Linear`` in it
+    gets a Hessian hook, one forward pass fills the Hessians, GPTQ quantizes the layers, and the
+    block's outputs become the next block's inputs; then the block goes back where it was. Memory on
+    ``device`` is one block, its inputs and its Hessians.
+
+    ``inputs_from="quantized"`` (default, as in the reference ``llama.py`` and llm-compressor) runs the
+    block again *after* quantizing it, so block ``k+1`` is calibrated on what the quantized model will
+    really feed it and can compensate the errors of blocks ``<= k``. ``"fp"`` feeds every block the
+    full-precision model's activations (one forward per block instead of two; errors do not compound
+    in the calibration, but they do at inference time).
+
+    Returns ``{"model.layers.3.self_attn.q_proj": GPTQResult, ...}`` (codes/scales/zeros/g_idx for export).
+    """
+    from .calibration import capture_block_inputs, decoder_layers, linear_layers, run_block
+
+    if inputs_from not in ("quantized", "fp"):
+        raise ValueError(f"inputs_from must be 'quantized' or 'fp', got {inputs_from!r}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    layers = decoder_layers(model)
+    prefix = next(name for name, m in model.named_modules() if m is layers)
+    hidden, kwargs = capture_block_inputs(model, batches)
+    hidden, kwargs = _to(hidden, device), _to(kwargs, device)
+    results: dict[str, GPTQResult] = {}
+    bar = tqdm(layers, desc=config.label(), disable=not progress)
+    for k, layer in enumerate(bar):
+        t0 = time.perf_counter()
+        home = next(layer.parameters()).device
+        layer.to(device)
+        linears = linear_layers(layer)
+        acc = {name: HessianAccumulator(m.in_features, device) for name, m in linears.items()}
+        handles = [m.register_forward_hook(acc[name].hook()) for name, m in linears.items()]
+        try:
+            outs = run_block(layer, hidden, kwargs)  # fp outputs; fills the Hessians
+        finally:
+            for hd in handles:
+                hd.remove()
+        for name, m in linears.items():
+            res = gptq_quantize_weight(m.weight.data, acc.pop(name).H, config)
+            m.weight.data.copy_(res.weight)
+            results[f"{prefix}.{k}.{name}"] = _to_cpu(res)
+        if inputs_from == "quantized":
+            outs = run_block(layer, hidden, kwargs)
+        hidden = outs
+        layer.to(home)
+        bar.set_postfix_str(f"layer {k}: {time.perf_counter() - t0:.1f}s")
+    return results
+
+
+def _to_cpu(res: GPTQResult) -> GPTQResult:
+    move = lambda t: None if t is None else t.cpu()  # noqa: E731
+    return replace(
+        res, weight=move(res.weight), codes=move(res.codes), scales=move(res.scales),
+        zeros=move(res.zeros), g_idx=move(res.g_idx), perm=move(res.perm),
+    )
+
+
+def check_result(res: GPTQResult) -> None:
+    """Assert the stored codes/scales/zeros/g_idx reproduce the dequantized weight."""
+    deq = dequantize(res.codes, res.scales, res.zeros, res.config, g_idx=res.g_idx.long())
+    torch.testing.assert_close(deq, res.weight.float(), rtol=0, atol=1e-6)

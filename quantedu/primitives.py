@@ -1,0 +1,271 @@
+"""Quantization primitives that every algorithm in quantedu reuses.
+
+The three plain functions follow torchao's split (``choose_qparams`` / ``quantize`` /
+``dequantize``); the integer conventions follow the GPTQ reference (IST-DASLab ``quant.py``) and
+compressed-tensors, which agree with each other:
+
+* codes are unsigned integers in ``[0, 2**bits - 1]`` with an integer zero point, as GPTQ/AWQ
+  checkpoints store them (``qzeros``);
+* asymmetric: the range ``[min(w, 0), max(w, 0)]`` is mapped onto the codes, so 0.0 is exactly
+  representable; ``scale = (max - min) / (2**bits - 1)``, ``zero = round(-min / scale)``;
+* symmetric: ``scale = absmax / ((2**bits - 1) / 2)`` and ``zero = 2**(bits - 1)``. The grid is
+  ``scale * (q - zero)`` for ``q`` in ``[0, 2**bits-1]``, i.e. ``[-8, 7] * scale`` at 4 bits:
+  compressed-tensors' signed int4 with the same scale gives identical values.
+
+Shapes: a weight ``w`` is ``(rows, cols)`` = ``(out_features, in_features)``. Parameters have shape
+``(rows, n_groups)``; per-tensor uses one group for the whole tensor (shape ``(1, 1)``).
+A last group shorter than ``group_size`` is allowed (SmolLM2's 576 columns with groups of 128).
+``g_idx[c]`` names the group of column ``c`` (act-order checkpoints permute it).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+Granularity = Literal["tensor", "channel", "group"]
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How a weight is quantized. ``group_size`` is used only when ``granularity == "group"``."""
+
+    bits: int = 4
+    group_size: int = 128
+    symmetric: bool = False
+    granularity: Granularity = "group"
+
+    def __post_init__(self):
+        if not isinstance(self.bits, int) or not 1 <= self.bits <= 8:
+            raise ValueError(f"bits must be an integer from 1 to 8, got {self.bits!r}")
+        if self.granularity not in ("tensor", "channel", "group"):
+            raise ValueError(
+                f"granularity must be 'tensor', 'channel' or 'group', got {self.granularity!r}"
+            )
+        if self.granularity == "group" and (not isinstance(self.group_size, int) or self.group_size < 1):
+            raise ValueError(f"group_size must be a positive integer, got {self.group_size!r}")
+
+    @property
+    def maxq(self) -> int:
+        return 2**self.bits - 1
+
+    def n_groups(self, cols: int) -> int:
+        if self.granularity == "group":
+            return math.ceil(cols / self.group_size)
+        return 1
+
+    def label(self) -> str:
+        kind = "sym" if self.symmetric else "asym"
+        gran = {"tensor": "per-tensor", "channel": "per-channel"}.get(
+            self.granularity, f"g{self.group_size}"
+        )
+        return f"W{self.bits} {kind} {gran}"
+
+
+def _check_weight(w: torch.Tensor) -> None:
+    if not isinstance(w, torch.Tensor) or w.dim() != 2:
+        shape = tuple(w.shape) if hasattr(w, "shape") else type(w).__name__
+        raise ValueError(f"expected a 2-D weight tensor (out_features, in_features), got {shape}")
+    if not torch.is_floating_point(w):
+        raise TypeError(f"expected a floating-point weight, got {w.dtype}")
+
+
+def group_index(cols: int, config: QuantConfig, device=None) -> torch.Tensor:
+    """Column -> group index for the natural (non act-order) layout."""
+    if config.granularity != "group":
+        return torch.zeros(cols, dtype=torch.long, device=device)
+    return torch.arange(cols, device=device) // config.group_size
+
+
+def group_min_max(w: torch.Tensor, config: QuantConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group minimum and maximum of ``w`` as ``(rows, n_groups)`` tensors (ragged last group)."""
+    _check_weight(w)
+    rows, cols = w.shape
+    if config.granularity == "tensor":
+        return w.min().reshape(1, 1), w.max().reshape(1, 1)
+    if config.granularity == "channel":
+        return w.min(dim=1, keepdim=True).values, w.max(dim=1, keepdim=True).values
+    g = config.group_size
+    n_full = cols // g
+    mins, maxs = [], []
+    if n_full:
+        full = w[:, : n_full * g].reshape(rows, n_full, g)
+        mins.append(full.min(dim=2).values)
+        maxs.append(full.max(dim=2).values)
+    if cols % g:
+        tail = w[:, n_full * g :]
+        mins.append(tail.min(dim=1, keepdim=True).values)
+        maxs.append(tail.max(dim=1, keepdim=True).values)
+    return torch.cat(mins, dim=1), torch.cat(maxs, dim=1)
+
+
+def qparams_from_range(
+    xmin: torch.Tensor, xmax: torch.Tensor, config: QuantConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and integer zero point that map ``[xmin, xmax]`` (widened to include 0) onto the codes."""
+    xmin = torch.minimum(xmin, torch.zeros_like(xmin))
+    xmax = torch.maximum(xmax, torch.zeros_like(xmax))
+    maxq = config.maxq
+    if config.symmetric:
+        absmax = torch.maximum(xmin.abs(), xmax)
+        # An all-zero group would give scale 0 and divide by zero later: any scale represents it.
+        absmax = torch.where(absmax == 0, torch.ones_like(absmax), absmax)
+        scale = absmax / (maxq / 2)
+        zero = torch.full_like(scale, float((maxq + 1) // 2))
+    else:
+        span = xmax - xmin
+        span = torch.where(span == 0, torch.ones_like(span), span)
+        scale = span / maxq
+        zero = torch.round(-xmin / scale).clamp(0, maxq)
+    return scale, zero
+
+
+def choose_qparams(
+    w: torch.Tensor, config: QuantConfig, clip_ratio: float | torch.Tensor = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scales and integer zero points for ``w``, shape ``(rows, n_groups)``.
+
+    ``clip_ratio`` shrinks the range before choosing (1.0 = plain min/max); ``mse_clip_search``
+    picks it per group.
+    """
+    xmin, xmax = group_min_max(w, config)
+    return qparams_from_range(xmin * clip_ratio, xmax * clip_ratio, config)
+
+
+def _expand(p: torch.Tensor, w: torch.Tensor, config: QuantConfig, g_idx: torch.Tensor | None):
+    """Broadcast per-group parameters to every column of ``w``."""
+    if config.granularity == "tensor":
+        return p.expand_as(w)
+    if config.granularity == "channel":
+        return p.expand(-1, w.shape[1])
+    if g_idx is None:
+        g_idx = group_index(w.shape[1], config, device=w.device)
+    return p[:, g_idx]
+
+
+def quantize(
+    w: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    config: QuantConfig,
+    g_idx: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Integer codes in ``[0, 2**bits - 1]`` (dtype uint8 for bits <= 8)."""
+    _check_weight(w)
+    s, z = _expand(scale, w, config, g_idx), _expand(zero, w, config, g_idx)
+    q = torch.clamp(torch.round(w / s) + z, 0, config.maxq)
+    return q.to(torch.uint8)
+
+
+def dequantize(
+    q: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    config: QuantConfig,
+    g_idx: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Real values ``scale * (q - zero)`` of the codes."""
+    s = _expand(scale, q, config, g_idx).to(dtype)
+    z = _expand(zero, q, config, g_idx).to(dtype)
+    return s * (q.to(dtype) - z)
+
+
+def fake_quantize(
+    w: torch.Tensor,
+    config: QuantConfig,
+    clip_ratio: float | torch.Tensor = 1.0,
+    g_idx: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Round-to-nearest quantize then dequantize: the weights the quantized model really uses."""
+    scale, zero = choose_qparams(w, config, clip_ratio)
+    q = quantize(w, scale, zero, config, g_idx)
+    return dequantize(q, scale, zero, config, g_idx, dtype=w.dtype)
+
+
+def quantization_error(w: torch.Tensor, config: QuantConfig, clip_ratio=1.0) -> torch.Tensor:
+    """Per-group sum of squared errors of RTN at ``clip_ratio``, shape ``(rows, n_groups)``."""
+    err = (fake_quantize(w, config, clip_ratio) - w) ** 2
+    if config.granularity == "tensor":
+        return err.sum().reshape(1, 1)
+    if config.granularity == "channel":
+        return err.sum(dim=1, keepdim=True)
+    g_idx = group_index(w.shape[1], config, device=w.device)
+    out = torch.zeros(w.shape[0], config.n_groups(w.shape[1]), dtype=err.dtype, device=w.device)
+    return out.index_add_(1, g_idx, err)
+
+
+def mse_clip_search(
+    w: torch.Tensor, config: QuantConfig, grid: int = 100, max_shrink: float = 0.8
+) -> torch.Tensor:
+    """Per-group clip ratio in ``[1 - max_shrink, 1]`` minimizing the RTN squared error.
+
+    The same grid search as the GPTQ reference's ``Quantizer(mse=True)`` (``norm=2.4`` there;
+    plain squared error here): clipping outliers coarsens nothing else and can lower the total error.
+    """
+    best_ratio = torch.ones(w.shape[0], config.n_groups(w.shape[1]), dtype=w.dtype, device=w.device)
+    best_err = quantization_error(w, config, 1.0)
+    for i in range(1, int(max_shrink * grid) + 1):
+        ratio = 1 - i / grid
+        # Per-group ratio broadcast to per-group ranges inside choose_qparams.
+        err = quantization_error(w, config, ratio)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_ratio = torch.where(better, torch.full_like(best_ratio, ratio), best_ratio)
+    return best_ratio
+
+
+def rtn(w: torch.Tensor, config: QuantConfig, mse_clip: bool = False) -> torch.Tensor:
+    """Round-to-nearest fake quantization, the baseline of every comparison in the course."""
+    ratio = mse_clip_search(w, config) if mse_clip else 1.0
+    return fake_quantize(w, config, ratio)
+
+
+# --- packing: b-bit codes into int32 words, the GPTQ checkpoint layout ------------------------------
+
+
+def pack_int32(codes: torch.Tensor, bits: int, dim: int = 0) -> torch.Tensor:
+    """Pack unsigned ``bits``-bit codes into int32 words along ``dim``, as a little-endian bitstream.
+
+    Value ``j`` occupies bits ``[j*bits, (j+1)*bits)`` of the stream; word ``k`` holds stream bits
+    ``[32k, 32k+32)``. For 2/4/8 bits this is GPTQ's ``qweight``/``qzeros`` layout (value ``j % (32/bits)``
+    at shift ``bits * (j % (32/bits))``); for 3 bits it is GPTQ's 3-words-per-32-values layout, where
+    values 10 and 21 straddle word boundaries. ``codes.shape[dim] * bits`` must be a multiple of 32.
+    """
+    if bits not in (2, 3, 4, 8):
+        raise ValueError(f"packing supports 2, 3, 4 or 8 bits, got {bits}")
+    codes = codes.movedim(dim, 0).to(torch.int64)
+    n = codes.shape[0]
+    if (n * bits) % 32:
+        raise ValueError(
+            f"{n} values of {bits} bits do not fill whole int32 words along dim {dim}; "
+            f"pad that dimension to a multiple of {32 // math.gcd(32, bits)}"
+        )
+    if codes.numel() and (codes.min() < 0 or codes.max() >= 2**bits):
+        raise ValueError(f"codes must lie in [0, {2**bits - 1}] for {bits}-bit packing")
+    rest = codes.shape[1:]
+    flat = codes.reshape(n, -1)
+    # Expand each value into its bits, lay them end to end, regroup by 32.
+    shifts = torch.arange(bits, device=codes.device)
+    bitstream = ((flat.unsqueeze(1) >> shifts.view(1, bits, 1)) & 1).reshape(n * bits, -1)
+    words = bitstream.reshape(n * bits // 32, 32, -1)
+    weights = (1 << torch.arange(32, device=codes.device, dtype=torch.int64)).view(1, 32, 1)
+    packed = (words * weights).sum(dim=1)
+    packed = torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
+    return packed.reshape(n * bits // 32, *rest).movedim(0, dim)
+
+
+def unpack_int32(packed: torch.Tensor, bits: int, dim: int = 0) -> torch.Tensor:
+    """Inverse of :func:`pack_int32`: int32 words -> unsigned codes (uint8)."""
+    if bits not in (2, 3, 4, 8):
+        raise ValueError(f"packing supports 2, 3, 4 or 8 bits, got {bits}")
+    words = packed.movedim(dim, 0).to(torch.int64) & 0xFFFFFFFF
+    n_words = words.shape[0]
+    rest = words.shape[1:]
+    flat = words.reshape(n_words, -1)
+    bitstream = ((flat.unsqueeze(1) >> torch.arange(32, device=packed.device).view(1, 32, 1)) & 1)
+    bitstream = bitstream.reshape(n_words * 32 // bits, bits, -1)
+    values = (bitstream << torch.arange(bits, device=packed.device).view(1, bits, 1)).sum(dim=1)
+    return values.to(torch.uint8).reshape(n_words * 32 // bits, *rest).movedim(0, dim)

@@ -1,0 +1,173 @@
+"""Apply a weight quantizer to every linear layer of a model, and say what was touched and why not.
+
+``replace_linear(model, fn)`` is the one loop every weight-only method of the course uses
+(RTN here; GPTQ and AWQ call their own per-layer functions through it or alongside it). It writes
+the quantizer's output (the dequantized, "fake-quantized" weight) back into the layer, so the model
+keeps running with ordinary fp32/fp16 kernels: what changes is the *values*, which is all that
+perplexity measures. Storage and kernels are a separate question (``quantedu.memory``, packing in
+``quantedu.primitives``).
+
+Tied weights: SmolLM2, like many small models, shares one tensor between the input embedding and
+the LM head (``tie_word_embeddings``). Writing quantized values into ``lm_head.weight`` would silently
+quantize the embedding table as well, so a tied layer is skipped and reported, unless the caller
+asks to untie it (which copies the weight and costs ``vocab * hidden`` more parameters).
+"""
+from __future__ import annotations
+
+import fnmatch
+import time
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .primitives import QuantConfig, choose_qparams, mse_clip_search, pack_int32, quantize, rtn
+
+WeightFn = Callable[[torch.Tensor, str], torch.Tensor]
+
+
+def _matches(name: str, patterns: Iterable[str]) -> str | None:
+    """The first pattern that names ``name``: exact name, last component(s), or a glob."""
+    for p in patterns:
+        if name == p or name.endswith("." + p) or fnmatch.fnmatchcase(name, p):
+            return p
+    return None
+
+
+def _other_owners(model: nn.Module) -> dict[int, list[str]]:
+    """Storage pointer -> names of every parameter that uses it (to find ties)."""
+    owners: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(p.untyped_storage().data_ptr(), []).append(name)
+    return owners
+
+
+def replace_linear(
+    model: nn.Module,
+    fn: WeightFn,
+    skip: Iterable[str] = ("lm_head",),
+    untie: bool = False,
+    progress: bool = True,
+    desc: str = "quantizing",
+):
+    """Replace the weight of every ``nn.Linear`` by ``fn(weight, name)``, in place.
+
+    ``skip``: names, name suffixes or glob patterns of layers to leave alone.
+    A layer whose weight is shared with another parameter (tied embedding) is skipped unless
+    ``untie=True``. ``fn`` may return ``None`` to decline a layer, or raise ``ValueError`` for a shape it
+    cannot handle (e.g. a group size the columns do not allow): both are reported as skips.
+
+    Returns a pandas DataFrame, one row per linear layer: ``name``, ``shape``, ``action``
+    (``quantized``/``skipped``), ``reason``, ``rel_error`` (``||W' - W||^2 / ||W||^2``) and ``seconds``.
+    """
+    import pandas as pd
+
+    skip = tuple(skip)
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layers to quantize")
+    owners = _other_owners(model)
+    records = []
+    for name, layer in tqdm(linears, desc=desc, disable=not progress, leave=False):
+        w = layer.weight
+        rec = {"name": name, "shape": tuple(w.shape), "action": "skipped", "reason": "", "rel_error": float("nan"),
+               "seconds": 0.0}
+        records.append(rec)
+        sharing = [o for o in owners.get(w.untyped_storage().data_ptr(), []) if o != f"{name}.weight"]
+        hit = _matches(name, skip)
+        if hit is not None:
+            rec["reason"] = f"skipped by name ({hit!r})" + (f"; tied to {sharing[0]}" if sharing else "")
+            continue
+        if sharing and not untie:
+            rec["reason"] = (f"tied to {', '.join(sharing)}: quantizing it would change the embedding too "
+                             "(pass untie=True to give it its own copy)")
+            continue
+        t0 = time.perf_counter()
+        try:
+            new = fn(w.detach(), name)
+        except ValueError as exc:
+            rec["reason"] = f"quantizer refused: {exc}"
+            continue
+        if new is None:
+            rec["reason"] = "quantizer returned None"
+            continue
+        if new.shape != w.shape:
+            raise ValueError(f"{name}: the quantizer returned shape {tuple(new.shape)} for a weight of {tuple(w.shape)}")
+        if not torch.isfinite(new).all():
+            raise ValueError(f"{name}: the quantizer returned non-finite values")
+        with torch.no_grad():
+            ref = w.detach().float()
+            err = ((new.float() - ref) ** 2).sum() / (ref**2).sum().clamp_min(1e-30)
+            if sharing:  # untie: the layer gets its own parameter, the embedding keeps the original
+                layer.weight = nn.Parameter(new.to(w.dtype).clone(), requires_grad=w.requires_grad)
+                if getattr(getattr(model, "config", None), "tie_word_embeddings", False):
+                    model.config.tie_word_embeddings = False
+            else:
+                w.copy_(new.to(w.dtype))
+        rec.update(action="quantized", reason="", rel_error=err.item(), seconds=time.perf_counter() - t0)
+    return pd.DataFrame(records)
+
+
+def rtn_fn(config: QuantConfig, mse_clip: bool = False) -> WeightFn:
+    """A ``replace_linear`` quantizer doing round-to-nearest at ``config`` (in fp32, cast back)."""
+
+    def fn(w: torch.Tensor, name: str) -> torch.Tensor:
+        return rtn(w.float(), config, mse_clip=mse_clip).to(w.dtype)
+
+    return fn
+
+
+def quantize_model_rtn(model: nn.Module, config: QuantConfig, mse_clip: bool = False,
+                       skip: Iterable[str] = ("lm_head",), progress: bool = True):
+    """Round-to-nearest every linear layer except ``skip`` (the baseline of every comparison)."""
+    return replace_linear(model, rtn_fn(config, mse_clip), skip=skip, progress=progress,
+                          desc=f"RTN {config.label()}")
+
+
+def summarize(report) -> str:
+    """One line: how many layers were quantized/skipped, and the skip reasons."""
+    q = int((report["action"] == "quantized").sum())
+    skipped = report[report["action"] == "skipped"]
+    reasons = "; ".join(f"{r.name}: {r.reason}" for r in skipped.itertuples()) or "none"
+    return f"{q} linear layers quantized, {len(skipped)} skipped ({reasons})"
+
+
+def pack_linear(w: torch.Tensor, config: QuantConfig, mse_clip: bool = False) -> dict[str, torch.Tensor]:
+    """Integer-packed form of one weight in the GPTQ checkpoint layout (what a saved file stores).
+
+    ``qweight``: codes packed along the input dimension, ``(cols * bits / 32, rows)`` int32;
+    ``qzeros``: zero points packed along the output dimension, ``(n_groups, rows * bits / 32)`` int32
+    (stored as is, not GPTQ v1's ``zero - 1``); ``scales``: ``(n_groups, rows)`` fp16.
+    """
+    if config.granularity != "group":
+        raise ValueError("pack_linear stores group-wise checkpoints; use granularity='group'")
+    w = w.detach().float()
+    ratio = mse_clip_search(w, config) if mse_clip else 1.0
+    scale, zero = choose_qparams(w, config, ratio)
+    q = quantize(w, scale, zero, config)
+    return {
+        "qweight": pack_int32(q.t().contiguous(), config.bits, dim=0),
+        "qzeros": pack_int32(zero.t().to(torch.uint8).contiguous(), config.bits, dim=1),
+        "scales": scale.t().to(torch.float16).contiguous(),
+    }
+
+
+def packed_state_dict(model: nn.Module, config: QuantConfig, skip: Iterable[str] = ("lm_head",),
+                      keep_dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """A whole-model checkpoint: packed linear layers, everything else (embeddings, norms) in ``keep_dtype``.
+
+    A tied head is stored once (as the embedding), as ``save_pretrained`` does.
+    """
+    skip = tuple(skip)
+    out: dict[str, torch.Tensor] = {}
+    packed_names = set()
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear) and _matches(name, skip) is None:
+            for k, v in pack_linear(m.weight, config).items():
+                out[f"{name}.{k}"] = v
+            packed_names.add(f"{name}.weight")
+    for name, p in model.named_parameters():  # remove_duplicate=True: a tied head appears once
+        if name not in packed_names:
+            out[name] = p.detach().to(keep_dtype).contiguous()
+    return out

@@ -1,0 +1,183 @@
+"""Quiz widgets: multiple-choice, multi-select and numeric questions with feedback and a score.
+
+The checking logic is plain Python (``Question.check``), unit-tested without a browser. ``Quiz.show``
+draws ipywidgets inside a Jupyter kernel and degrades to printed text elsewhere (plain terminals,
+or whenever ``QUANTEDU_QUIZ_TEXT=1``, which the test suite sets for nbval runs).
+
+Questions live in one place: ``quantedu/quizzes/<topic>.json``, a list of objects::
+
+    {"id": "awq-speed", "kind": "single" | "multi" | "numeric", "prompt": "...",
+     "options": ["...", ...],            # single / multi
+     "answer": 1 | [0, 2] | 4.156,       # option index, indices, or number
+     "tolerance": 0.01,                  # numeric only: relative tolerance (default 1e-3)
+     "explanation": "..."}
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+KINDS = ("single", "multi", "numeric")
+QUIZ_DIR = Path(__file__).parent / "quizzes"
+
+
+@dataclass(frozen=True)
+class Feedback:
+    correct: bool
+    message: str
+
+
+@dataclass
+class Question:
+    prompt: str
+    kind: str
+    answer: Any
+    explanation: str
+    options: list[str] = field(default_factory=list)
+    tolerance: float = 1e-3
+    id: str = ""
+
+    def __post_init__(self):
+        where = f"question {self.id or self.prompt[:40]!r}"
+        if self.kind not in KINDS:
+            raise ValueError(f"{where}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind == "single":
+            if not isinstance(self.answer, int) or not 0 <= self.answer < len(self.options):
+                raise ValueError(f"{where}: answer must index one of its {len(self.options)} options")
+        elif self.kind == "multi":
+            if not self.answer or any(not 0 <= a < len(self.options) for a in self.answer):
+                raise ValueError(f"{where}: answer must be a non-empty list of option indices")
+        elif not isinstance(self.answer, (int, float)):
+            raise ValueError(f"{where}: a numeric question needs a number as its answer")
+        if not self.explanation:
+            raise ValueError(f"{where}: every question needs an explanation")
+
+    def check(self, response) -> Feedback:
+        """Feedback for a response: an option index (single), indices (multi) or a number (numeric)."""
+        if self.kind == "single":
+            correct = response == self.answer
+        elif self.kind == "multi":
+            correct = set(response or ()) == set(self.answer)
+        else:
+            try:
+                value = float(response)
+            except (TypeError, ValueError):
+                return Feedback(False, f"Please enter a number (got {response!r}).")
+            correct = math.isclose(value, float(self.answer), rel_tol=self.tolerance, abs_tol=1e-12)
+        verdict = "Correct!" if correct else "Not quite."
+        return Feedback(correct, f"{verdict} {self.explanation}")
+
+    def text(self, number: int | None = None) -> str:
+        head = f"Q{number}. " if number is not None else ""
+        lines = [head + self.prompt]
+        if self.kind == "multi":
+            lines[0] += "  (select all that apply)"
+        lines += [f"   {i}) {opt}" for i, opt in enumerate(self.options)]
+        return "\n".join(lines)
+
+
+class Quiz:
+    """A list of questions with a running score."""
+
+    def __init__(self, questions: list[Question], title: str = "Quiz"):
+        if not questions:
+            raise ValueError("a quiz needs at least one question")
+        self.questions = list(questions)
+        self.title = title
+        self.results: dict[int, bool] = {}
+
+    @classmethod
+    def load(cls, topic: str, ids: list[str] | None = None) -> "Quiz":
+        """Questions of ``quantedu/quizzes/<topic>.json`` (optionally only those ``ids``, in order)."""
+        path = QUIZ_DIR / f"{topic}.json"
+        if not path.is_file():
+            names = sorted(p.stem for p in QUIZ_DIR.glob("*.json"))
+            raise FileNotFoundError(f"no quiz named {topic!r}; available: {', '.join(names)}")
+        raw = json.loads(path.read_text())
+        items = raw["questions"] if isinstance(raw, dict) else raw
+        questions = [Question(**q) for q in items]
+        if ids is not None:
+            by_id = {q.id: q for q in questions}
+            missing = [i for i in ids if i not in by_id]
+            if missing:
+                raise KeyError(f"quiz {topic!r} has no questions {missing}")
+            questions = [by_id[i] for i in ids]
+        title = raw.get("title", topic) if isinstance(raw, dict) else topic
+        return cls(questions, title=title)
+
+    def answer(self, index: int, response) -> Feedback:
+        """Check ``response`` to question ``index`` and record it in the score."""
+        fb = self.questions[index].check(response)
+        self.results[index] = fb.correct
+        return fb
+
+    @property
+    def score(self) -> tuple[int, int]:
+        return sum(self.results.values()), len(self.questions)
+
+    def score_text(self) -> str:
+        right, total = self.score
+        return f"Score: {right}/{total}"
+
+    def show(self, text: bool | None = None):
+        """Draw the quiz (widgets in Jupyter, text elsewhere); the widget is kept as ``self.widget``."""
+        if text is None:
+            text = os.environ.get("QUANTEDU_QUIZ_TEXT") == "1" or not _in_kernel()
+        if text:
+            print(f"== {self.title} ==")
+            for i, q in enumerate(self.questions):
+                print(q.text(i + 1) + "\n")
+            print("Answer in code: quiz.answer(question_index, response) -> feedback")
+            return
+        from IPython.display import display
+
+        self.widget = _widgets(self)
+        display(self.widget)
+
+
+def _in_kernel() -> bool:
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except ImportError:
+        return False
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def _widgets(quiz: Quiz):
+    import ipywidgets as w
+
+    score = w.HTML(f"<b>{quiz.score_text()}</b>")
+    rows = [w.HTML(f"<h3>{quiz.title}</h3>")]
+    for i, q in enumerate(quiz.questions):
+        if q.kind == "single":
+            picker = w.RadioButtons(options=[(opt, k) for k, opt in enumerate(q.options)],
+                                    value=None, layout=w.Layout(width="auto"))
+            read = lambda picker=picker: picker.value  # noqa: E731
+            inputs = [picker]
+        elif q.kind == "multi":
+            boxes = [w.Checkbox(description=opt, indent=False, layout=w.Layout(width="auto"))
+                     for opt in q.options]
+            read = lambda boxes=boxes: [k for k, b in enumerate(boxes) if b.value]  # noqa: E731
+            inputs = boxes
+        else:
+            field_ = w.Text(placeholder="a number")
+            read = lambda field_=field_: field_.value  # noqa: E731
+            inputs = [field_]
+        out = w.HTML()
+        button = w.Button(description="Check", button_style="primary")
+
+        def on_click(_b, i=i, read=read, out=out):
+            fb = quiz.answer(i, read())
+            color = "green" if fb.correct else "#b00"
+            out.value = f"<span style='color:{color}'>{fb.message}</span>"
+            score.value = f"<b>{quiz.score_text()}</b>"
+
+        button.on_click(on_click)
+        rows += [w.HTML(f"<b>Q{i + 1}.</b> {q.prompt}"), *inputs, button, out]
+    return w.VBox(rows + [score])

