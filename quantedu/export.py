@@ -122,7 +122,7 @@ def save_compressed_tensors(model: nn.Module, quantized: dict, config: QuantConf
             )
         dtype = layer.weight.dtype
         sd[f"{name}.weight_packed"] = _pack(q.codes, config.bits, dim=1)
-        sd[f"{name}.weight_scale"] = q.scales.to(dtype).contiguous()
+        sd[f"{name}.weight_scale"] = q.scales.to(dtype).clone()
         sd[f"{name}.weight_shape"] = torch.tensor([rows, cols])
         if not config.symmetric:
             sd[f"{name}.weight_zero_point"] = _pack(q.zeros.round().to(torch.uint8), config.bits, dim=0)
@@ -140,11 +140,19 @@ def save_compressed_tensors(model: nn.Module, quantized: dict, config: QuantConf
 
 
 def save_gptq(model: nn.Module, quantized: dict, config: QuantConfig, path, tokenizer=None,
-              desc_act: bool = False, static_groups: bool = False, damp_percent: float = 0.01) -> Path:
-    """Write the GPTQ (v1) checkpoint layout: ``qweight``/``qzeros``/``scales``/``g_idx`` + ``quantization_config``.
+              desc_act: bool = False, static_groups: bool = False, damp_percent: float = 0.01,
+              checkpoint_format: str = "gptq") -> Path:
+    """Write the GPTQ checkpoint layout: ``qweight``/``qzeros``/``scales``/``g_idx`` + ``quantization_config``.
+
+    ``checkpoint_format="gptq"`` (v1, what AutoGPTQ/optimum/transformers expect) stores ``zero - 1``;
+    ``"gptq_v2"`` (GPTQModel's own) stores the zero point itself, so a zero of 0 (asymmetric groups
+    with no negative weight) survives.
 
     transformers loads it only through GPTQModel (``gptqmodel``); :func:`load_gptq_model` reads it here.
     """
+    if checkpoint_format not in ("gptq", "gptq_v2"):
+        raise ValueError(f"checkpoint_format must be 'gptq' (v1) or 'gptq_v2', got {checkpoint_format!r}")
+    offset = 1 if checkpoint_format == "gptq" else 0
     if config.bits not in (2, 3, 4, 8):
         raise ValueError(f"the GPTQ layout packs 2, 3, 4 or 8 bits, not {config.bits}")
     linears = _linear_modules(model)
@@ -156,15 +164,16 @@ def save_gptq(model: nn.Module, quantized: dict, config: QuantConfig, path, toke
         if (cols * config.bits) % 32 or (rows * config.bits) % 32:
             raise ValueError(f"{name}: {rows}x{cols} does not pack into whole int32 words at {config.bits} bits")
         # v1 stores zero - 1 (an AutoGPTQ quirk its kernels undo); a zero of 0 would wrap, so refuse it.
-        if int(q.zeros.min()) < 1:
-            raise ValueError(f"{name}: a zero point of 0 cannot be stored in the GPTQ v1 layout (zero - 1)")
+        if int(q.zeros.min()) < offset:
+            raise ValueError(f"{name}: a zero point of 0 cannot be stored as zero - 1 in the GPTQ v1 layout; "
+                             "pass checkpoint_format='gptq_v2'")
         dtype = layer.weight.dtype
         sd[f"{name}.qweight"] = pack_int32(q.codes.t(), config.bits, dim=0).contiguous()
-        sd[f"{name}.qzeros"] = pack_int32((q.zeros.round() - 1).to(torch.uint8).t(), config.bits, dim=1).contiguous()
+        sd[f"{name}.qzeros"] = pack_int32((q.zeros.round() - offset).to(torch.uint8).t(), config.bits, dim=1).contiguous()
         sd[f"{name}.scales"] = q.scales.t().to(dtype).contiguous()
-        sd[f"{name}.g_idx"] = q.g_idx.to(torch.int32).contiguous()
+        sd[f"{name}.g_idx"] = q.g_idx.to(torch.int32).clone()
     qcfg = {
-        "quant_method": "gptq", "checkpoint_format": "gptq", "bits": config.bits,
+        "quant_method": "gptq", "checkpoint_format": checkpoint_format, "bits": config.bits,
         "group_size": config.group_size if config.granularity == "group" else -1,
         "sym": config.symmetric, "desc_act": desc_act, "static_groups": static_groups,
         "damp_percent": damp_percent, "true_sequential": False, "pack_dtype": "int32",
@@ -174,7 +183,7 @@ def save_gptq(model: nn.Module, quantized: dict, config: QuantConfig, path, toke
 
 
 def load_gptq_weights(path) -> dict[str, torch.Tensor]:
-    """Unpack a GPTQ v1 checkpoint into dequantized ``{layer_name: weight}`` (float32)."""
+    """Unpack a GPTQ (v1 or v2) checkpoint into dequantized ``{layer_name: weight}`` (float32)."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -185,7 +194,8 @@ def load_gptq_weights(path) -> dict[str, torch.Tensor]:
     for key in [k for k in sd if k.endswith(".qweight")]:
         name = key[: -len(".qweight")]
         codes = unpack_int32(sd[key], bits, dim=0).t()
-        zeros = unpack_int32(sd[f"{name}.qzeros"], bits, dim=1).t().float() + 1
+        offset = 1 if qc.get("checkpoint_format", "gptq") == "gptq" else 0
+        zeros = unpack_int32(sd[f"{name}.qzeros"], bits, dim=1).t().float() + offset
         scales = sd[f"{name}.scales"].t().float()
         config = QuantConfig(bits=bits, group_size=g if g != -1 else codes.shape[1],
                              symmetric=qc["sym"], granularity="group" if g != -1 else "channel")

@@ -89,6 +89,16 @@ class GPTQResult:
     perm: torch.Tensor | None  # quantization order of the columns (act-order), else None
     loss: float  # sum over rows of the GPTQ objective, as the reference reports it
     config: QuantConfig
+    row_losses: torch.Tensor | None = None  # the same, per output row
+
+    def rows(self, start: int, stop: int) -> "GPTQResult":
+        """The result for output rows ``start:stop`` (GPTQ treats rows independently)."""
+        part = lambda t: t[start:stop].clone()  # noqa: E731  (own storage: no hidden sharing)
+        rl = None if self.row_losses is None else part(self.row_losses)
+        return replace(self, weight=part(self.weight), codes=part(self.codes), scales=part(self.scales),
+                       zeros=part(self.zeros), g_idx=self.g_idx.clone(),
+                       perm=None if self.perm is None else self.perm.clone(),
+                       row_losses=rl, loss=float(rl.sum()) if rl is not None else self.loss)
 
 
 class HessianAccumulator:
@@ -112,7 +122,7 @@ class HessianAccumulator:
         self.H *= self.n / (self.n + batch)
         self.n += batch
         x = math.sqrt(2 / self.n) * x
-        self.H += x.t() @ x
+        self.H.addmm_(x.t(), x)
 
     def hook(self):
         """A forward hook for ``nn.Linear`` that adds the layer's input."""
@@ -211,7 +221,7 @@ def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig = 
         Q, codes, g_idx = Q[:, invperm], codes[:, invperm], order_group[invperm]
     return GPTQResult(
         weight=Q.to(dtype), codes=codes, scales=scales, zeros=zeros, g_idx=g_idx.to(torch.int32),
-        perm=perm, loss=float(losses.sum()), config=qc,
+        perm=perm, loss=float(losses.sum()), config=qc, row_losses=losses,
     )
 
 
@@ -267,17 +277,28 @@ def gptq_quantize_model(
         home = next(layer.parameters()).device
         layer.to(device)
         linears = linear_layers(layer)
-        acc = {name: HessianAccumulator(m.in_features, device) for name, m in linears.items()}
-        handles = [m.register_forward_hook(acc[name].hook()) for name, m in linears.items()]
+        # q/k/v (and gate/up) read the same tensor: one Hessian serves them all (it is X X^T of the input).
+        owner = _input_owners(layer, linears, hidden[0], kwargs)
+        acc = {name: HessianAccumulator(linears[name].in_features, device) for name in set(owner.values())}
+        handles = [linears[name].register_forward_hook(acc[name].hook()) for name in acc]
         try:
             outs = run_block(layer, hidden, kwargs)  # fp outputs; fills the Hessians
         finally:
             for hd in handles:
                 hd.remove()
-        for name, m in linears.items():
-            res = gptq_quantize_weight(m.weight.data, acc.pop(name).H, config)
-            m.weight.data.copy_(res.weight)
-            results[f"{prefix}.{k}.{name}"] = _to_cpu(res)
+        for first in acc:
+            # Rows are independent given H: layers sharing an input (q/k/v, gate/up) are stacked and
+            # quantized in one pass over the columns (one Cholesky, one column loop).
+            names = [n for n in linears if owner[n] == first]
+            res = gptq_quantize_weight(torch.cat([linears[n].weight.data for n in names]), acc[first].H, config)
+            start = 0
+            for n in names:
+                m = linears[n]
+                part = res.rows(start, start + m.out_features)
+                start += m.out_features
+                m.weight.data.copy_(part.weight)
+                results[f"{prefix}.{k}.{n}"] = _to_cpu(part)
+        del acc
         if inputs_from == "quantized":
             outs = run_block(layer, hidden, kwargs)
         hidden = outs
@@ -286,15 +307,37 @@ def gptq_quantize_model(
     return results
 
 
+def _input_owners(layer, linears, x, kwargs) -> dict[str, str]:
+    """Map each linear layer to the first layer that reads the very same input tensor (one probe sample)."""
+    seen, owner, alive = {}, {}, []
+
+    def probe(name):
+        def hook(module, args):
+            # Keep every probed input alive: a freed tensor's address can be reused by a later,
+            # different input (e.g. the MLP's normed input where the attention's was).
+            alive.append(args[0])
+            key = (args[0].data_ptr(), tuple(args[0].shape), args[0].stride())
+            owner[name] = seen.setdefault(key, name)
+        return hook
+
+    handles = [m.register_forward_pre_hook(probe(n)) for n, m in linears.items()]
+    try:
+        layer(x, **kwargs)
+    finally:
+        for hd in handles:
+            hd.remove()
+    return owner
+
+
 def _to_cpu(res: GPTQResult) -> GPTQResult:
     move = lambda t: None if t is None else t.cpu()  # noqa: E731
     return replace(
         res, weight=move(res.weight), codes=move(res.codes), scales=move(res.scales),
-        zeros=move(res.zeros), g_idx=move(res.g_idx), perm=move(res.perm),
+        zeros=move(res.zeros), g_idx=move(res.g_idx), perm=move(res.perm), row_losses=move(res.row_losses),
     )
 
 
 def check_result(res: GPTQResult) -> None:
     """Assert the stored codes/scales/zeros/g_idx reproduce the dequantized weight."""
     deq = dequantize(res.codes, res.scales, res.zeros, res.config, g_idx=res.g_idx.long())
-    torch.testing.assert_close(deq, res.weight.float(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(deq.to(res.weight.dtype), res.weight, rtol=0, atol=1e-6)

@@ -165,7 +165,8 @@ class GroupFormat:
         return self.bits + per_group * n_groups / cols
 
     def tensor_bytes(self, rows: int, cols: int) -> float:
-        return rows * cols * self.bits_per_weight(cols) / 8
+        n_groups = math.ceil(cols / self.group_size) if self.group_size else 1
+        return rows * (cols * self.bits + n_groups * (self.scale_bits + self.zbits())) / 8
 
 
 def weight_format(spec) -> object:

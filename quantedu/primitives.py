@@ -173,6 +173,40 @@ def dequantize(
     return s * (q.to(dtype) - z)
 
 
+def grouped_view(w: torch.Tensor, config: QuantConfig) -> torch.Tensor:
+    """``w`` as ``(rows, n_groups, group_len)`` (per-tensor: ``(1, 1, numel)``), the ragged last group
+    padded with zeros. Padding is harmless: every range is widened to include 0 anyway, and 0 is
+    exactly representable, so padded entries change no parameter and add no error."""
+    _check_weight(w)
+    rows, cols = w.shape
+    if config.granularity == "tensor":
+        return w.reshape(1, 1, rows * cols)
+    if config.granularity == "channel":
+        return w.reshape(rows, 1, cols)
+    g = config.group_size
+    n = math.ceil(cols / g)
+    if n * g != cols:
+        w = torch.nn.functional.pad(w, (0, n * g - cols))
+    return w.reshape(rows, n, g)
+
+
+def _ungroup(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Inverse of :func:`grouped_view` (drops the padding)."""
+    rows, cols = shape
+    if x.shape[0] != rows:  # per-tensor view (1, 1, rows * cols)
+        return x.reshape(rows, cols)
+    return x.reshape(rows, -1)[:, :cols]
+
+
+def _fake_quantize_grouped(wg: torch.Tensor, config: QuantConfig, clip_ratio) -> torch.Tensor:
+    """RTN on a grouped view; parameters broadcast over the last dim instead of being gathered."""
+    xmin, xmax = wg.amin(dim=-1), wg.amax(dim=-1)
+    scale, zero = qparams_from_range(xmin * clip_ratio, xmax * clip_ratio, config)
+    scale, zero = scale.unsqueeze(-1), zero.unsqueeze(-1)
+    q = torch.clamp(torch.round(wg / scale) + zero, 0, config.maxq)
+    return scale * (q - zero)
+
+
 def fake_quantize(
     w: torch.Tensor,
     config: QuantConfig,
@@ -180,6 +214,8 @@ def fake_quantize(
     g_idx: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Round-to-nearest quantize then dequantize: the weights the quantized model really uses."""
+    if g_idx is None:  # natural group order: same numbers as the path below, without gathers
+        return _ungroup(_fake_quantize_grouped(grouped_view(w, config), config, clip_ratio), w.shape).to(w.dtype)
     scale, zero = choose_qparams(w, config, clip_ratio)
     q = quantize(w, scale, zero, config, g_idx)
     return dequantize(q, scale, zero, config, g_idx, dtype=w.dtype)
@@ -187,14 +223,8 @@ def fake_quantize(
 
 def quantization_error(w: torch.Tensor, config: QuantConfig, clip_ratio=1.0) -> torch.Tensor:
     """Per-group sum of squared errors of RTN at ``clip_ratio``, shape ``(rows, n_groups)``."""
-    err = (fake_quantize(w, config, clip_ratio) - w) ** 2
-    if config.granularity == "tensor":
-        return err.sum().reshape(1, 1)
-    if config.granularity == "channel":
-        return err.sum(dim=1, keepdim=True)
-    g_idx = group_index(w.shape[1], config, device=w.device)
-    out = torch.zeros(w.shape[0], config.n_groups(w.shape[1]), dtype=err.dtype, device=w.device)
-    return out.index_add_(1, g_idx, err)
+    wg = grouped_view(w, config)
+    return ((_fake_quantize_grouped(wg, config, clip_ratio) - wg) ** 2).sum(dim=-1)
 
 
 def mse_clip_search(
@@ -205,12 +235,13 @@ def mse_clip_search(
     The same grid search as the GPTQ reference's ``Quantizer(mse=True)`` (``norm=2.4`` there;
     plain squared error here): clipping outliers coarsens nothing else and can lower the total error.
     """
-    best_ratio = torch.ones(w.shape[0], config.n_groups(w.shape[1]), dtype=w.dtype, device=w.device)
-    best_err = quantization_error(w, config, 1.0)
+    wg = grouped_view(w, config)
+    best_err = ((_fake_quantize_grouped(wg, config, 1.0) - wg) ** 2).sum(dim=-1)
+    best_ratio = torch.ones_like(best_err)
     for i in range(1, int(max_shrink * grid) + 1):
         ratio = 1 - i / grid
         # Per-group ratio broadcast to per-group ranges inside choose_qparams.
-        err = quantization_error(w, config, ratio)
+        err = ((_fake_quantize_grouped(wg, config, ratio) - wg) ** 2).sum(dim=-1)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_ratio = torch.where(better, torch.full_like(best_ratio, ratio), best_ratio)

@@ -20,9 +20,17 @@ the full-precision and the quantized next-token distributions, as LLM-QAT, Liu e
 next-token cross-entropy (``loss="ce"``). Distillation measures only what quantization lost: with
 cross-entropy on text of the evaluation's domain, some of the gain would be fine-tuning, not QAT.
 
+Two ways to run it (``QATPlan.mode``):
+
+* ``"e2e"``: end-to-end, the whole model at once, loss on the logits (LLM-QAT style);
+* ``"blockwise"``: one decoder block at a time, in order, each trained to reproduce the
+  full-precision block's output on the inputs the already-quantized earlier blocks produce (MSE),
+  like the Block-AP phase of EfficientQAT (Chen et al. 2024). A step costs one block's forward and
+  backward instead of the whole model's (and no 49k-way softmax), so a small CPU can afford it.
+
 Full QAT (LLM-QAT, EfficientQAT) trains all weights for thousands of steps on billions of tokens
-on GPUs. :func:`plan` picks what fits the hardware at hand: on a small CPU, scales everywhere plus
-the weights of the last blocks, short sequences, a few dozen steps.
+on GPUs. :func:`plan` picks what fits the hardware at hand: block-wise with short sequences and a
+few steps per block on a CPU, end-to-end on a GPU.
 """
 from __future__ import annotations
 
@@ -180,7 +188,8 @@ def convert(model: nn.Module) -> list[str]:
 class QATPlan:
     """What a QAT run trains, on how much data, for how long."""
 
-    steps: int = 30
+    mode: str = "e2e"  # or "blockwise"
+    steps: int = 30  # e2e: optimizer steps; blockwise: steps per block
     batch_size: int = 4
     seq_len: int = 64
     n_samples: int = 32
@@ -192,6 +201,7 @@ class QATPlan:
 
     @property
     def tokens(self) -> int:
+        """Tokens through the trained part per block (blockwise) or through the model (e2e)."""
         return self.steps * self.batch_size * self.seq_len
 
 
@@ -202,7 +212,8 @@ def plan(device: torch.device | str | None = None, budget: str = "notebook") -> 
         if budget == "notebook":
             return QATPlan(steps=300, batch_size=8, seq_len=512, n_samples=256, train_weights="all")
         return QATPlan(steps=2000, batch_size=16, seq_len=1024, n_samples=2048, train_weights="all")
-    return QATPlan(steps=30, batch_size=4, seq_len=64, n_samples=32, train_weights=2, max_seconds=75)
+    return QATPlan(mode="blockwise", steps=4, batch_size=4, seq_len=128, n_samples=8, train_weights="all",
+                   lr_scale=2e-2, lr_weight=2e-5, loss="mse", max_seconds=None)
 
 
 def train_qat(model: nn.Module, calibration: torch.Tensor, config: QuantConfig, qat_plan: QATPlan | None = None,
@@ -215,7 +226,11 @@ def train_qat(model: nn.Module, calibration: torch.Tensor, config: QuantConfig, 
     if calibration.dim() != 2 or calibration.shape[1] < p.seq_len:
         raise ValueError(f"calibration must be (n_samples, >= {p.seq_len}) token ids, got {tuple(calibration.shape)}")
     device = next(model.parameters()).device
-    data = calibration[:, : p.seq_len].to(device)
+    data = calibration[: p.n_samples, : p.seq_len].to(device)
+    if p.mode == "blockwise":
+        return _train_blockwise(model, data, config, p, seed, progress, mse_clip)
+    if p.mode != "e2e":
+        raise ValueError(f"QATPlan.mode must be 'e2e' or 'blockwise', got {p.mode!r}")
     was_training = model.training
     model.train()
     prepare_qat(model, config, p.train_weights, mse_clip=mse_clip)
@@ -237,6 +252,51 @@ def train_qat(model: nn.Module, calibration: torch.Tensor, config: QuantConfig, 
             "tokens": steps * p.batch_size * p.seq_len}
 
 
+def _train_blockwise(model, data, config, p: QATPlan, seed: int, progress: bool, mse_clip: bool) -> dict:
+    """Block by block: fake-quantize one block, train it to match its full-precision output, convert."""
+    from .calibration import _first_tensor, decoder_layers, run_block, sequential_blocks
+
+    n_blocks = len(decoder_layers(model))
+    gen = torch.Generator().manual_seed(seed)
+    losses: list[float] = []
+    per_block: list[dict] = []
+    t0 = time.perf_counter()
+
+    def process(index, block, inputs, kwargs):
+        targets = torch.cat(run_block(block, inputs, kwargs))  # the fp block on the quantized inputs
+        X = torch.cat(inputs)
+        probe = slice(0, min(2, len(X)))  # a fixed pair of samples to report the error before/after
+        if p.train_weights == "all" or p.train_weights == "none":
+            train = p.train_weights
+        else:
+            train = "all" if index >= n_blocks - int(p.train_weights) else "none"
+        with torch.enable_grad():
+            prepare_qat(block, config, train, skip=(), mse_clip=mse_clip)
+            with torch.no_grad():  # the starting point: RTN scales
+                before = F.mse_loss(_first_tensor(block(X[probe], **kwargs)).float(), targets[probe].float()).item()
+            opt = make_optimizer(block, p.lr_scale, p.lr_weight)
+            block_losses = []
+            for _ in range(p.steps):
+                rows = torch.randint(0, len(X), (min(p.batch_size, len(X)),), generator=gen)
+                loss = F.mse_loss(_first_tensor(block(X[rows], **kwargs)).float(), targets[rows].float())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                block_losses.append(loss.item())
+        convert(block)
+        with torch.no_grad():
+            after = F.mse_loss(_first_tensor(block(X[probe], **kwargs)).float(), targets[probe].float()).item()
+        per_block.append({"block": index, "mse before": before, "mse after": after})
+        losses.extend(block_losses)
+
+    sequential_blocks(model, data, process, quantized_inputs=True, desc=f"QAT blocks {config.label()}")
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    steps = p.steps * n_blocks
+    return {"plan": p, "losses": losses, "per_block": per_block, "steps": steps,
+            "seconds": time.perf_counter() - t0, "tokens": steps * min(p.batch_size, len(data)) * p.seq_len}
+
+
 def full_qat_cost(n_params: float, tokens: float = 1e8, flops_per_s: float = 5e13) -> dict:
     """Order of magnitude of a full QAT run: ~6 FLOPs per parameter per token (forward + backward),
     plus one forward of the teacher (2 FLOPs) for distillation. ``flops_per_s`` is sustained throughput."""
@@ -246,5 +306,11 @@ def full_qat_cost(n_params: float, tokens: float = 1e8, flops_per_s: float = 5e1
 
 def describe(r: dict) -> str:
     """One line about a :func:`train_qat` run."""
+    if "per_block" in r:
+        first = sum(b["mse before"] for b in r["per_block"])
+        after = sum(b["mse after"] for b in r["per_block"])
+        return (f"block-wise: {r['plan'].steps} steps x {len(r['per_block'])} blocks, {r['plan'].batch_size} x "
+                f"{r['plan'].seq_len} tokens per step, in {r['seconds']:.0f} s; summed block output MSE "
+                f"{first:.4g} with RTN scales -> {after:.4g} after training")
     return (f"{r['steps']} steps x {r['plan'].batch_size} x {r['plan'].seq_len} tokens = {r['tokens']:,} tokens "
             f"in {r['seconds']:.0f} s; loss {r['losses'][0]:.4f} -> {min(r['losses'][-3:]):.4f}")

@@ -147,8 +147,8 @@ def pack_linear(w: torch.Tensor, config: QuantConfig, mse_clip: bool = False) ->
     scale, zero = choose_qparams(w, config, ratio)
     q = quantize(w, scale, zero, config)
     return {
-        "qweight": pack_int32(q.t().contiguous(), config.bits, dim=0),
-        "qzeros": pack_int32(zero.t().to(torch.uint8).contiguous(), config.bits, dim=1),
+        "qweight": pack_int32(q.t().contiguous(), config.bits, dim=0).contiguous(),
+        "qzeros": pack_int32(zero.t().to(torch.uint8).contiguous(), config.bits, dim=1).contiguous(),
         "scales": scale.t().to(torch.float16).contiguous(),
     }
 
@@ -171,3 +171,42 @@ def packed_state_dict(model: nn.Module, config: QuantConfig, skip: Iterable[str]
         if name not in packed_names:
             out[name] = p.detach().to(keep_dtype).contiguous()
     return out
+
+
+def linear_weights(model: nn.Module, skip: Iterable[str] = ("lm_head",)) -> dict[str, torch.Tensor]:
+    """A copy of every linear weight ``replace_linear`` would touch (to restore the model between runs)."""
+    skip = tuple(skip)
+    return {n: m.weight.detach().clone() for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) and _matches(n, skip) is None}
+
+
+@torch.no_grad()
+def restore_linear_weights(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    for name, w in saved.items():
+        model.get_submodule(name).weight.copy_(w)
+
+
+def rtn_sweep(model: nn.Module, evaluate_fn: Callable[[nn.Module], float], bits=(8, 4, 3, 2),
+              groups=(32, 128, None), symmetric: bool = False, progress: bool = True):
+    """Perplexity (or any score) of RTN at every ``bits x group`` (``None`` = per-channel), restoring the
+    original weights after each. Returns a DataFrame with bits, group, bits/weight and the score."""
+    import pandas as pd
+
+    from .memory import GroupFormat
+
+    saved = linear_weights(model)
+    rows = []
+    try:
+        for b in tqdm(bits, desc="bits", disable=not progress):
+            for g in groups:
+                cfg = QuantConfig(b, g or 128, symmetric, "group" if g else "channel")
+                t0 = time.perf_counter()
+                quantize_model_rtn(model, cfg, progress=False)
+                seconds = time.perf_counter() - t0
+                fmt = GroupFormat(b, g, zero_bits=0 if symmetric else None)
+                rows.append({"bits": b, "group": g or "channel", "bits/weight": fmt.bits_per_weight(),
+                             "label": cfg.label(), "score": evaluate_fn(model), "quantize s": seconds})
+                restore_linear_weights(model, saved)
+    finally:
+        restore_linear_weights(model, saved)
+    return pd.DataFrame(rows)

@@ -145,9 +145,9 @@ def test_export_reload_equality(tmp_path):
     cfg = awq.AWQConfig(bits=4, group_size=32)
     res = awq.awq_quantize_model(model, ids, cfg)
     path = save_compressed_tensors(model, res["layers"], cfg.quant_config(), tmp_path / "awq")
-    # run_compressed=False: transformers decompresses into plain nn.Linear weights we can compare.
+    # dequantize=True: transformers decompresses into plain nn.Linear weights we can compare.
     reloaded = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.float32, quantization_config=CompressedTensorsConfig(run_compressed=False)).eval()
+        path, dtype=torch.float32, quantization_config=CompressedTensorsConfig(dequantize=True)).eval()
     for name, m in reloaded.named_modules():
         if name in res["layers"]:
             torch.testing.assert_close(m.weight.data, dict(model.named_modules())[name].weight.data, rtol=0, atol=1e-6)

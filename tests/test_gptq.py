@@ -305,3 +305,29 @@ def test_inputs_from_fp_and_quantized_differ_after_the_first_block(tiny_llama):
     assert any(not torch.equal(ra[n].weight, rb[n].weight) for n in later)
     with pytest.raises(ValueError, match="inputs_from"):
         gptq_quantize_model(a, _calibration(), cfg, inputs_from="teacher")
+
+
+def test_layers_reading_the_same_input_share_one_hessian(tiny_llama):
+    from quantedu.calibration import capture_block_inputs, linear_layers
+    from quantedu.gptq import _input_owners
+
+    hidden, kwargs = capture_block_inputs(tiny_llama, _calibration(1, 16))
+    block = tiny_llama.model.layers[0]
+    owner = _input_owners(block, linear_layers(block), hidden[0], kwargs)
+    groups = {}
+    for name, first in owner.items():
+        groups.setdefault(first, []).append(name)
+    assert sorted(map(sorted, groups.values())) == [
+        ["mlp.down_proj"], ["mlp.gate_proj", "mlp.up_proj"], ["self_attn.k_proj", "self_attn.q_proj", "self_attn.v_proj"],
+        ["self_attn.o_proj"]]
+
+
+def test_stacking_layers_that_share_a_hessian_changes_nothing():
+    W, H = random_problem(48, 64, seed=11)
+    cfg = GPTQConfig(bits=4, group_size=16, desc_act=True)
+    whole = gptq_quantize_weight(W, H, cfg)
+    top, bottom = gptq_quantize_weight(W[:20], H, cfg), whole.rows(20, 48)
+    part = whole.rows(0, 20)
+    assert (part.codes != top.codes).sum() <= 2  # matmul blocking may reorder float sums only
+    assert torch.equal(part.g_idx, top.g_idx) and part.loss == pytest.approx(top.loss, rel=1e-3)
+    assert bottom.codes.shape == (28, 64) and whole.loss == pytest.approx(part.loss + bottom.loss, rel=1e-5)

@@ -97,6 +97,22 @@ def test_round_to_nearest_error_is_at_most_half_a_step(w, bits, group, sym, gran
     assert (err <= step * (0.5 + 1e-4) + 1e-6 * w.abs()).all()
 
 
+@settings(max_examples=40, deadline=None)
+@given(w=weights, bits=st.integers(2, 8), group=st.integers(1, 100), sym=st.booleans(),
+       gran=st.sampled_from(["tensor", "channel", "group"]))
+def test_fast_grouped_path_equals_gather_path(w, bits, group, sym, gran):
+    # fake_quantize broadcasts over a padded (rows, groups, group_size) view; passing g_idx takes the
+    # quantize/dequantize path that gathers parameters per column. Both must give the same numbers.
+    cfg = QuantConfig(bits, group, symmetric=sym, granularity=gran)
+    g_idx = group_index(w.shape[1], cfg)
+    assert torch.equal(fake_quantize(w, cfg), fake_quantize(w, cfg, g_idx=g_idx))
+    scale, zero = choose_qparams(w, cfg)
+    err = (dequantize(quantize(w, scale, zero, cfg), scale, zero, cfg) - w) ** 2
+    by_group = torch.zeros_like(scale).index_add_(1, g_idx, err) if gran == "group" else None
+    if by_group is not None:
+        assert torch.allclose(quantization_error(w, cfg), by_group, rtol=1e-5, atol=1e-12)
+
+
 def test_mse_clip_search_never_worse_than_min_max():
     torch.manual_seed(1)
     w = torch.randn(8, 256)

@@ -44,7 +44,8 @@ class ImatrixCollector:
     def __init__(self, model, include_output: bool = False):
         self.model = model
         names = gguf_tensor_names(model)
-        self.names = {k: v for k, v in names.items() if v.startswith("blk.") or (include_output and v == "output.weight")}
+        self.names = {k: v for k, v in names.items()
+                      if v.startswith("blk.") or (include_output and v == "output.weight")}
         self.sum2: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
         self._handles = []
@@ -81,11 +82,18 @@ class ImatrixCollector:
 
 @torch.no_grad()
 def compute_imatrix(model, batches, include_output: bool = False) -> dict[str, np.ndarray]:
-    """Run ``model`` on ``batches`` (token-id tensors ``(batch, seq)``) and return the imatrix."""
+    """Run ``model`` on ``batches`` and return the imatrix.
+
+    ``batches``: a ``(n_samples, seq)`` token tensor (as ``quantedu.data.calibration_batches`` returns;
+    run one sample at a time) or an iterable of ``(batch, seq)`` tensors.
+    """
     model.eval()
+    device = next(model.parameters()).device
+    if isinstance(batches, torch.Tensor):
+        batches = batches.reshape(-1, batches.shape[-1]).split(1) if batches.dim() > 1 else [batches[None]]
     with ImatrixCollector(model, include_output) as col:
         for b in batches:
-            model(b.to(next(model.parameters()).device))
+            model(b.reshape(-1, b.shape[-1]).to(device))
     return col.result()
 
 

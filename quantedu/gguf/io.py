@@ -54,6 +54,84 @@ def open_gguf(path) -> GGUFReader:
     return reader
 
 
+_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def tensor_table(path):
+    """Fast path to the tensor table (name, type, shape, bytes) without decoding the metadata values.
+
+    ``GGUFReader`` turns every tokenizer string into a numpy array (seconds for a 49k vocabulary); this
+    walks the header with ``struct`` and skips the values. Same truncation checks as :func:`open_gguf`.
+    """
+    import struct
+
+    import pandas as pd
+    from gguf import GGML_QUANT_SIZES
+    path = Path(path)
+    with open(path, "rb") as f:
+        buf = f.read(min(path.stat().st_size, 64 << 20))  # the header: metadata + tensor infos
+    pos = 0
+
+    def take(fmt):
+        nonlocal pos
+        size = struct.calcsize(fmt)
+        if pos + size > len(buf):
+            raise GGUFError(f"{path} is truncated or corrupt (header ends early); re-create it")
+        out = struct.unpack_from(fmt, buf, pos)
+        pos += size
+        return out[0] if len(out) == 1 else out
+
+    def skip_value(vtype):
+        nonlocal pos
+        if vtype == 8:  # string
+            n = take("<Q")
+            pos += n
+        elif vtype == 9:  # array
+            sub, n = take("<I"), take("<Q")
+            if sub == 8:
+                for _ in range(n):
+                    ln = take("<Q")
+                    pos += ln
+            else:
+                pos += n * struct.calcsize(_SCALAR[sub])
+        else:
+            pos += struct.calcsize(_SCALAR[vtype])
+
+    if take("<4s") != b"GGUF":
+        raise GGUFError(f"{path} is not a GGUF file")
+    _version, n_tensors, n_kv = take("<I"), take("<Q"), take("<Q")
+    alignment = 32
+    for _ in range(n_kv):
+        n = take("<Q")
+        key = bytes(buf[pos: pos + n]).decode("utf-8", errors="replace")
+        pos += n
+        vtype = take("<I")
+        if key == "general.alignment" and vtype == 4:
+            alignment = take("<I")
+        else:
+            skip_value(vtype)
+    rows = []
+    for _ in range(n_tensors):
+        n = take("<Q")
+        name = bytes(buf[pos: pos + n]).decode()
+        pos += n
+        shape = tuple(take("<Q") for _ in range(take("<I")))
+        qtype, offset = T(take("<I")), take("<Q")
+        n_el = int(np.prod(shape))
+        bs, ts = GGML_QUANT_SIZES[qtype]
+        rows.append({"name": name, "type": qtype.name, "shape": shape, "ndim": len(shape), "n_params": n_el,
+                     "bytes": n_el // bs * ts, "bits_per_weight": 8 * ts / bs, "offset": offset})
+    start = -(-pos // alignment) * alignment
+    for r in rows:
+        r["offset"] += start  # absolute, like GGUFReader's data_offset
+    size = path.stat().st_size
+    end = max((r["offset"] + r["bytes"] for r in rows), default=0)
+    if end > size:
+        raise GGUFError(f"{path} is truncated: tensor data ends at byte {end:,} but the file has {size:,}; "
+                        "re-create it")
+    return pd.DataFrame(rows)
+
+
 def read_metadata(reader: GGUFReader) -> dict[str, tuple]:
     """``{key: (value, type, sub_type)}`` of every key-value field."""
     out = {}
@@ -163,6 +241,16 @@ def write_gguf(model, path, types="F16", reference_gguf=None, imatrix: dict | No
         writer.write_tensors_to_file()
         writer.close()
     return plan
+
+
+def bits_summary(path) -> dict:
+    """File size and effective bits per weight (all tensors / linear layers) from :func:`tensor_table`."""
+    t = tensor_table(path)
+    lin = t[t["name"].str.startswith("blk.") & (t["ndim"] == 2)]
+    return {"file_MiB": os.path.getsize(path) / 2**20,
+            "bits_per_weight": float(8 * t["bytes"].sum() / t["n_params"].sum()),
+            "linear_bits_per_weight": float(8 * lin["bytes"].sum() / lin["n_params"].sum()),
+            "types": {k: int(v) for k, v in t["type"].value_counts().items()}}
 
 
 @dataclass

@@ -23,12 +23,20 @@ _KV = KVALUES.astype(F32)
 NTRY = 7
 
 
+# number of grid values <= k for integer k in [-128, 128]: the grid is integer, so for a finite v
+# "kvalues <= v" equals "kvalues <= floor(v)"; this table replaces a binary search per element.
+_COUNT_LE = np.clip(np.searchsorted(KVALUES.astype(np.int64), np.arange(-128, 129), side="right"), 1, 15)
+
+
 def best_index(v: np.ndarray) -> np.ndarray:
     """``best_index_int8(16, kvalues, v)``: index of the nearest grid value; a tie (in float32
     arithmetic ``v - val[i-1] < val[i] - v``) goes to the upper value."""
-    mu = np.clip(np.searchsorted(_KV, v, side="right"), 1, 15)
+    with np.errstate(invalid="ignore"):
+        k = np.clip(np.floor(v), -128, 128)
+        k = np.nan_to_num(k, nan=128).astype(np.int64) + 128
+    mu = _COUNT_LE[k]
     lower = (v - _KV[mu - 1]) < (_KV[mu] - v)
-    idx = np.where(lower, mu - 1, mu)
+    idx = mu - lower
     idx = np.where(v <= _KV[0], 0, idx)
     return np.where(v >= _KV[15], 15, idx)
 

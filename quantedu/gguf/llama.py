@@ -90,7 +90,8 @@ def tokens_per_second(llm, prompt: str = "The capital of France is", n_tokens: i
     return n_tokens / (time.perf_counter() - t0)
 
 
-def quantize_file(src, dst, mix: str, imatrix: dict[str, np.ndarray] | None = None, nthread: int = 1) -> Path:
+def quantize_file(src, dst, mix: str, imatrix: dict[str, np.ndarray] | None = None, nthread: int = 1,
+                  verbose: bool = False) -> Path:
     """llama.cpp's quantizer: ``llama_model_quantize(src, dst, params)`` with ``params.ftype`` = ``mix``.
 
     ``imatrix``: ``{gguf tensor name: mean squared input per column}`` (see :mod:`quantedu.gguf.imatrix`).
@@ -118,8 +119,38 @@ def quantize_file(src, dst, mix: str, imatrix: dict[str, np.ndarray] | None = No
         entries[len(imatrix)].name = None  # NULL terminator
         params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
     dst = Path(dst)
-    with atomic_path(dst) as tmp:
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
-        if rc != 0:
-            raise RuntimeError(f"llama_model_quantize({src} -> {mix}) failed with code {rc}")
+    import llama_cpp._logger as default_log
+    if not verbose:  # llama.cpp logs one "falling back" warning per tensor otherwise
+        llama_cpp.llama_log_set(_quiet_callback(), ctypes.c_void_p(0))
+    try:
+        with atomic_path(dst) as tmp:
+            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+            if rc != 0:
+                raise RuntimeError(f"llama_model_quantize({src} -> {mix}) failed with code {rc}")
+    finally:
+        llama_cpp.llama_log_set(default_log.llama_log_callback, ctypes.c_void_p(0))
     return dst
+
+
+_QUIET = []
+
+
+def _quiet_callback():
+    """A llama.cpp log callback that drops everything (kept alive in a module global)."""
+    if not _QUIET:
+        _QUIET.append(_llama_cpp().llama_log_callback(lambda level, text, user_data: None))
+    return _QUIET[0]
+
+
+def measure_file(path, text: str, n_windows: int = 8, seq_len: int = 512, n_threads: int = 1,
+                 n_tokens: int = 32) -> dict:
+    """Perplexity, decode tokens/s and size of one GGUF file in llama.cpp (one row of a results table)."""
+    from .io import bits_summary
+    sizes = bits_summary(path)
+    llm = load(path, n_ctx=seq_len, n_threads=n_threads, logits_all=True)
+    try:
+        ppl = perplexity(llm, text, n_windows=n_windows, seq_len=seq_len)
+        tps = tokens_per_second(llm, n_tokens=n_tokens)
+    finally:
+        llm.close()
+    return {**sizes, "perplexity": ppl, "tokens_per_s": tps}

@@ -12,10 +12,12 @@ in llama.cpp's src/llama-quant.cpp for dense (non-MoE, non-Falcon, non-70B) mode
 4. a type whose block (256 for K-quants) does not divide the row length falls back to a 32-block type:
    Q4_K->Q5_0, Q5_K->Q5_1, Q6_K->Q8_0, Q2_K/Q3_K->Q4_0, IQ4_XS->IQ4_NL (F16 if even that does not fit).
 
-Layer indices are counters in file order, as in llama.cpp (``i_attention_wv``, ``i_ffn_down``).
+Layer indices are counters (``i_attention_wv``, ``i_ffn_down``) over the tensors in llama.cpp's loader
+order: by block number, then by name (``weight_name_comparer``) - not the order of the input file.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from gguf import GGMLQuantizationType as T
@@ -104,6 +106,13 @@ def _category(name: str) -> str:
     return "other"
 
 
+def loader_order(t) -> tuple[int, str]:
+    """llama-model-loader's ``weight_name_comparer``: block number (-1 outside blocks), then name."""
+    name = t.name if hasattr(t, "name") else str(t)
+    m = re.match(r"blk\.(\d+)\.", name)
+    return (int(m.group(1)) if m else -1, name)
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """What the recipe needs to know about a tensor: GGUF name, shape (GGUF order: ne[0] = row length
@@ -123,7 +132,8 @@ def assign_types(tensors: list[TensorInfo], mix: str, n_layer: int, n_head: int,
                  has_imatrix: bool = False) -> dict[str, T]:
     """GGML type of every tensor under ``mix`` (e.g. ``"Q4_K_M"``), as ``llama_model_quantize`` picks it.
 
-    ``tensors`` must be in file order (the layer counters follow it).
+    The layer counters follow llama.cpp's tensor order (:func:`loader_order`), whatever order
+    ``tensors`` come in.
     """
     mix = mix.upper()
     if mix not in DEFAULT_TYPE:
@@ -133,7 +143,7 @@ def assign_types(tensors: list[TensorInfo], mix: str, n_layer: int, n_head: int,
     tied = not any(t.name == "output.weight" for t in tensors)
     i_attn_v = i_ffn_down = 0
     out = {}
-    for t in tensors:
+    for t in sorted(tensors, key=loader_order):
         if not should_quantize(t):
             out[t.name] = t.dtype
             continue

@@ -32,29 +32,42 @@ def make_qx_quants(x: np.ndarray, nmax: int, qw: np.ndarray | None = None):
     w = qw if qw is not None else x * x
     amax, mx = first_absmax(x)
     zero = amax < GROUP_MAX_EPS
+    wx = w * x  # C: w*x[i]*l == (w*x[i])*l
+    lo, hi = F32(-nmax), F32(nmax - 1)
+    # |iscale*x| <= nmax + 1 in every live group, so nearest_int is exact float rounding
+    # (v + 1.5*2**23) - 1.5*2**23; all-zero groups get iscale 0 and are overwritten at the end.
+    safe_mx = np.where(zero, F32(1), mx).astype(F32)
+    lf = np.empty_like(x)
+    wl = np.empty_like(x)
+    tmp = np.empty_like(x)
+
+    def codes(iscale):
+        iscale = np.where(zero, F32(0), iscale).astype(F32)
+        np.multiply(x, iscale, out=lf)
+        np.add(lf, _MAGIC, out=lf)
+        np.subtract(lf, _MAGIC, out=lf)
+        np.clip(lf, lo, hi, out=lf)
+        np.multiply(wx, lf, out=tmp)
+        sumlx = seqsum(tmp)
+        np.multiply(w, lf, out=wl)
+        np.multiply(wl, lf, out=wl)
+        return sumlx, seqsum(wl)
+
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        iscale = F32(-nmax) / mx
-        l = np.clip(nearest_int(iscale * x), -nmax, nmax - 1)
-        L = l + nmax
-        lf = l.astype(F32)
-        sumlx = seqsum(w * x * lf)
-        suml2 = seqsum(w * lf * lf)
+        sumlx, suml2 = codes(F32(-nmax) / safe_mx)
+        L = lf.copy()
         scale = np.where(suml2 != 0, sumlx / suml2, F32(0)).astype(F32)
         best = scale * sumlx
         for step in range(-9, 10):
             if step == 0:
                 continue
-            iscale = -(F32(nmax) + F32(0.1) * F32(step)) / mx
-            l = np.clip(nearest_int(iscale * x), -nmax, nmax - 1)
-            lf = l.astype(F32)
-            sumlx = seqsum(w * x * lf)
-            suml2 = seqsum(w * lf * lf)
+            sumlx, suml2 = codes(-(F32(nmax) + F32(0.1) * F32(step)) / safe_mx)
             better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
             if better.any():
-                L = np.where(better, l + nmax, L)
+                np.copyto(L, lf, where=better[None, :])
                 scale = np.where(better, sumlx / suml2, scale).astype(F32)
                 best = np.where(better, scale * sumlx, best).astype(F32)
-    L = np.where(zero, 0, L)
+    L = np.where(zero, 0, L.astype(np.int64) + nmax)
     scale = np.where(zero, F32(0), scale).astype(F32)
     return scale, L
 

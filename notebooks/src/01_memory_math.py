@@ -1,0 +1,303 @@
+# %% [markdown]
+# # 01 · Memory math
+#
+# How much memory does a model need? The usual answer, "parameters times bytes per parameter",
+# is where we start; then we add what real deployments pay for: the scales and zero points of
+# quantized formats, the embeddings that stay in 16 bits, the KV cache that grows with every token
+# of context, and activations. Finally we check the predictions against bytes measured on the
+# course model: tensors in memory and files on disk.
+
+# %% [markdown]
+# ## Parameters
+
+# %%
+MODEL = "auto"
+CONTEXT = 8192     # tokens of context for the KV cache
+BATCH = 1          # sequences served at once
+
+# %% [markdown]
+# ## Number formats
+# Every format trades range (how large a number it can hold) against resolution (how finely it
+# cuts the numbers it holds). The table is computed: floats from `torch.finfo` and from raw bit
+# patterns of each dtype (fp4 E2M1 has no torch dtype, so from its bit layout); integers are
+# uniform grids whose step is set by a scale.
+
+# %%
+import pandas as pd
+import torch
+from quantedu import formats
+
+table = formats.formats_table()
+table[["bits", "max", "smallest_normal", "smallest_subnormal", "resolution_at_1", "decimal_digits"]]
+
+# %% [markdown]
+# **From scratch.** An 8-bit float E4M3 (`float8_e4m3fn`) has 1 sign, 4 exponent and 3 mantissa bits,
+# exponent bias 7, and no infinities: only `S.1111.111` is NaN. Decoding all 256 bit patterns by hand
+# gives its largest value and its spacing; torch's own dtype must agree.
+
+# %%
+def decode_e4m3(byte: int) -> float:
+    sign = -1.0 if byte >> 7 else 1.0
+    exp, man = (byte >> 3) & 0xF, byte & 0x7
+    if exp == 0xF and man == 0x7:
+        return float("nan")
+    if exp == 0:                                     # subnormal: no implicit leading 1
+        return sign * (man / 8) * 2.0 ** (1 - 7)
+    return sign * (1 + man / 8) * 2.0 ** (exp - 7)
+
+by_hand = torch.tensor([decode_e4m3(b) for b in range(256)], dtype=torch.float64)
+by_torch = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).to(torch.float64)
+assert torch.equal(by_hand.nan_to_num(7e7), by_torch.nan_to_num(7e7))
+finite = by_hand[torch.isfinite(by_hand)]
+print(f"E4M3: max {finite.max().item():g}, smallest subnormal {finite[finite > 0].min().item():g}, "
+      f"{len(finite.unique())} distinct finite values")
+assert finite.max().item() == table.loc["fp8_e4m3", "max"]
+
+# %% [markdown]
+# Floats put half their values within a factor of a few of zero; an int4 grid is evenly spaced. Here
+# are the positive halves of the fp8 E4M3, fp4 E2M1 and int4 grids, scaled so each tops out at 1.
+
+# %%
+import matplotlib.pyplot as plt
+
+fig, ax = plt.subplots(figsize=(8, 2.2))
+for y, name in enumerate(["int4", "fp4_e2m1", "fp8_e4m3"]):
+    v = formats.representable_values(name)
+    v = v[v >= 0] / v.max()
+    ax.plot(v, [y] * len(v), "|", markersize=14)
+ax.set_yticks([0, 1, 2], ["int4", "fp4 E2M1", "fp8 E4M3"])
+ax.set_xlabel("value / largest value")
+ax.set_title("where each format can put a number (positive half)")
+plt.show()
+
+# %% [markdown]
+# ## The seed's table
+# The classic back-of-the-envelope table: parameters x bits / 8, in GB (10^9 bytes).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from quantedu import memory
+
+seed = memory.seed_table()
+print(seed.to_string(float_format=lambda x: f"{x:.1f}"))
+
+# %% [markdown]
+# It is right as arithmetic, and wrong as a plan, for three reasons that the rest of this notebook
+# computes: (1) a "4-bit" checkpoint stores more than 4 bits per weight, (2) not every tensor is
+# quantized, (3) weights are not the only thing in memory.
+
+# %% [markdown]
+# ## 1. Bits per weight, overhead included
+# GPTQ and AWQ checkpoints keep, for every group of `group_size` weights in a row, an fp16 scale and
+# an integer zero point packed at the same bit width as the weights. From scratch:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def bits_per_weight(bits, group_size, scale_bits=16, zero_bits=None):
+    zero_bits = bits if zero_bits is None else zero_bits
+    return bits + (scale_bits + zero_bits) / group_size
+
+for g in (32, 64, 128):
+    ours = bits_per_weight(4, g)
+    assert ours == memory.bits_per_weight(f"int4-g{g}")
+    print(f"int4, group {g:>3}: {ours:.5f} bits/weight ({(ours / 4 - 1) * 100:.1f}% over 4)")
+print(f"per-channel int8: {memory.bits_per_weight('int8-channel', cols=4096):.5f} bits/weight at 4096 columns")
+
+# %% [markdown]
+# GGUF formats are fixed-size blocks. Their bits per weight follow from the block structs of
+# ggml-common.h (`quantedu.gguf.layouts` lists their fields); here are the fields of two of them,
+# then the bits per weight of the common types.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from quantedu.gguf.layouts import layout
+
+for name in ("Q4_0", "Q4_K"):
+    lay = layout(name)
+    fields = ", ".join(f"{f.name}: {f.nbytes} B" for f in lay.fields)
+    print(f"{name}: block of {lay.block_size} weights = {fields} -> {lay.type_size} B = "
+          f"{8 * lay.type_size / lay.block_size:.4f} bits/weight")
+gguf_bpw = pd.Series({n: memory.bits_per_weight(n) for n in ("Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q4_1", "Q4_0",
+                                                            "IQ4_XS", "Q3_K", "Q2_K")}, name="bits/weight")
+print(gguf_bpw.to_string())
+
+# %% [markdown]
+# ## 2 and 3. A real "4-bit" 7B, and the KV cache
+# The KV cache keeps the keys and values of every past token in every layer:
+# `2 (K and V) x layers x kv_heads x head_dim x bytes` per token. Llama-2-7B has 32 layers of
+# 32 KV heads of dimension 128; with grouped-query attention (GQA, Llama-2-70B, Llama-3) several query
+# heads share one KV head, which divides the cache.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+llama7 = memory.model_shape("llama-2-7b")
+per_token = 2 * llama7.layers * llama7.kv_heads * llama7.head_dim * 2        # fp16 = 2 bytes
+assert per_token == memory.kv_bytes_per_token(llama7)
+print(f"Llama-2-7B: {per_token / 2**20:.3f} MiB of KV cache per token; "
+      f"{per_token * CONTEXT / 2**30:.2f} GiB at {CONTEXT} tokens x batch 1")
+for name in ("llama-2-70b", "llama-3-8b"):
+    s = memory.model_shape(name)
+    print(f"{name}: {s.heads} query heads share {s.kv_heads} KV heads -> "
+          f"{memory.kv_cache_bytes(s, CONTEXT) / 2**30:.2f} GiB at {CONTEXT} tokens")
+
+# %%
+corrected = memory.corrected_table("llama-2-7b", context=CONTEXT, batch=BATCH)
+corrected.round(3)
+
+# %%
+row = corrected.loc["int4-g128"]
+print(f"'7B at INT4 = 3.5 GB': the {llama7.n_params() / 1e9:.2f} B parameters of Llama-2-7B at 4 bits are "
+      f"{row['naive GiB (params x nominal bits)']:.2f} GiB; with group-128 scales/zeros and fp16 embeddings "
+      f"and head the weights are {row['weights GiB']:.2f} GiB, and with the KV cache of {CONTEXT} tokens "
+      f"the total is {row['total GiB']:.2f} GiB: {row['total GiB'] / row['naive GiB (params x nominal bits)']:.1f}x the naive number.")
+
+# %% [markdown]
+# At long context the KV cache of a small model can exceed its weights. Stacked, per component:
+
+# %%
+rows = {
+    "7B fp16": memory.footprint(llama7, "fp16", CONTEXT, BATCH),
+    "7B int4-g128": memory.footprint(llama7, "int4-g128", CONTEXT, BATCH),
+    "7B int4, 8-bit KV": memory.footprint(llama7, "int4-g128", CONTEXT, BATCH, kv_bits=8),
+    "Llama-3-8B int4 (GQA)": memory.footprint("llama-3-8b", "int4-g128", CONTEXT, BATCH),
+}
+memory.plot_breakdown(rows, title=f"inference memory at {CONTEXT} tokens, batch {BATCH}")
+plt.show()
+
+# %% [markdown]
+# ## Predicted vs measured on the course model
+# Now the course model. First the prediction, from its config alone.
+
+# %%
+from quantedu.course import start
+
+session = start(MODEL)
+model = session.model
+shape = memory.model_shape(model)
+print(shape)
+pred32 = memory.weight_bytes(shape, "fp32", embed_spec="fp32")
+print({k: f"{v / 2**20:.2f} MiB" for k, v in pred32.items()})
+
+# %% [markdown]
+# Measured: the bytes of every parameter tensor in memory (a tied head shares the embedding's
+# storage, so it is counted once), then the size of checkpoint files written to disk.
+
+# %%
+import tempfile
+from pathlib import Path
+from safetensors.torch import save_file
+
+measured = memory.measured_tensor_bytes(model)
+print(f"parameters in memory: measured {measured['parameters']:,} B, predicted {int(pred32['total']):,} B "
+      f"(buffers such as RoPE frequencies: {measured['buffers']:,} B)")
+assert measured["parameters"] == pred32["total"]
+
+tmp = Path(tempfile.mkdtemp())
+state16 = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()
+           if not (shape.tied and k == "lm_head.weight")}
+save_file(state16, tmp / "fp16.safetensors")
+pred16 = memory.weight_bytes(shape, "fp16")["total"]
+size16 = (tmp / "fp16.safetensors").stat().st_size
+print(f"fp16 safetensors file: {size16:,} B; predicted tensors {int(pred16):,} B; "
+      f"the other {size16 - pred16:,.0f} B are the JSON header")
+
+# %% [markdown]
+# A real 4-bit checkpoint: every linear layer packed in the GPTQ layout (int32 words of eight 4-bit
+# codes, fp16 scales, packed zero points), groups of 128 (SmolLM2's 576 columns end in a ragged
+# group of 64, which still pays a whole scale and zero), embeddings and norms in fp16.
+
+# %%
+from quantedu.primitives import QuantConfig
+from quantedu.quantize_model import packed_state_dict
+
+packed = packed_state_dict(model, QuantConfig(bits=4, group_size=128))
+save_file(packed, tmp / "int4-g128.safetensors")
+size4 = (tmp / "int4-g128.safetensors").stat().st_size
+pred4 = memory.weight_bytes(shape, "int4-g128")
+tensors4 = sum(t.numel() * t.element_size() for t in packed.values())
+assert tensors4 == pred4["total"]
+naive4 = memory.naive_bytes(shape.n_params(), 4)
+print(f"int4-g128 file: {size4 / 2**20:.2f} MiB; predicted {pred4['total'] / 2**20:.2f} MiB "
+      f"(linear layers {pred4['linear'] / 2**20:.2f} MiB, embedding {pred4['embedding'] / 2**20:.2f} MiB); "
+      f"naive 'params x 4 bits' {naive4 / 2**20:.2f} MiB")
+print(f"in this small model the fp16 embedding is {pred4['embedding'] / pred4['total']:.0%} of the 4-bit checkpoint")
+
+# %% [markdown]
+# The shipped GGUF file of the offline model, predicted from block layouts and checked tensor by
+# tensor against the file's own byte counts. (Which types it holds says something about the model we
+# call our fp32 baseline.)
+
+# %%
+from quantedu.models import ModelError, offline_gguf_path
+
+try:
+    g = memory.gguf_file_bytes(offline_gguf_path())
+    print(f"{offline_gguf_path().name}: {g['file']:,} B = tensors {g['tensors']:,} B (by type: "
+          + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in g["by_type"].items())
+          + f") + metadata and alignment {g['metadata + alignment']:,} B (tokenizer vocabulary, merges, config)")
+except ModelError as exc:
+    print(f"offline GGUF not installed: {exc}")
+
+# %% [markdown]
+# The Q4_1 file keeps its token embedding (shared with the output head) in Q8_0: like GPTQ/AWQ
+# checkpoints, GGUF quantizers leave the embedding at higher precision.
+#
+# **KV cache and activations, measured.** On a GPU the allocator's peak shows them directly; on a CPU
+# there is no comparable counter, so the cell only predicts there.
+
+# %%
+kv_pred = memory.kv_cache_bytes(shape, CONTEXT, BATCH)
+print(f"predicted KV cache at {CONTEXT} tokens x batch {BATCH}: {kv_pred / 2**20:.1f} MiB "
+      f"({memory.kv_bytes_per_token(shape):,.0f} B per token)")
+if torch.cuda.is_available() and session.on_gpu:
+    from transformers import DynamicCache
+
+    ids = torch.randint(0, shape.vocab, (BATCH, 2048), device=session.device)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    with torch.no_grad():
+        cache = DynamicCache()
+        model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    kv_measured = torch.cuda.memory_allocated() - base
+    dtype_bits = 8 * next(model.parameters()).element_size()
+    print(f"after a 2048-token prefill: {kv_measured / 2**20:.1f} MiB still allocated; predicted KV cache "
+          f"{memory.kv_cache_bytes(shape, 2048, BATCH, dtype_bits) / 2**20:.1f} MiB")
+else:
+    print("no GPU: skipping the measured KV-cache allocation")
+
+# %% [markdown]
+# ## Interactive calculator
+# Move the sliders: a Llama-shaped model of that many parameters, its weights at the chosen bits and
+# group size (fp16 scale and zero per group, fp16 embeddings), the fp16 KV cache at that context and
+# batch, and the activations of one decoding step.
+
+# %%
+memory.calculator()
+
+# %% [markdown]
+# The calculator draws what this plain function returns; for example a 13B-parameter model at 3 bits,
+# group 64, 32k context, batch 4, 8 query heads per KV head:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+shape13 = memory.llama_like(13e9, gqa=8)
+fp = memory.footprint(shape13, memory.GroupFormat(3, 64), context=32768, batch=4)
+print(shape13)
+for part, nbytes in fp.items():
+    print(f"{part:>26}: {nbytes / 2**30:7.3f} GiB")
+print(f"{'total':>26}: {sum(fp.values()) / 2**30:7.3f} GiB")
+
+# %% [markdown]
+# ## Quiz
+
+# %%
+from quantedu.quiz import Quiz
+
+quiz = Quiz.load("memory")
+quiz.show()
+
+# %%
+# The quiz answers, checked against this notebook's numbers.
+# NBVAL_CHECK_OUTPUT
+print(quiz.answer(0, memory.bits_per_weight("int4-g128")).correct,
+      quiz.answer(1, memory.kv_cache_bytes("llama-2-7b", 4096) / 2**30).correct)

@@ -1,0 +1,411 @@
+# %% [markdown]
+# # 05 · GGUF and K-quants, from scratch and bit-exact with llama.cpp
+#
+# GGUF is the file format of llama.cpp, and "Q4_K_M" is the name you meet on every model download
+# page. In this lesson you open a GGUF file byte by byte, write llama.cpp's quantizers yourself
+# (`quantedu.gguf`, plain numpy), **prove they produce the same bytes as llama.cpp's C code**, and then
+# measure whole quantized models in llama.cpp itself: size, perplexity, speed.
+
+# %% [markdown]
+# ## Parameters
+# `FAST = True` keeps the notebook to a few minutes on a laptop CPU: the whole-model table covers a
+# few representative types and perplexity uses fewer windows. Set `FAST = False` for the full table
+# (every K-quant mix, with and without importance matrix; IQ4_XS alone takes minutes on a CPU).
+# `N_THREADS = 1`: on a 2-core machine two llama.cpp threads collapse to ~1 token/s as soon as anything
+# else runs; one thread stays steady. Use all cores on a dedicated machine.
+
+# %%
+MODEL = "auto"
+FAST = True
+N_THREADS = 1
+N_WINDOWS = 2 if FAST else 8      # perplexity windows of SEQ_LEN tokens
+SEQ_LEN = 512
+MIXES = ["Q4_K_M", "Q2_K"] if FAST else ["Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S",
+                                                  "Q4_0", "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K", "IQ4_XS"]
+IMATRIX_MIXES = ["Q4_K_M"] if FAST else ["Q4_K_M", "Q4_0", "Q2_K", "IQ4_XS"]
+CALIB_SAMPLES, CALIB_LEN = (4, 256) if FAST else (32, 512)
+
+# %%
+from quantedu.course import start
+
+session = start(MODEL)
+model, tokenizer, corpus = session.model, session.tokenizer, session.corpus
+cfg = model.config
+print(f"{cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, intermediate {cfg.intermediate_size}")
+
+# %% [markdown]
+# ## 1. Anatomy of a GGUF file
+# A GGUF file is: the magic `GGUF`, a version, a list of **key-value metadata** (architecture,
+# hyper-parameters, the whole tokenizer, the chat template), a **tensor table** (name, shape, type,
+# offset) and then the tensor bytes, aligned to 32 bytes. `quantedu.gguf.io.describe` reads all of it.
+
+# %%
+import numpy as np
+from quantedu.gguf import io
+from quantedu.models import offline_gguf_path
+
+src = offline_gguf_path()
+with open(src, "rb") as f:
+    head = f.read(8)
+print("first bytes:", head[:4], "version", int.from_bytes(head[4:], "little"))
+desc = io.describe(src)
+print(desc)
+desc.metadata[~desc.metadata["key"].str.startswith("tokenizer.ggml.")].head(25)
+
+# %%
+print("tokenizer keys:", ", ".join(k for k in desc.metadata["key"] if k.startswith("tokenizer")))
+desc.tensors.head(10)
+
+# %%
+desc.type_counts()
+
+# %% [markdown]
+# ### One Q4_1 block decoded by hand
+# The course model is stored as **Q4_1**: blocks of 32 weights, each block = a float16 scale `d`, a
+# float16 minimum `m`, and 32 four-bit codes packed two per byte (20 bytes for 32 weights = 5 bits
+# per weight). Weight `j` is `d * q[j] + m`; byte `i` holds `q[i]` in its low nibble and `q[i+16]` in
+# its high nibble. Here are the first 20 bytes of `blk.0.attn_q.weight`, decoded with nothing but
+# `np.frombuffer`:
+
+# %%
+from gguf import GGUFReader
+from gguf import quants as gguf_quants
+
+reader = GGUFReader(src)
+tq = next(t for t in reader.tensors if t.name == "blk.0.attn_q.weight")
+block = bytes(np.asarray(tq.data).reshape(-1)[:20])
+print(" ".join(f"{b:02x}" for b in block))
+d = np.frombuffer(block[0:2], np.float16)[0]
+m = np.frombuffer(block[2:4], np.float16)[0]
+qs = np.frombuffer(block[4:20], np.uint8)
+q = np.concatenate([qs & 0xF, qs >> 4])
+by_hand = np.float32(d) * q.astype(np.float32) + np.float32(m)
+print(f"d = {float(d):.6f}, m = {float(m):.6f}, codes = {q.tolist()}")
+reference = gguf_quants.dequantize(np.asarray(tq.data)[:1, :20], tq.tensor_type).reshape(-1)
+assert np.array_equal(by_hand, reference)
+print("first weights:", np.round(by_hand[:6], 5), "- identical to gguf-py's dequantize")
+
+# %% [markdown]
+# ## 2. Legacy block formats: Q8_0, Q4_0, Q4_1
+# Every GGML type is a sequence of fixed-size blocks. The table is *derived* from each block
+# struct's fields (ggml-common.h), not typed in: bytes per block and bits per weight follow.
+
+# %%
+import pandas as pd
+from quantedu import gguf
+
+layouts = pd.DataFrame([{"type": lay.name, "weights/block": lay.block_size, "bytes/block": lay.type_size,
+                         "bits/weight": lay.bits_per_weight,
+                         "fields": ", ".join(f"{f.name}[{f.count}]:{f.dtype}" for f in lay.fields)}
+                        for lay in gguf.LAYOUTS.values()])
+layouts
+
+# %% [markdown]
+# Q8_0 and Q4_0 in five lines each: a scale from the block's largest magnitude, round, pack. Q4_0 uses
+# the *signed* value of largest magnitude and `d = max/-8`, so that extreme lands exactly on code 0
+# (it can use all 16 levels, -8..7). Our five-line versions give the same bytes as the package, whose
+# bytes are llama.cpp's (section 4).
+
+# %%
+w = np.asarray(next(t for t in reader.tensors if t.name == "blk.0.ffn_down.weight").data)
+W = gguf_quants.dequantize(w, gguf.qtype_of("Q4_1")).reshape(576, 1536)  # the real weights, fp32
+xb = W.reshape(-1, 32)
+
+def q8_0(xb):
+    d = np.abs(xb).max(1) / np.float32(127)
+    inv = np.where(d > 0, 1 / np.where(d > 0, d, 1), 0).astype(np.float32)
+    v = xb * inv[:, None]
+    q = (np.trunc(v) + np.where(np.abs(v - np.trunc(v)) >= 0.5, np.sign(v), 0)).astype(np.int8)  # C roundf
+    return np.concatenate([d.astype(np.float16).view(np.uint8).reshape(-1, 2), q.view(np.uint8)], 1)
+
+def q4_0(xb):
+    mx = xb[np.arange(len(xb)), np.abs(xb).argmax(1)]
+    d = mx / np.float32(-8)
+    inv = np.where(d != 0, 1 / np.where(d != 0, d, 1), 0).astype(np.float32)
+    L = np.minimum(15, (xb * inv[:, None] + np.float32(8.5)).astype(np.uint8))
+    return np.concatenate([d.astype(np.float16).view(np.uint8).reshape(-1, 2), L[:, :16] | (L[:, 16:] << 4)], 1)
+
+assert np.array_equal(q8_0(xb), gguf.quantize(W, "Q8_0").reshape(-1, 34))
+assert np.array_equal(q4_0(xb), gguf.quantize(W, "Q4_0").reshape(-1, 18))
+for t in ["Q8_0", "Q4_0", "Q4_1"]:
+    err = gguf.dequantize(gguf.quantize(W, t), t) - W
+    print(f"{t}: rms error {np.sqrt(np.mean(err ** 2)):.2e}  ({gguf.layout(t).bits_per_weight} bits/weight)")
+
+# %% [markdown]
+# Q4_1's error is exactly zero: these weights *are* Q4_1 values already (the file we started from), and
+# re-quantizing a Q4_1 block finds the same min and scale. Keep that in mind for the whole-model table.
+#
+# ## 3. K-quants: super-blocks with quantized scales
+# A **K-quant** groups 256 weights into a *super-block* of 8 sub-blocks of 32 (Q4_K, Q5_K) or 16 of 16
+# (Q2_K, Q3_K, Q6_K). Each sub-block has its own scale (and min), but those scales are themselves
+# quantized - to 6 bits (Q4_K), 4 bits (Q2_K) or 8 bits (Q6_K) - against one float16 scale per
+# super-block. Q4_K: `x = d*sc[j]*q - dmin*m[j]`, 4-bit `q`, 6-bit `sc`, `m`:
+#
+# | bytes | field | content |
+# |---|---|---|
+# | 0-1 | `d` | float16 scale of the 8 scales |
+# | 2-3 | `dmin` | float16 scale of the 8 mins |
+# | 4-15 | `scales` | 8 six-bit scales + 8 six-bit mins in 12 bytes |
+# | 16-143 | `qs` | 256 four-bit codes |
+#
+# The 12 scale bytes: bytes 0-3 hold `sc[0..3]` in their low 6 bits, bytes 4-7 hold `m[0..3]`; bytes
+# 8-11 hold the low 4 bits of `sc[4..7]` and `m[4..7]`, whose top 2 bits sit in the spare top bits of
+# bytes 0-7. Decoded by hand for the first super-block of our tensor:
+
+# %%
+qk = gguf.quantize(W, "Q4_K").reshape(-1, 144)
+blk = qk[0].astype(int)
+print("offsets:", gguf.layout("Q4_K").offsets)
+s = blk[4:16]
+sc = [s[j] & 63 for j in range(4)] + [(s[j + 8] & 0xF) | ((s[j] >> 6) << 4) for j in range(4)]
+mn = [s[j + 4] & 63 for j in range(4)] + [(s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4) for j in range(4)]
+d_, dmin_ = np.frombuffer(bytes(qk[0, :4]), np.float16).astype(np.float32)
+print("6-bit scales:", sc, "\n6-bit mins:  ", mn, f"\nd = {d_:.3e}, dmin = {dmin_:.3e}")
+codes = np.stack([blk[16:48] & 0xF, blk[16:48] >> 4]).reshape(-1)  # first 64 weights: low then high nibbles
+by_hand = d_ * sc[0] * codes[:32].astype(np.float32) - dmin_ * mn[0]
+assert np.array_equal(by_hand.astype(np.float32), gguf.dequantize(qk[:1], "Q4_K")[0, :32])
+print(f"Q4_K: {gguf.layout('Q4_K').bits_per_weight} bits/weight = 4 (codes) + 0.5 (scales, mins, d, dmin)")
+
+# %% [markdown]
+# ### The search for scale and min
+# Rounding from the min/max range is not the best 4-bit fit. llama.cpp's `make_qkx2_quants` tries 21
+# candidate scales around `15/(max-min)`, and for each one solves the weighted least-squares problem
+# for `(scale, min)` in closed form, keeping the best. Here is the weighted error on 4096 sub-blocks of
+# 32 with the weights `w = rms(x) + |x|` llama.cpp uses - first on bell-shaped random weights, then on
+# our model's weights.
+
+# %%
+from quantedu.gguf.search import make_qkx
+from quantedu.gguf.numerics import nearest_int
+
+def grid_vs_search(X):
+    wts = np.sqrt((X * X).mean(0)) + np.abs(X)
+    lo, hi = np.minimum(X.min(0), 0), X.max(0)
+    scale0 = (hi - lo) / 15
+    L0 = np.clip(nearest_int((X - lo) / scale0), 0, 15)
+    naive = float((wts * (scale0 * L0 + lo - X) ** 2).sum())
+    scale, the_min, L = make_qkx(X, wts, 15, -1.0, 0.1, 20, False)
+    return naive, float((wts * (scale * L - the_min - X) ** 2).sum())
+
+rng = np.random.default_rng(0)
+X = rng.standard_normal((32, 4096)).astype(np.float32)  # element-major: X[i] = element i of every sub-block
+naive, searched = grid_vs_search(X)
+print(f"random normal weights: min/max grid {naive:.1f}, searched {searched:.1f} ({searched / naive:.0%})")
+naive, searched = grid_vs_search(np.ascontiguousarray(W.reshape(-1, 32)[:4096].T))
+print(f"this model's weights:  min/max grid {naive:.2e}, searched {searched:.2e}")
+
+# %% [markdown]
+# On random weights the search removes a good part of the error. On this model's weights the min/max
+# grid is already *exact* (they are Q4_1 values: 16 levels from min to max), and the search - which
+# also moves the min - lands slightly off it. Real-world K-quants start from bf16 weights, where the
+# first case applies.
+
+# %% [markdown]
+# ### IQ4_XS: a non-linear grid
+# IQ4_NL and IQ4_XS keep 4-bit codes but map them to 16 fixed, *non-uniform* levels, denser near zero
+# where most weights are. IQ4_XS adds K-quant-style 6-bit block scales over super-blocks of 256:
+# 4.25 bits/weight, less than Q4_K's 4.5.
+
+# %%
+import matplotlib.pyplot as plt
+from quantedu.gguf.iquants import KVALUES
+
+fig, ax = plt.subplots(1, 2, figsize=(10, 3))
+ax[0].plot(KVALUES, "o-", label="IQ4 grid (kvalues_iq4nl)")
+ax[0].plot(np.linspace(-127, 113, 16), "x--", label="uniform 4-bit grid")
+ax[0].set_xlabel("code"); ax[0].legend(); ax[0].set_title("16 levels")
+ax[1].hist(W.reshape(-1) / np.abs(W).max(), bins=200)
+ax[1].set_title("blk.0.ffn_down weights / max |w|"); plt.tight_layout(); plt.show()
+W64 = W[:64]
+for t in ["Q4_0", "IQ4_NL", "Q4_K", "IQ4_XS"]:
+    err = gguf.dequantize(gguf.quantize(W64, t), t) - W64
+    print(f"{t:7s} {gguf.layout(t).bits_per_weight:.3f} bits/weight, rms error {np.sqrt(np.mean(err ** 2)):.3e} (first 64 rows)")
+
+# %% [markdown]
+# ### The importance matrix
+# `llama-imatrix` runs calibration text through the model and records, for every linear layer, the
+# mean of the squared input of each input column. Quantization then minimizes
+# `sum_j imatrix[j] * (w_j - w_hat_j)^2`: columns that see big activations matter more.
+# `compute_imatrix` does it with forward hooks, keyed by GGUF tensor names.
+
+# %%
+from quantedu.data import calibration_batches
+from quantedu.gguf.imatrix import compute_imatrix
+
+calib = calibration_batches(tokenizer, CALIB_SAMPLES, CALIB_LEN, seed=0, corpus=corpus)
+imatrix = compute_imatrix(model, calib)
+im = imatrix["blk.0.ffn_down.weight"]
+print(f"{len(imatrix)} tensors; blk.0.ffn_down: {im.size} columns, max/median importance {im.max() / np.median(im):.0f}x")
+for t in ["Q4_K", "Q3_K", "IQ4_XS"]:
+    e0 = ((gguf.dequantize(gguf.quantize(W64, t), t) - W64) ** 2 * im).sum()
+    e1 = ((gguf.dequantize(gguf.quantize(W64, t, im), t) - W64) ** 2 * im).sum()
+    print(f"{t}: importance-weighted error without {e0:.3e}, with imatrix {e1:.3e} ({e1 / e0:.0%})")
+
+# %% [markdown]
+# ## 4. Our quantizer vs llama.cpp: the same bytes
+# `quantedu.gguf.ggml_reference` calls `ggml_quantize_chunk` - the C function `llama-quantize` runs for
+# every tensor - from the `libggml-base` library that `llama-cpp-python` installs. ggml-base is built
+# without FMA or fast-math, so every float operation is one IEEE single-precision operation, and our
+# numpy code replays them in the same order: the bytes are identical, not just close.
+
+# %%
+import time
+from quantedu.gguf import ggml_reference as ggml
+
+rows = []
+Wsub = W[:64]
+for t in gguf.TYPES:
+    for name, imx in [("-", None), ("imatrix", im)]:
+        t0 = time.perf_counter(); ours = gguf.quantize(Wsub, t, imx); t_ours = time.perf_counter() - t0
+        t0 = time.perf_counter(); theirs = ggml.quantize(Wsub, t, imx); t_c = time.perf_counter() - t0
+        rows.append({"type": t, "imatrix": name, "bytes": ours.nbytes, "identical": bool(np.array_equal(ours, theirs)),
+                     "numpy ms": 1e3 * t_ours, "ggml C ms": 1e3 * t_c})
+same = pd.DataFrame(rows)
+assert same["identical"].all()
+print(f"{len(same)} (type, imatrix) pairs on 64 rows of blk.0.ffn_down: all byte-identical")
+same
+
+# %% [markdown]
+# `benchmarks/bench_gguf_quantize.py` times whole tensors single-threaded (numpy vs C), and
+# `benchmarks/sweep_gguf_exact.py` checks every tensor of the model. The tests
+# (`tests/test_gguf_quants.py`) check random tensors of several distributions as well.
+#
+# ## 5. Mixes: what the `_M` in Q4_K_M means
+# "Q4_K_M" is not a bit width: it is a **recipe** that picks a type per tensor (llama.cpp's
+# `llama_tensor_get_type`). Q4_K_M gives Q6_K to half of the `attn_v` and `ffn_down` layers
+# (`use_more_bits`: the first and last eighth and every third layer between), Q4_K to the rest, and Q6_K
+# to the output matrix. But a K-quant needs rows that are a multiple of 256 - and this model's rows are
+# 576 wide, so most tensors **fall back** to a 32-block type.
+
+# %%
+from quantedu.gguf import mixes
+
+infos = [mixes.TensorInfo(t.name, tuple(int(s) for s in t.shape), t.tensor_type) for t in reader.tensors]
+plans = {mix: mixes.assign_types(infos, mix, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads)
+         for mix in ["Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K"]}
+counts = pd.DataFrame({mix: pd.Series([t.name for t in p.values()]).value_counts() for mix, p in plans.items()}).fillna(0).astype(int)
+counts
+
+# %%
+n_lin = sum(1 for i in infos if mixes.should_quantize(i) and i.name.startswith("blk."))
+n_k = sum(1 for n, t in plans["Q4_K_M"].items() if n.startswith("blk.") and t.name in ("Q4_K", "Q6_K"))
+print(f"Q4_K_M: only {n_k} of {n_lin} linear tensors get a K-quant; widths: hidden {cfg.hidden_size} "
+      f"({cfg.hidden_size % 256 == 0 and 'multiple' or 'not a multiple'} of 256), intermediate {cfg.intermediate_size} "
+      f"({cfg.intermediate_size % 256 == 0 and 'multiple' or 'not a multiple'} of 256)")
+
+# %% [markdown]
+# ## 6. Whole models in llama.cpp
+# Each row: quantize the course model with **llama.cpp's own quantizer** (`llama_model_quantize`, what
+# `llama-quantize` runs), then load the file in llama.cpp and measure perplexity on the evaluation text
+# (from llama.cpp's logits) and decode speed with `N_THREADS` threads. Rows marked imatrix pass our
+# importance matrix from section 3. Results are cached, so re-running the notebook is instant.
+
+# %%
+import hashlib
+from quantedu import artifacts
+from quantedu.data import evaluation_text
+from quantedu.gguf import llama
+
+text = evaluation_text(corpus)
+im_key = hashlib.sha256(b"".join(imatrix[k].tobytes() for k in sorted(imatrix))).hexdigest()[:10]
+out_dir = artifacts.cache_dir() / "gguf_files"
+
+def row(mix, use_imatrix):
+    def compute():
+        path = out_dir / f"{mix}{'-imat' if use_imatrix else ''}.gguf"
+        t0 = time.perf_counter()
+        llama.quantize_file(src, path, mix, imatrix if use_imatrix else None, nthread=N_THREADS)
+        seconds = time.perf_counter() - t0
+        res = llama.measure_file(path, text, N_WINDOWS, SEQ_LEN, n_threads=N_THREADS)
+        path.unlink()  # keep the cache small: the numbers are what we keep
+        return {**res, "quantize_s": seconds}
+    key = artifacts.cache_key("gguf-row", MODEL, mix, use_imatrix, im_key if use_imatrix else "", N_WINDOWS, SEQ_LEN, N_THREADS)
+    return {"type": mix + (" +imatrix" if use_imatrix else ""), **artifacts.cached_json("gguf_table", key, compute)}
+
+def original_row():
+    key = artifacts.cache_key("gguf-row", MODEL, "Q4_1-original", N_WINDOWS, SEQ_LEN, N_THREADS)
+    res = artifacts.cached_json("gguf_table", key, lambda: llama.measure_file(src, text, N_WINDOWS, SEQ_LEN, n_threads=N_THREADS))
+    return {"type": "Q4_1 (original file)", **res, "quantize_s": float("nan")}
+
+table = pd.DataFrame([original_row()] + [row(m, False) for m in MIXES] + [row(m, True) for m in IMATRIX_MIXES])
+table[["type", "file_MiB", "bits_per_weight", "linear_bits_per_weight", "perplexity", "tokens_per_s", "quantize_s"]].round(3)
+
+# %%
+from quantedu.evaluate import plot_tradeoff
+
+ax = plot_tradeoff(table, "linear_bits_per_weight", "perplexity", "type",
+                   title=f"llama.cpp, {N_WINDOWS} x {SEQ_LEN} tokens (lower left is better)")
+plt.show()
+
+# %% [markdown]
+# ### Two effects this model shows (read them off the table)
+# 1. **Fallbacks.** With 576-wide rows, only `ffn_down` (1536 wide) can hold K-quants. "Q2_K" becomes
+#    Q4_0 for most tensors and Q3_K for `ffn_down`, so it is a ~4-bit file, not a 2.6-bit one.
+# 2. **The baseline is already Q4_1.** Every weight sits on a Q4_1 grid, so types that can represent
+#    that grid lose nothing extra, and some orderings invert (a bigger type is not always better here).
+#    On a model with widths that are multiples of 256 (e.g. TinyLlama-1.1B: 2048 / 5632, or any
+#    Llama-3 model) and bf16 weights, the mixes apply fully and the usual ordering returns.
+
+# %%
+q2 = table[table["type"] == "Q2_K"].iloc[0]
+print(f"'Q2_K' here: {q2['linear_bits_per_weight']:.2f} bits/weight in the linear layers; types {q2['types']}")
+print(f"Q2_K nominal: {gguf.layout('Q2_K').bits_per_weight} bits/weight")
+best = table.loc[table["perplexity"].idxmin()]
+print(f"lowest perplexity: {best['type']} ({best['perplexity']:.3f})")
+
+# %% [markdown]
+# ### Our whole file = llama.cpp's whole file
+# `io.write_gguf` converts the transformers model back to GGUF (tensor names, q/k row permutation,
+# tokenizer and chat template copied from the original file) and quantizes every tensor with *our*
+# quantizers. For a mix, every tensor's bytes match what `llama_model_quantize` wrote.
+
+# %%
+import tempfile
+from pathlib import Path
+
+MIX_CHECK = "Q3_K_S"
+with tempfile.TemporaryDirectory() as tmp:
+    ours_path, theirs_path = Path(tmp) / "ours.gguf", Path(tmp) / "theirs.gguf"
+    t0 = time.perf_counter(); io.write_gguf(model, ours_path, MIX_CHECK); t_ours = time.perf_counter() - t0
+    t0 = time.perf_counter(); llama.quantize_file(src, theirs_path, MIX_CHECK, nthread=N_THREADS); t_c = time.perf_counter() - t0
+    a = {t.name: np.asarray(t.data) for t in io.open_gguf(ours_path).tensors}
+    b = {t.name: np.asarray(t.data) for t in io.open_gguf(theirs_path).tensors}
+    n_same = sum(np.array_equal(a[k], b[k]) for k in b)
+    llm = llama.load(ours_path, n_threads=N_THREADS)
+    answer = llama.greedy(llm, "The capital of France is", 12)
+    llm.close()
+assert n_same == len(b)
+print(f"{MIX_CHECK}: {n_same}/{len(b)} tensors byte-identical (ours {t_ours:.0f} s incl. writing, llama.cpp {t_c:.0f} s)")
+print("llama.cpp running our file:", repr(answer))
+
+# %% [markdown]
+# ## 7. The commands you will see in tutorials, and their Python equivalents here
+# | command line (llama.cpp checkout) | here |
+# |---|---|
+# | `python convert_hf_to_gguf.py model_dir --outtype f16` | `io.write_gguf(model, "m.gguf", "F16")` |
+# | `llama-imatrix -m m.gguf -f calib.txt -o imatrix.gguf` | `compute_imatrix(model, calibration_batches(...))` |
+# | `llama-quantize --imatrix imatrix.gguf m.gguf m-Q4_K_M.gguf Q4_K_M` | `llama.quantize_file(src, dst, "Q4_K_M", imatrix)` |
+# | `llama-perplexity -m m-Q4_K_M.gguf -f text.txt` | `llama.perplexity(llama.load(dst, logits_all=True), text)` |
+# | `llama-cli -m m-Q4_K_M.gguf -p "..." -ngl 99` | `llama.greedy(llama.load(dst, n_gpu_layers=-1), "...")` |
+#
+# `-ngl` / `n_gpu_layers` offloads layers to a GPU; it needs llama-cpp-python built with CUDA
+# (`CMAKE_ARGS="-DGGML_CUDA=on" pip install llama-cpp-python`).
+
+# %%
+import torch
+
+if torch.cuda.is_available():
+    llm = llama.load(src, n_gpu_layers=-1, n_threads=N_THREADS)
+    print("GPU offload:", repr(llama.greedy(llm, "The capital of France is", 12)), f"{llama.tokens_per_second(llm):.0f} tok/s")
+    llm.close()
+else:
+    print("No CUDA GPU here: skipping the n_gpu_layers=-1 run (on Colab, install a CUDA build of llama-cpp-python).")
+
+# %% [markdown]
+# ## Quiz
+
+# %%
+from quantedu.quiz import Quiz
+
+quiz = Quiz.load("gguf")
+quiz.show()

@@ -1,0 +1,188 @@
+"""Re-measure the course's comparison table (FP16, GPTQ-4bit, AWQ-4bit, GGUF Q4_K_M, GGUF Q5_K_M) on this machine.
+
+Every cell comes from a real run, cached with :func:`quantedu.artifacts.cached_json` (keyed by the
+settings) so a notebook re-run reuses it:
+
+* **memory_mb**: bytes of the stored weights - the GGUF file, or the safetensors of the GPTQ / AWQ export
+  written in fp16 (what a GPU engine loads).
+* **ppl**: perplexity on the course's evaluation text. GGUF rows: llama.cpp's own logits
+  (:func:`quantedu.gguf.llama.perplexity`). GPTQ/AWQ rows: the quantized model's exact weights
+  (``scales * (codes - zeros)``) in transformers; :func:`fp16_agreement` checks the two paths agree.
+* **quant_s**: wall time of the quantizer (llama.cpp's ``llama_model_quantize``; the course's GPTQ/AWQ with
+  the given calibration set). Machine load inflates it: compare ratios taken in one run.
+* **cpu_tok_s / gpu_tok_s**: decode tokens/s with a **real quantized kernel** only - llama.cpp for GGUF
+  on CPU, vLLM on a GPU. A dequantized (fake-quantized) model runs fp32 matmuls, so its speed says
+  nothing about the format: those cells stay NaN ("n/a on this hardware").
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+from contextlib import contextmanager
+import time
+from pathlib import Path
+
+from . import artifacts
+
+VARIANTS = ("FP16", "GPTQ-4bit", "AWQ-4bit", "GGUF Q4_K_M", "GGUF Q5_K_M")
+_VERSION = 1
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Run a block with ``n`` torch CPU threads (None: unchanged), restoring the setting afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _model_id(session) -> str:
+    """What the session really loaded (``MODEL="auto"`` means the hub model on one machine, the offline one on another)."""
+    return str(getattr(session.model, "name_or_path", "") or session.model_name)
+
+
+def _dir_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in Path(path).rglob("*.safetensors")) / 1e6
+
+
+def gguf_row(mix: str, text: str, n_windows: int = 4, seq_len: int = 512, n_tokens: int = 64) -> dict:
+    """A GGUF variant measured with llama.cpp (``mix`` = ``F16`` or a ``llama-quantize`` type), cached."""
+    from .models import offline_gguf_path
+    from .serving import gguf_file
+
+    src = offline_gguf_path()
+    key = artifacts.cache_key("gguf-row", mix, n_windows, seq_len, n_tokens, src.stat().st_size, _VERSION)
+
+    def compute() -> dict:
+        from .gguf import llama
+
+        quant_s = float("nan")
+        if mix != "F16":  # time llama.cpp's quantizer on its own (the cached file may already exist)
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                llama.quantize_file(src, Path(tmp) / "q.gguf", mix)
+                quant_s = time.perf_counter() - t0
+        path = gguf_file(mix)
+        llm = llama.load(path, n_ctx=seq_len, n_threads=1, logits_all=True)
+        try:
+            ppl = llama.perplexity(llm, text, n_windows=n_windows, seq_len=seq_len)
+            tok_s = llama.tokens_per_second(llm, n_tokens=n_tokens)
+        finally:
+            llm.close()
+        return {"memory_mb": path.stat().st_size / 1e6, "ppl": ppl, "quant_s": quant_s, "cpu_tok_s": tok_s}
+
+    variant = "FP16" if mix == "F16" else f"GGUF {mix}"
+    return {"variant": variant, "format": "fp16" if mix == "F16" else "gguf", "engine": "llama.cpp",
+            **artifacts.cached_json("comparison", key, compute)}
+
+
+def torch_row(method: str, session, n_samples: int = 4, seq_len: int = 256, group_size: int = 64,
+              n_windows: int = 4, eval_len: int = 512, threads: int | None = 1) -> dict:
+    """GPTQ or AWQ (4-bit, ``group_size``) with the course's own implementation, exported in fp16, cached.
+
+    Returns the row and leaves the export folder in the artifact cache (``row["export"]``) for vLLM.
+    ``threads``: torch CPU threads while measuring: 1, like the llama.cpp rows, so times compare (and on a
+    busy 2-core machine torch's default 2 threads ran this several times slower); None keeps torch's setting.
+    """
+    from .data import calibration_batches
+    from .evaluate import perplexity
+
+    if method not in ("gptq", "awq"):
+        raise ValueError(f"method must be 'gptq' or 'awq', got {method!r}")
+    key = artifacts.cache_key("torch-row", method, _model_id(session), n_samples, seq_len, group_size, n_windows, eval_len,
+                              threads, _VERSION)
+    export = artifacts.entry_dir("exports", key)
+
+    def compute() -> dict:
+        with torch_threads(threads):
+            return measure()
+
+    def measure() -> dict:
+        import copy
+
+        import torch
+
+        model = copy.deepcopy(session.model)
+        batches = calibration_batches(session.tokenizer, n_samples, seq_len)
+        t0 = time.perf_counter()
+        if method == "gptq":
+            from .gptq import GPTQConfig, gptq_quantize_model
+
+            cfg = GPTQConfig(bits=4, group_size=group_size, sym=True)
+            layers = gptq_quantize_model(model, batches, cfg, progress=False)
+        else:
+            from .awq import AWQConfig, awq_quantize_model
+
+            cfg = AWQConfig(bits=4, group_size=group_size, search_samples=min(n_samples, 4))
+            layers = awq_quantize_model(model, batches, cfg)["layers"]
+        quant_s = time.perf_counter() - t0
+        ppl = perplexity(model, session.tokenizer, session.corpus, n_windows, eval_len, progress=False)
+
+        def build(tmp: Path) -> None:
+            from .export import save_compressed_tensors, save_gptq
+
+            half = model.to(torch.float16)
+            save = save_gptq if method == "gptq" else save_compressed_tensors
+            save(half, layers, cfg.quant_config(), tmp / "model", tokenizer=session.tokenizer)
+
+        folder = artifacts.cached_dir("exports", key, build) / "model"
+        return {"memory_mb": _dir_mb(folder), "ppl": ppl, "quant_s": quant_s, "cpu_tok_s": float("nan"),
+                "label": cfg.label(), "calibration": f"{n_samples} x {seq_len} tokens"}
+
+    row = artifacts.cached_json("comparison", key, compute)
+    return {"variant": "GPTQ-4bit" if method == "gptq" else "AWQ-4bit", "format": method,
+            "engine": "vllm", "export": str(export / "model"), **row}
+
+
+def vllm_decode_speed(export: str, max_tokens: int = 128, tokenizer: str | None = None) -> float:
+    """Median decode tokens/s of 4 single requests to ``vllm serve export`` (GPU only)."""
+    from . import serving
+    from . import serving_bench as bench
+
+    with serving.start_vllm(export, tokenizer=tokenizer) as s:
+        df = bench.sweep(s, (1,), n_requests=4, max_tokens=max_tokens, model=serving.models(s)[0])
+    return float(df.decode_tps.median())
+
+
+def fp16_agreement(session, text: str, n_windows: int = 4, seq_len: int = 512) -> tuple[float, float]:
+    """Perplexity of the baseline in transformers and of its F16 GGUF in llama.cpp (cached): they should agree."""
+    from .evaluate import perplexity
+
+    key = artifacts.cache_key("fp32-ppl", _model_id(session), n_windows, seq_len, _VERSION)
+    def compute() -> float:
+        with torch_threads(1):
+            return perplexity(session.model, session.tokenizer, text, n_windows, seq_len, progress=False)
+
+    hf = artifacts.cached_json("comparison", key, compute)
+    return hf, gguf_row("F16", text, n_windows, seq_len)["ppl"]
+
+
+def table(rows: list[dict]):
+    """The rows as a DataFrame in the seed's order, with 'n/a on this hardware' shown for missing speeds."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows).set_index("variant").reindex([v for v in VARIANTS if v in {r["variant"] for r in rows}])
+    for col in ("cpu_tok_s", "gpu_tok_s"):
+        if col not in df:
+            df[col] = math.nan
+    return df.reset_index()
+
+
+def display_table(df):
+    """Rounded, with 'n/a on this hardware' instead of NaN speeds and '-' for no quantization."""
+    out = df[["variant", "memory_mb", "ppl", "quant_s", "cpu_tok_s", "gpu_tok_s"]].copy()
+    out["memory_mb"] = out.memory_mb.round(1)
+    out["ppl"] = out.ppl.round(2)
+    out["quant_s"] = [("-" if math.isnan(v) else f"{v:.1f}") for v in out.quant_s]
+    for col in ("cpu_tok_s", "gpu_tok_s"):
+        out[col] = [("n/a on this hardware" if math.isnan(v) else f"{v:.1f}") for v in out[col]]
+    return out.set_index("variant")
+
+
+__all__ = ["VARIANTS", "gguf_row", "torch_row", "vllm_decode_speed", "fp16_agreement", "table", "display_table"]

@@ -1,0 +1,411 @@
+"""Serve a quantized model behind a real OpenAI-compatible HTTP server, as a managed subprocess.
+
+Two engines:
+
+* **llama.cpp** (CPU, GGUF files) through llama-cpp-python's server,
+  ``python -m llama_cpp.server --model F --host 127.0.0.1 --port P --n_threads 1 --n_threads_batch 1``
+  (the ``[server]`` extra). The thread count is explicit: on a 2-core machine shared with other work,
+  llama.cpp's default thread count was measured to collapse to ~1 token/s while 1 thread kept 30-80.
+* **vLLM** (CUDA GPU): ``vllm serve MODEL``, for GPTQ / AWQ / compressed-tensors exports (the
+  quantization method is read from the checkpoint's ``config.json``; passing ``--quantization gptq``
+  would *force* the slow non-Marlin kernel) and, experimentally, GGUF files (which need the base
+  model's tokenizer, ``--tokenizer``). See :func:`vllm_command`.
+
+Every server is bound to 127.0.0.1 only and is always stopped:
+
+* :class:`Server` is a context manager; ``__exit__`` runs on errors and on ``KeyboardInterrupt``
+  (a notebook cell interrupted mid-request), and an interrupt during the readiness wait kills the
+  half-started process too.
+* the server runs in its own session / process group (so a notebook interrupt, which signals the
+  kernel's group, does not hit it) and :meth:`Server.stop` kills the whole group: SIGTERM, then SIGKILL.
+* an ``atexit`` hook stops every server this Python process started (kernel restart / shutdown).
+* on Linux the child also gets ``PR_SET_PDEATHSIG``: if the kernel itself is killed (SIGKILL, when
+  atexit cannot run), the kernel sends the server a signal as it dies. (The signal fires when the
+  *thread* that started the server ends, so start servers from the main thread, as notebook cells do.)
+
+Logs go to a file (:attr:`Server.log_path`); errors quote its tail.
+"""
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+HOST = "127.0.0.1"
+LLAMA_CPP_EXTRA = "pip install 'llama-cpp-python[server]'"
+VLLM_INSTALL = "pip install vllm   (on a CUDA GPU machine, e.g. a Colab GPU runtime)"
+# the modules `python -m llama_cpp.server` imports beyond llama_cpp itself: they come with the [server] extra
+_SERVER_MODULES = ("uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
+
+
+class ServerError(RuntimeError):
+    """A server could not be started or stopped; the message says what to do."""
+
+
+class PortInUseError(ServerError):
+    pass
+
+
+class MissingPackageError(ServerError):
+    pass
+
+
+class GPURequiredError(ServerError):
+    pass
+
+
+# ----------------------------------------------------------------------------------------- ports
+
+def port_in_use(port: int, host: str = HOST) -> bool:
+    """Whether something already listens on (or holds) ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def free_port(host: str = HOST) -> int:
+    """A port the OS reports free right now (the kernel picks it: bind to port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _check_port(port: int) -> None:
+    if not 1 <= int(port) <= 65535:
+        raise ServerError(f"port must be in 1..65535, got {port}")
+    if port_in_use(port):
+        raise PortInUseError(f"port {port} on {HOST} is already in use (another server, or one not yet "
+                             f"stopped). Stop it, or leave port=None to pick a free port.")
+
+
+# -------------------------------------------------------------------------------------- commands
+
+def _missing(modules) -> list[str]:
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+def llama_cpp_command(model, port: int, n_threads: int = 1, n_ctx: int = 2048, n_gpu_layers: int = 0,
+                      extra: list[str] | tuple = ()) -> list[str]:
+    """The llama-cpp-python server command for a GGUF file.
+
+    The seed's ``llama-server`` flags map to these settings: ``-ngl N`` -> ``--n_gpu_layers N`` (layers
+    offloaded to a GPU; 0 on a CPU build), ``-c N`` -> ``--n_ctx N`` (context window, sizes the KV
+    cache), ``--n-predict N`` -> no server flag: it is the per-request ``max_tokens``. ``-t`` ->
+    ``--n_threads`` (decode) and ``--n_threads_batch`` (prompt processing).
+    """
+    model = Path(model)
+    if not model.is_file():
+        raise FileNotFoundError(f"model file {model} does not exist (give the path of a .gguf file)")
+    if model.suffix.lower() != ".gguf":
+        raise ServerError(f"{model.name}: llama.cpp serves GGUF files; for a transformers checkpoint "
+                          f"folder use vllm_command / start_vllm on a GPU")
+    if n_threads < 1:
+        raise ServerError("n_threads must be >= 1 (use 1 on a 2-core machine)")
+    return [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", HOST,
+            "--port", str(port), "--n_threads", str(n_threads), "--n_threads_batch", str(n_threads),
+            "--n_ctx", str(n_ctx), "--n_gpu_layers", str(n_gpu_layers),
+            # the default (True) aborts a streaming request as soon as another one arrives: under
+            # concurrency, clients would get truncated completions instead of waiting their turn
+            "--interrupt_requests", "False", *map(str, extra)]
+
+
+def vllm_command(model, port: int, tokenizer: str | None = None, dtype: str | None = None,
+                 quantization: str | None = None, max_model_len: int = 2048,
+                 gpu_memory_utilization: float = 0.5, extra: list[str] | tuple = ()) -> list[str]:
+    """The ``vllm serve`` command for a quantized checkpoint folder, a hub id, or a GGUF file.
+
+    * GPTQ / AWQ / compressed-tensors folders: leave ``quantization=None``. vLLM reads
+      ``quantization_config`` from ``config.json`` and picks the fastest kernel the GPU has (Marlin
+      for GPTQ/AWQ on Ampere+). The seed's ``--quantization gptq`` forces the plain GPTQ kernel.
+    * GGUF (experimental in vLLM, single file only): pass the base model's ``tokenizer`` (hub id or
+      folder), since converting the GGUF tokenizer is slow and not always faithful.
+    * ``dtype="half"`` on GPUs without bf16 (T4, V100): the default ``auto`` would pick bf16 from the
+      config and fail there.
+    """
+    target = str(model)
+    local = Path(target).expanduser()
+    looks_local = local.exists() or target.startswith((".", "/", "~")) or target.endswith(".gguf")
+    if looks_local and not local.exists():
+        raise FileNotFoundError(f"model {target} does not exist (give a checkpoint folder, a .gguf file "
+                                f"or a hub id)")
+    if target.endswith(".gguf") and tokenizer is None:
+        raise ServerError("vLLM's GGUF support needs the base model's tokenizer: pass tokenizer="
+                          "'HuggingFaceTB/SmolLM2-135M-Instruct' (or the folder of a saved tokenizer)")
+    cmd = ["vllm", "serve", str(local) if looks_local else target, "--host", HOST, "--port", str(port),
+           "--max-model-len", str(max_model_len), "--gpu-memory-utilization", str(gpu_memory_utilization)]
+    if tokenizer:
+        cmd += ["--tokenizer", str(tokenizer)]
+    if dtype:
+        cmd += ["--dtype", dtype]
+    if quantization:
+        cmd += ["--quantization", quantization]
+    return cmd + [str(e) for e in extra]
+
+
+# ---------------------------------------------------------------------------------------- server
+
+_LIVE: set["Server"] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def _set_pdeathsig(sig: int):
+    """preexec_fn: ask Linux to send ``sig`` to the child when its parent dies."""
+    def preexec():
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, sig, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except Exception:  # noqa: BLE001 - not Linux: atexit + stop() still apply
+            pass
+    return preexec if sys.platform.startswith("linux") else None
+
+
+class Server:
+    """A server subprocess with its command, port, log file and OpenAI base URL.
+
+    Use :func:`start_llama_cpp` / :func:`start_vllm`, or ``Server(cmd, port).start()``.
+    """
+
+    def __init__(self, cmd: list[str], port: int, name: str = "server", log_path=None,
+                 health_path: str = "/v1/models", env: dict | None = None, death_signal=signal.SIGKILL):
+        self.cmd, self.port, self.name = list(cmd), int(port), name
+        self.health_path = health_path
+        self.env = env
+        self.death_signal = death_signal
+        if log_path is None:
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:60]
+            fd, log_path = tempfile.mkstemp(prefix=f"quantedu-{safe}-{port}-", suffix=".log")
+            os.close(fd)
+        self.log_path = Path(log_path)
+        self.proc: subprocess.Popen | None = None
+        self.startup_s: float | None = None
+        self._stopped = False
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n_lines: int = 20) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-n_lines:])
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.base_url + self.health_path, timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def start(self, timeout: float = 60.0) -> "Server":
+        """Launch the process and wait until ``health_path`` answers 200, or raise with the log's tail."""
+        if self.running:
+            return self
+        _check_port(self.port)
+        self._stopped = False
+        log = open(self.log_path, "ab")
+        t0 = time.perf_counter()
+        try:
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True, env=self.env,
+                                         preexec_fn=_set_pdeathsig(self.death_signal))
+        finally:
+            log.close()
+        with _LIVE_LOCK:
+            _LIVE.add(self)
+        try:
+            while not self._ready():
+                if self.proc.poll() is not None:
+                    tail = self.log_tail()
+                    kind = PortInUseError if "address already in use" in tail.lower() else ServerError
+                    raise kind(f"{self.name} exited with code {self.proc.returncode} before it was ready. "
+                               f"Log {self.log_path}:\n{tail}")
+                if time.perf_counter() - t0 > timeout:
+                    raise ServerError(f"{self.name} was not ready after {timeout:.0f} s (raise timeout=?). "
+                                      f"Log {self.log_path}:\n{self.log_tail()}")
+                time.sleep(0.1)
+            time.sleep(0.2)
+            if self.proc.poll() is not None:  # what answered was another process on the same port
+                raise PortInUseError(f"port {self.port} was taken by another process while {self.name} started; "
+                                     f"leave port=None to pick a free port. Log {self.log_path}:\n{self.log_tail()}")
+        except BaseException:  # errors, timeouts and KeyboardInterrupt during the wait: no orphan
+            self.stop()
+            raise
+        self.startup_s = time.perf_counter() - t0
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server's whole process group: SIGTERM, then SIGKILL after ``timeout`` seconds."""
+        proc = self.proc
+        if proc is not None and not self._stopped:
+            self._stopped = True
+            pgid = proc.pid  # start_new_session=True: the server leads its own process group
+            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+                if proc.poll() is not None:
+                    break
+                try:
+                    os.killpg(pgid, sig)
+                except (ProcessLookupError, PermissionError):
+                    break
+                try:
+                    proc.wait(wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            try:  # workers of the group may outlive the leader (vLLM): finish the group off
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
+
+    def __enter__(self) -> "Server":
+        return self.start() if not self.running else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<{self.name} {state} at {self.base_url} pid={self.pid} log={self.log_path}>"
+
+
+def stop_all() -> None:
+    """Stop every server this process started (registered with ``atexit``)."""
+    with _LIVE_LOCK:
+        servers = list(_LIVE)
+    for s in servers:
+        s.stop(timeout=3.0)
+
+
+atexit.register(stop_all)
+
+
+# --------------------------------------------------------------------------------------- engines
+
+def llama_cpp_server(model, port: int | None = None, n_threads: int = 1, n_ctx: int = 2048,
+                     n_gpu_layers: int = 0, log_path=None, extra=()) -> Server:
+    """A (not yet started) llama.cpp server for a GGUF file; use it as ``with llama_cpp_server(f) as s:``."""
+    missing = _missing(("llama_cpp",))
+    if missing:
+        raise MissingPackageError(f"llama-cpp-python is not installed. Run:\n    {LLAMA_CPP_EXTRA}")
+    missing = _missing(_SERVER_MODULES)
+    if missing:
+        raise MissingPackageError(f"llama-cpp-python's server extra is missing ({', '.join(missing)}). "
+                                  f"Run:\n    {LLAMA_CPP_EXTRA}")
+    if port is None:
+        port = free_port()
+    cmd = llama_cpp_command(model, port, n_threads=n_threads, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, extra=extra)
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}  # idle threads sleep instead of spinning
+    return Server(cmd, port, name=f"llama.cpp[{Path(model).name}]", log_path=log_path, env=env)
+
+
+def start_llama_cpp(model, port: int | None = None, timeout: float = 60.0, **kwargs) -> Server:
+    """Start a llama.cpp server for ``model`` (a .gguf path) and wait until it answers."""
+    return llama_cpp_server(model, port=port, **kwargs).start(timeout=timeout)
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def vllm_server(model, port: int | None = None, log_path=None, **kwargs) -> Server:
+    """A (not yet started) ``vllm serve`` server; refuses without a CUDA GPU or without vLLM installed."""
+    if not cuda_available():
+        raise GPURequiredError("vLLM serves on a CUDA GPU and none is visible here. On CPU, serve a GGUF "
+                               "file with llama_cpp_server(); for vLLM use a GPU runtime (e.g. Colab T4).")
+    if shutil.which("vllm") is None and _missing(("vllm",)):
+        raise MissingPackageError(f"vLLM is not installed. Run:\n    {VLLM_INSTALL}")
+    if port is None:
+        port = free_port()
+    cmd = vllm_command(model, port, **kwargs)
+    if shutil.which("vllm") is None:  # installed as a module but its script is not on PATH
+        cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", *cmd[1:]]
+    # vLLM has worker processes: SIGTERM lets it stop them (the group kill in stop() backs it up)
+    return Server(cmd, port, name=f"vllm[{Path(str(model)).name}]", log_path=log_path,
+                  health_path="/v1/models", death_signal=signal.SIGTERM)
+
+
+def start_vllm(model, port: int | None = None, timeout: float = 600.0, **kwargs) -> Server:
+    """Start ``vllm serve`` (loading + CUDA graph capture takes minutes) and wait until it answers."""
+    return vllm_server(model, port=port, **kwargs).start(timeout=timeout)
+
+
+def running_servers() -> list["Server"]:
+    """The servers this process started and has not stopped yet."""
+    with _LIVE_LOCK:
+        return [s for s in _LIVE if s.running]
+
+
+def gguf_file(mix: str = "Q4_1") -> Path:
+    """The course model as a GGUF file of type ``mix``: the shipped Q4_1 file, or llama.cpp's requantization.
+
+    ``mix`` is a ``llama-quantize`` type (``Q4_K_M``, ``Q5_K_M``, ``Q8_0``, ...) or ``F16``. Files are made
+    by llama.cpp's own quantizer (``llama_model_quantize``, through :func:`quantedu.gguf.llama.quantize_file`)
+    from the shipped file and cached (:func:`quantedu.artifacts.cached_dir`), so a second call is instant.
+    """
+    from . import artifacts
+    from .models import offline_gguf_path
+
+    src = offline_gguf_path()
+    mix = mix.upper()
+    if mix == "Q4_1":
+        return src
+    key = artifacts.cache_key("smollm2-135m", mix, src.stat().st_size)
+    name = f"SmolLM2-135M-Instruct.{mix}.gguf"
+
+    def build(tmp: Path) -> None:
+        if mix == "F16":  # not a quantize_file mix: call llama.cpp's quantizer with the F16 file type
+            import ctypes
+
+            import llama_cpp
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype, params.nthread, params.allow_requantize = 1, 1, True  # LLAMA_FTYPE_MOSTLY_F16
+            if llama_cpp.llama_model_quantize(str(src).encode(), str(tmp / name).encode(), ctypes.byref(params)):
+                raise ServerError(f"llama_model_quantize({src.name} -> F16) failed")
+        else:
+            from .gguf.llama import quantize_file
+            quantize_file(src, tmp / name, mix)
+
+    return artifacts.cached_dir("gguf-llama", key, build, meta={"source": str(src), "mix": mix}) / name
+
+
+def models(server_or_url) -> list[str]:
+    """The model ids the server reports at ``/v1/models``."""
+    url = server_or_url.base_url if isinstance(server_or_url, Server) else str(server_or_url).rstrip("/")
+    with urllib.request.urlopen(url + "/v1/models", timeout=10) as r:
+        return [m["id"] for m in json.load(r)["data"]]
+
+
+__all__ = ["Server", "ServerError", "PortInUseError", "MissingPackageError", "GPURequiredError", "free_port",
+           "port_in_use", "llama_cpp_command", "vllm_command", "llama_cpp_server", "start_llama_cpp",
+           "vllm_server", "start_vllm", "stop_all", "running_servers", "gguf_file", "models", "cuda_available"]

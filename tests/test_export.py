@@ -1,0 +1,134 @@
+"""Export: compressed-tensors and GPTQ checkpoints reload to the same logits as the in-memory model."""
+import copy
+import json
+
+import pytest
+import torch
+
+from quantedu import export
+from quantedu.export import load_gptq_model, load_gptq_weights, save_compressed_tensors, save_gptq
+from quantedu.gptq import GPTQConfig, gptq_quantize_model
+from quantedu.primitives import unpack_int32
+
+
+@pytest.fixture(scope="module")
+def ct():
+    try:
+        import compressed_tensors  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - CI installs it with llm-compressor
+        pytest.fail(f"compressed-tensors is needed to reload the export: pip install 'llmcompressor==0.14.0.1' ({exc})")
+
+
+def quantized_copy(tiny_llama, cfg, seed=0):
+    model = copy.deepcopy(tiny_llama)
+    calib = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(seed))
+    return model, gptq_quantize_model(model, calib, cfg, progress=False)
+
+
+def logits(model, seed=1):
+    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return model(ids).logits
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [GPTQConfig(bits=4, group_size=32), GPTQConfig(bits=4, group_size=32, sym=False, desc_act=True, static_groups=True),
+     GPTQConfig(bits=3, group_size=-1, sym=False), GPTQConfig(bits=8, group_size=64)],
+    ids=lambda c: c.label(),
+)
+def test_compressed_tensors_reloads_with_transformers_to_the_same_logits(tiny_llama, tmp_path, ct, cfg):
+    from transformers import AutoModelForCausalLM
+
+    model, results = quantized_copy(tiny_llama, cfg)
+    path = save_compressed_tensors(model, results, cfg.quant_config(), tmp_path / "ct",
+                                   actorder="static" if cfg.desc_act else None)
+    qc = json.loads((path / "config.json").read_text())["quantization_config"]
+    assert qc["quant_method"] == "compressed-tensors" and qc["format"] == "pack-quantized"
+    assert qc["ignore"] == ["lm_head"]
+    from safetensors import safe_open
+
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+        packed = f.get_tensor("model.layers.0.mlp.down_proj.weight_packed")
+    assert "model.layers.0.mlp.down_proj.weight" not in keys and packed.dtype == torch.int32
+    assert packed.shape == (64, 128 * cfg.bits // 32)  # 64 x 128 weight, dense bitstream per row
+    assert ("model.layers.0.mlp.down_proj.weight_zero_point" in keys) == (not cfg.sym)
+    reloaded = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    torch.testing.assert_close(logits(reloaded), logits(model), rtol=0, atol=1e-5)
+    for name, res in results.items():
+        torch.testing.assert_close(reloaded.get_submodule(name).weight, res.weight, rtol=0, atol=1e-6)
+
+
+def test_compressed_tensors_refuses_what_it_cannot_store(tiny_llama, tmp_path, ct):
+    model, results = quantized_copy(tiny_llama, GPTQConfig(bits=4, group_size=48))  # 64 columns: ragged
+    with pytest.raises(ValueError, match="ragged"):
+        save_compressed_tensors(model, results, GPTQConfig(group_size=48).quant_config(), tmp_path / "a")
+    cfg = GPTQConfig(bits=4, group_size=32, desc_act=True)  # dynamic act-order: permuted g_idx
+    model, results = quantized_copy(tiny_llama, cfg)
+    with pytest.raises(ValueError, match="g_idx"):
+        save_compressed_tensors(model, results, cfg.quant_config(), tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [GPTQConfig(bits=4, group_size=32, desc_act=True), GPTQConfig(bits=3, group_size=48, sym=False),
+     GPTQConfig(bits=2, group_size=-1)],
+    ids=lambda c: c.label(),
+)
+def test_gptq_layout_round_trips(tiny_llama, tmp_path, cfg):
+    model, results = quantized_copy(tiny_llama, cfg)
+    fmt = "gptq" if cfg.sym else "gptq_v2"  # v1 cannot store an asymmetric zero point of 0
+    if not cfg.sym and min(int(r.zeros.min()) for r in results.values()) == 0:
+        with pytest.raises(ValueError, match="gptq_v2"):
+            save_gptq(model, results, cfg.quant_config(), tmp_path / "v1")
+    path = save_gptq(model, results, cfg.quant_config(), tmp_path / "gptq", desc_act=cfg.desc_act,
+                     checkpoint_format=fmt)
+    qc = json.loads((path / "config.json").read_text())["quantization_config"]
+    assert qc["checkpoint_format"] == fmt
+    assert (qc["quant_method"], qc["bits"], qc["group_size"], qc["desc_act"], qc["sym"]) == (
+        "gptq", cfg.bits, cfg.group_size, cfg.desc_act, cfg.sym)
+    weights = load_gptq_weights(path)
+    assert set(weights) == set(results)
+    for name, res in results.items():
+        torch.testing.assert_close(weights[name], res.weight, rtol=0, atol=1e-6)
+    torch.testing.assert_close(logits(load_gptq_model(path)), logits(model), rtol=0, atol=1e-5)
+
+
+def test_gptq_layout_bits_are_where_the_kernels_read_them(tiny_llama, tmp_path):
+    """qweight packs 8 input columns per int32 (column j at bits 4j..4j+3); v1 qzeros store zero - 1."""
+    from safetensors.torch import load_file
+
+    cfg = GPTQConfig(bits=4, group_size=32)
+    model, results = quantized_copy(tiny_llama, cfg)
+    sd = load_file(str(save_gptq(model, results, cfg.quant_config(), tmp_path / "g") / "model.safetensors"))
+    name = "model.layers.1.self_attn.o_proj"
+    codes = results[name].codes.long()  # (64 out, 64 in)
+    qweight = sd[f"{name}.qweight"].long() & 0xFFFFFFFF
+    assert qweight.shape == (64 * 4 // 32, 64)
+    for j in (0, 5, 13, 63):
+        assert torch.equal((qweight[j // 8] >> (4 * (j % 8))) & 0xF, codes[:, j])
+    # symmetric 4-bit: zero 8 stored as 7 in every nibble
+    assert torch.equal(sd[f"{name}.qzeros"], torch.full((2, 8), 0x77777777, dtype=torch.int32))
+    assert torch.equal(unpack_int32(sd[f"{name}.qzeros"], 4, dim=1), torch.full((2, 64), 7, dtype=torch.uint8))
+
+
+def test_writes_are_atomic(tiny_llama, tmp_path, monkeypatch):
+    cfg = GPTQConfig(bits=4, group_size=32)
+    model, results = quantized_copy(tiny_llama, cfg)
+    target = tmp_path / "out"
+    save_gptq(model, results, cfg.quant_config(), target)
+    before = (target / "model.safetensors").read_bytes()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    import safetensors.torch
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_gptq(model, results, cfg.quant_config(), target)
+    assert (target / "model.safetensors").read_bytes() == before  # the old checkpoint is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary left behind
+    assert hasattr(export, "save_compressed_tensors")
