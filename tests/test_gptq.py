@@ -223,10 +223,13 @@ def llmc_quantize(llmc, W, H, res, cfg):
     )
     # compressed-tensors' signed codes: zero point = ours - 2**(bits-1), and none at all when symmetric.
     zp = torch.zeros_like(res.scales) if cfg.sym else res.zeros - 2 ** (cfg.bits - 1)
-    Q, _, fallback = quantize_weight(
-        W[None].clone(), H[None].clone(), res.scales[None], zp[None].to(torch.int8), None, args,
-        blocksize=cfg.block_size, percdamp=cfg.damp_percent,
-    )
+    from quantedu.gptq import _one_cpu_thread
+
+    with _one_cpu_thread(W.device):  # the same arithmetic as ours (GPTQ amplifies any float difference)
+        Q, _, fallback = quantize_weight(
+            W[None].clone(), H[None].clone(), res.scales[None], zp[None].to(torch.int8), None, args,
+            blocksize=cfg.block_size, percdamp=cfg.damp_percent,
+        )
     assert not fallback.any()
     g = res.g_idx.long()
     codes = torch.round(Q[0] / res.scales[:, g]) + res.zeros[:, g]

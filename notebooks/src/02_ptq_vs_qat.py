@@ -18,7 +18,7 @@ MODEL = "auto"
 BITS = (8, 4, 3, 2)
 GROUPS = (32, 128, None)      # None = one scale per output channel
 EVAL_WINDOWS, EVAL_SEQ_LEN = 2, 256
-FINAL_WINDOWS = 4
+FINAL_WINDOWS = 2             # = EVAL_WINDOWS: the sweep's baseline and RTN numbers are reused
 QAT_BITS, QAT_GROUP = 3, 128  # where the RTN gap is large enough to see a QAT effect
 QAT_STEPS = None              # None: quantedu.qat.plan() picks for this hardware
 
@@ -219,11 +219,16 @@ if QAT_STEPS is not None:
     plan.steps = QAT_STEPS
 print(f"QAT plan on {session.device}: {plan}")
 
-results = [{"method": "baseline (no quantization)", "perplexity": ppl(model, FINAL_WINDOWS)}]
-rtn_model = copy.deepcopy(model)
-quantize_model_rtn(rtn_model, qcfg, progress=False)
-results.append({"method": f"PTQ: RTN {qcfg.label()}", "perplexity": ppl(rtn_model, FINAL_WINDOWS)})
-del rtn_model
+if FINAL_WINDOWS == EVAL_WINDOWS and (QAT_BITS, QAT_GROUP) in w4.index:  # same windows: reuse the sweep
+    base_final, rtn_final = baseline, w4[(QAT_BITS, QAT_GROUP)]
+else:
+    base_final = ppl(model, FINAL_WINDOWS)
+    rtn_model = copy.deepcopy(model)
+    quantize_model_rtn(rtn_model, qcfg, progress=False)
+    rtn_final = ppl(rtn_model, FINAL_WINDOWS)
+    del rtn_model
+results = [{"method": "baseline (no quantization)", "perplexity": base_final},
+           {"method": f"PTQ: RTN {qcfg.label()}", "perplexity": rtn_final}]
 
 from quantedu.primitives import mse_clip_search
 from quantedu.quantize_model import replace_linear

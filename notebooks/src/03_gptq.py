@@ -150,14 +150,20 @@ def my_gptq(W, H, bits=4, group_size=128, damp=0.01, block=128):
     return Q
 
 
+threads = torch.get_num_threads()
+torch.set_num_threads(1)      # quantedu.gptq runs its column loop on one CPU thread: same arithmetic
 Q_mine = my_gptq(W_layer, H_layer)
+torch.set_num_threads(threads)
 pkg = gptq_quantize_weight(W_layer, H_layer, GPTQConfig(bits=4, group_size=128, sym=True))
 same = (Q_mine == pkg.weight).float().mean().item()
 print(f"my_gptq vs quantedu.gptq: {same:.4%} of weights identical, max difference {(Q_mine - pkg.weight).abs().max():.2e}")
 assert same > 0.999
 
 # %% [markdown]
-# Does it pay off on the objective it minimizes? Relative output error `tr(E H E^T) / tr(W H W^T)`:
+# Why pin the thread count? GPTQ is a chain of rounding decisions along each row: if float noise
+# (a different summation order, e.g. another thread count) flips one code, every later update of that
+# row changes, and so do many later codes. Implementations agree code for code only when they do the
+# same arithmetic; otherwise compare what GPTQ minimizes. Does it pay off on that objective? Relative output error `tr(E H E^T) / tr(W H W^T)`:
 
 # %%
 from quantedu.primitives import fake_quantize
