@@ -5,7 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import Corpus, load_corpus
+from .data import Corpus, calibration_batches, load_corpus
+from .evaluate import perplexity
 from .models import load_model
 
 
@@ -15,6 +16,8 @@ class Session:
     tokenizer: object
     corpus: Corpus
     model_name: str
+    n_windows: int = 4
+    seq_len: int = 512
 
     @property
     def device(self) -> torch.device:
@@ -24,15 +27,27 @@ class Session:
     def on_gpu(self) -> bool:
         return self.device.type == "cuda"
 
+    def perplexity(self, model=None, n_windows: int | None = None, seq_len: int | None = None) -> float:
+        """Perplexity of ``model`` (default: the session's) on the session's evaluation windows."""
+        return perplexity(model if model is not None else self.model, self.tokenizer, self.corpus,
+                          n_windows=n_windows or self.n_windows, seq_len=seq_len or self.seq_len,
+                          progress=False)
 
-def start(model: str = "auto", corpus: str = "pydoc", seed: int = 0, **load_kwargs) -> Session:
+    def calibration(self, n_samples: int, seq_len: int, seed: int = 0) -> torch.Tensor:
+        """``(n_samples, seq_len)`` calibration token windows from the session's corpus."""
+        return calibration_batches(self.tokenizer, n_samples, seq_len, seed=seed, corpus=self.corpus)
+
+
+def start(model: str = "auto", corpus: str = "pydoc", seed: int = 0, n_windows: int = 4, seq_len: int = 512,
+          **load_kwargs) -> Session:
     """Seed everything, load ``(model, tokenizer)`` (printing which model and why) and the corpus.
 
-    On a 2-core CPU the default thread count is kept; on GPU, fp16/bf16 weights are used.
+    ``n_windows`` x ``seq_len`` are the evaluation windows ``Session.perplexity`` uses by default.
+    On GPU, fp16/bf16 weights are used.
     """
     torch.manual_seed(seed)
     m, tok = load_model(model, **load_kwargs)
-    return Session(m, tok, load_corpus(corpus), model)
+    return Session(m, tok, load_corpus(corpus), model, n_windows=n_windows, seq_len=seq_len)
 
 
 def fresh_model(session: Session) -> torch.nn.Module:

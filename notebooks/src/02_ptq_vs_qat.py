@@ -32,18 +32,18 @@ import torch
 
 from quantedu import qat
 from quantedu.course import start
-from quantedu.data import calibration_batches
-from quantedu.evaluate import perplexity
 from quantedu.primitives import QuantConfig, choose_qparams, dequantize, fake_quantize, quantize, quantization_error
 
 session = start(MODEL)
 model, tokenizer, corpus = session.model, session.tokenizer, session.corpus
 if session.on_gpu:
     EVAL_WINDOWS, EVAL_SEQ_LEN, FINAL_WINDOWS = 8, 512, 16
+session.n_windows, session.seq_len = EVAL_WINDOWS, EVAL_SEQ_LEN
 T0, CPU0 = time.perf_counter(), time.process_time()
 
+
 def ppl(m, windows=None):
-    return perplexity(m, tokenizer, corpus, n_windows=windows or EVAL_WINDOWS, seq_len=EVAL_SEQ_LEN, progress=False)
+    return session.perplexity(m, n_windows=windows)
 
 baseline = ppl(model)
 print(f"baseline perplexity ({EVAL_WINDOWS} x {EVAL_SEQ_LEN} tokens): {baseline:.3f}")
@@ -243,7 +243,7 @@ results.append({"method": f"PTQ: RTN + MSE clip {qcfg.label()}", "perplexity": p
 del mse_model
 
 # %%
-cal = calibration_batches(tokenizer, n_samples=plan.n_samples, seq_len=plan.seq_len, seed=0)
+cal = session.calibration(plan.n_samples, plan.seq_len, seed=0)
 qat_model = copy.deepcopy(model)
 run = qat.train_qat(qat_model, cal, qcfg, plan)
 print(qat.describe(run))

@@ -38,16 +38,12 @@ import time
 import torch
 
 from quantedu.course import start
-from quantedu.data import calibration_batches
-from quantedu.evaluate import perplexity, results_table
+from quantedu.evaluate import results_table
 
-session = start(MODEL)
+session = start(MODEL, n_windows=N_WINDOWS, seq_len=SEQ_LEN)
 model, tokenizer, corpus = session.model, session.tokenizer, session.corpus
-batches = calibration_batches(tokenizer, CALIB_SAMPLES, CALIB_LEN, seed=0)
-
-
-def ppl(m):
-    return perplexity(m, tokenizer, corpus, n_windows=N_WINDOWS, seq_len=SEQ_LEN, progress=False)
+batches = session.calibration(CALIB_SAMPLES, CALIB_LEN, seed=0)
+ppl = session.perplexity  # perplexity on the N_WINDOWS x SEQ_LEN evaluation windows
 
 
 fp_ppl = ppl(model)
@@ -251,7 +247,7 @@ print(f"W4: RTN {pick['RTN', 4]:.2f} -> GPTQ {pick['GPTQ', 4]:.2f};  W3: RTN {pi
 
 # %%
 SWEEP_LAYERS = ["model.layers.3.self_attn.q_proj", "model.layers.10.mlp.down_proj", "model.layers.20.mlp.up_proj"]
-held_out = calibration_batches(tokenizer, 4, CALIB_LEN, seed=1)
+held_out = session.calibration(4, CALIB_LEN, seed=1)
 per_sample = {name: [] for name in SWEEP_LAYERS}
 
 
@@ -448,7 +444,7 @@ with tempfile.TemporaryDirectory() as tmp:
                                    tokenizer=tokenizer)
     size_mb = sum(f.stat().st_size for f in path.iterdir()) / 1e6
     reloaded = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    probe = calibration_batches(tokenizer, 1, 64, seed=3).to(session.device)
+    probe = session.calibration(1, 64, seed=3).to(session.device)
     with torch.no_grad():
         diff = (reloaded(probe).logits - ct_model(probe).logits).abs().max().item()
 print(f"saved {size_mb:.0f} MB; reloaded with transformers: max |logit difference| = {diff:.2e}")

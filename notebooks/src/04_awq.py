@@ -38,18 +38,14 @@ import time
 import torch
 
 from quantedu.course import start
-from quantedu.data import calibration_batches
-from quantedu.evaluate import perplexity, results_table
+from quantedu.evaluate import results_table
 
 if FAST and not torch.cuda.is_available():
     torch.set_num_threads(1)  # on a busy 2-core CPU one thread is steadier than two fighting for cores
-session = start(MODEL)
+session = start(MODEL, n_windows=N_WINDOWS, seq_len=SEQ_LEN)
 model, tokenizer, corpus = session.model, session.tokenizer, session.corpus
-batches = calibration_batches(tokenizer, CALIB_SAMPLES, CALIB_LEN, seed=0)
-
-
-def ppl(m):
-    return perplexity(m, tokenizer, corpus, n_windows=N_WINDOWS, seq_len=SEQ_LEN, progress=False)
+batches = session.calibration(CALIB_SAMPLES, CALIB_LEN, seed=0)
+ppl = session.perplexity  # perplexity on the N_WINDOWS x SEQ_LEN evaluation windows
 
 
 fp_ppl = ppl(model)
