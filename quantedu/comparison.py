@@ -18,28 +18,14 @@ from __future__ import annotations
 
 import math
 import tempfile
-from contextlib import contextmanager
 import time
 from pathlib import Path
 
 from . import artifacts
+from .evaluate import torch_threads
 
 VARIANTS = ("FP16", "GPTQ-4bit", "AWQ-4bit", "GGUF Q4_K_M", "GGUF Q5_K_M")
 _VERSION = 1
-
-
-@contextmanager
-def torch_threads(n: int | None):
-    """Run a block with ``n`` torch CPU threads (None: unchanged), restoring the setting afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _model_id(session) -> str:

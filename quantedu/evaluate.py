@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from typing import Iterable
 
 import torch
@@ -26,6 +27,18 @@ def _text(text: str | Corpus) -> str:
 
 def model_device(model) -> torch.device:
     return next(model.parameters()).device
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Run a block with ``n`` torch CPU threads (None: unchanged), restoring the setting afterwards."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @torch.no_grad()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .evaluate import torch_threads
 from .primitives import QuantConfig, choose_qparams, dequantize
 
 __all__ = [
@@ -135,27 +135,14 @@ def _fake_quant_column(w, scale, zero, maxq):
     return q, scale * (q - zero)
 
 
-@contextmanager
-def _one_cpu_thread(device: torch.device):
-    """The column loop is thousands of tiny ops: on CPU, a thread pool's fork/join per op costs more
-    than the op, and collapses when the cores are shared (measured: 10-25x slower with 2 threads)."""
-    if device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @torch.no_grad()
 def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig = GPTQConfig()) -> GPTQResult:
     """Quantize one weight ``W`` (out_features, in_features) given its input Hessian ``H``."""
     if W.dim() != 2 or H.shape != (W.shape[1], W.shape[1]):
         raise ValueError(f"need W (rows, cols) and H (cols, cols); got {tuple(W.shape)} and {tuple(H.shape)}")
-    with _one_cpu_thread(W.device):
+    # The column loop is thousands of tiny ops: on CPU, a thread pool's fork/join per op costs more
+    # than the op, and collapses when the cores are shared (measured: 10-25x slower with 2 threads).
+    with torch_threads(1 if W.device.type == "cpu" else None):
         return _gptq(W, H, config)
 
 

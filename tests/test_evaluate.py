@@ -75,3 +75,14 @@ def test_results_table_and_plots():
     assert len(ax.patches) == 2
     ax = evaluate.plot_tradeoff(df, "bits", "ppl", "m")
     assert len(ax.texts) == 2
+
+
+def test_torch_threads_restores_the_setting_even_after_an_error():
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError):
+        with evaluate.torch_threads(1):
+            assert torch.get_num_threads() == 1
+            raise RuntimeError
+    assert torch.get_num_threads() == before
+    with evaluate.torch_threads(None):
+        assert torch.get_num_threads() == before

@@ -223,9 +223,9 @@ def llmc_quantize(llmc, W, H, res, cfg):
     )
     # compressed-tensors' signed codes: zero point = ours - 2**(bits-1), and none at all when symmetric.
     zp = torch.zeros_like(res.scales) if cfg.sym else res.zeros - 2 ** (cfg.bits - 1)
-    from quantedu.gptq import _one_cpu_thread
+    from quantedu.evaluate import torch_threads
 
-    with _one_cpu_thread(W.device):  # the same arithmetic as ours (GPTQ amplifies any float difference)
+    with torch_threads(1):  # the same arithmetic as ours (GPTQ amplifies any float difference)
         Q, _, fallback = quantize_weight(
             W[None].clone(), H[None].clone(), res.scales[None], zp[None].to(torch.int8), None, args,
             blocksize=cfg.block_size, percdamp=cfg.damp_percent,

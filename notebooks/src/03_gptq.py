@@ -38,7 +38,7 @@ import time
 import torch
 
 from quantedu.course import start
-from quantedu.evaluate import results_table
+from quantedu.evaluate import results_table, torch_threads
 
 session = start(MODEL, n_windows=N_WINDOWS, seq_len=SEQ_LEN)
 model, tokenizer, corpus = session.model, session.tokenizer, session.corpus
@@ -146,10 +146,8 @@ def my_gptq(W, H, bits=4, group_size=128, damp=0.01, block=128):
     return Q
 
 
-threads = torch.get_num_threads()
-torch.set_num_threads(1)      # quantedu.gptq runs its column loop on one CPU thread: same arithmetic
-Q_mine = my_gptq(W_layer, H_layer)
-torch.set_num_threads(threads)
+with torch_threads(1):        # quantedu.gptq runs its column loop on one CPU thread: same arithmetic
+    Q_mine = my_gptq(W_layer, H_layer)
 pkg = gptq_quantize_weight(W_layer, H_layer, GPTQConfig(bits=4, group_size=128, sym=True))
 same = (Q_mine == pkg.weight).float().mean().item()
 print(f"my_gptq vs quantedu.gptq: {same:.4%} of weights identical, max difference {(Q_mine - pkg.weight).abs().max():.2e}")
