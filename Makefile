@@ -7,8 +7,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.quantedu-installed
 EXTRAS := course,test,llama,reference,online
 PORT   ?= 8888
+# JupyterLab refuses to start as root (containers, CI machines) unless told that it is on purpose.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup lab test unit notebooks bench doctor clean
+.PHONY: setup lab test unit notebooks fresh bench doctor clean
 
 setup: $(STAMP)
 
@@ -25,10 +27,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/quantedu prepare
 	@touch $@
 
+# Opens the committed, executed notebooks as they are: your edits and notes in them are never rewritten.
 lab: setup
-	$(BIN)/python tools/build_notebooks.py >/dev/null
 	@echo "Opening JupyterLab on notebooks/ (copy the http://127.0.0.1:$(PORT)/lab?token=... URL below into a browser)"
-	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) --notebook-dir=notebooks
+	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) --notebook-dir=notebooks $(ROOT_FLAG)
 
 test: setup
 	$(BIN)/python -m pytest
@@ -36,8 +38,14 @@ test: setup
 unit: setup
 	$(BIN)/python -m pytest tests
 
+# Developer step: rebuild notebooks/*.ipynb from notebooks/src and execute them. A notebook someone edited
+# in Jupyter is copied to notebooks/.backups/ first, never lost.
 notebooks: setup
 	$(BIN)/python tools/build_notebooks.py --execute
+
+# A fresh copy of one lesson beside your own, e.g. `make fresh NB=03` -> notebooks/03_gptq.fresh-<time>.ipynb
+fresh: setup
+	$(BIN)/python tools/build_notebooks.py $(NB) --fresh
 
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import in_place
 from .calibration import decoder_layers, linear_layers, observe_linear_inputs, sequential_blocks
 from .primitives import QuantConfig, choose_qparams, dequantize, fake_quantize, group_min_max, quantize
 
@@ -83,6 +84,8 @@ class AWQConfig:
             raise ValueError(f"n_grid must be a positive integer (20 in the reference), got {self.n_grid!r}")
         if self.search_samples is not None and (not isinstance(self.search_samples, int) or self.search_samples < 1):
             raise ValueError(f"search_samples must be a positive integer or None (all), got {self.search_samples!r}")
+        if not isinstance(self.clip_grid, int) or self.clip_grid < 1:
+            raise ValueError(f"clip_grid must be a positive integer (20 in the reference), got {self.clip_grid!r}")
         if not 0 <= self.max_shrink < 1:
             raise ValueError(f"max_shrink must lie in [0, 1), got {self.max_shrink!r}; 0.5 is the reference's")
 
@@ -375,6 +378,11 @@ def awq_quantize_model(model: nn.Module, batches: torch.Tensor, config: AWQConfi
     device (CPU or CUDA). Returns ``{"layers": {"model.layers.3.mlp.up_proj": AWQLayer, ...},
     "alpha": {...}, "scales": {...}, "seconds": wall time}``.
     """
+    with in_place(model, config.label()):
+        return _awq_model(model, batches, config)
+
+
+def _awq_model(model: nn.Module, batches: torch.Tensor, config: AWQConfig) -> dict:
     layers = decoder_layers(model)
     prefix = next(name for name, m in model.named_modules() if m is layers)
     result: dict = {"layers": {}, "alpha": {}, "scales": {}}

@@ -20,7 +20,10 @@ Two layouts:
   ``(n_groups, rows*bits/32)`` storing ``zero - 1`` (the v1 convention: kernels add the 1 back),
   ``scales`` ``(n_groups, rows)`` in the model dtype, ``g_idx`` int32 ``(cols,)``. Any ``g_idx``.
 
-Both are written into a temporary folder and renamed into place (:func:`quantedu.artifacts.atomic_path`).
+Both are written into a temporary folder and renamed into place (:func:`quantedu.artifacts.atomic_path`):
+an existing folder is replaced only when it is a previous export of this package, never a folder of
+yours (that is refused before any work is done). Layers are checked against the config before
+anything is written (shapes, group count, code range, NaN), so a mismatch is an error, not a file.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .artifacts import atomic_path
+from .artifacts import atomic_path, check_target
 from .primitives import QuantConfig, dequantize, group_index, pack_int32, unpack_int32
 
 __all__ = ["save_compressed_tensors", "save_gptq", "load_gptq_weights", "load_gptq_model"]
@@ -51,13 +54,29 @@ def _pack(codes: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
 
 
 def _check(name: str, q, config: QuantConfig, layer: nn.Linear) -> None:
+    """The layer record agrees with ``config`` and the model: checked before a byte is written."""
     rows, cols = layer.weight.shape
-    if tuple(q.codes.shape) != (rows, cols):
-        raise ValueError(f"{name}: codes have shape {tuple(q.codes.shape)}, the layer's weight {(rows, cols)}")
-    if int(q.codes.max()) > config.maxq:
-        raise ValueError(f"{name}: codes exceed {config.maxq}; were they made with {config.label()}?")
     if config.granularity == "tensor":
         raise ValueError("per-tensor weight quantization is not exported; use per-channel or groups")
+    if tuple(q.codes.shape) != (rows, cols):
+        raise ValueError(f"{name}: codes have shape {tuple(q.codes.shape)}, the layer's weight {(rows, cols)}")
+    if int(q.codes.min()) < 0 or int(q.codes.max()) > config.maxq:
+        raise ValueError(f"{name}: codes outside [0, {config.maxq}]; were they made with {config.label()}?")
+    n_groups = config.n_groups(cols)
+    for what in ("scales", "zeros"):
+        t = getattr(q, what)
+        if tuple(t.shape) != (rows, n_groups):
+            raise ValueError(
+                f"{name}: {what} have shape {tuple(t.shape)} but {config.label()} on {cols} columns needs "
+                f"{(rows, n_groups)}: the layers were quantized with another group size than this config says. "
+                "Pass the config they were made with (e.g. gptq_config.quant_config()).")
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{name}: {what} contain NaN or inf; the layer was quantized from bad weights")
+    if tuple(q.g_idx.shape) != (cols,) or int(q.g_idx.min()) < 0 or int(q.g_idx.max()) >= n_groups:
+        raise ValueError(f"{name}: g_idx must map each of the {cols} columns to a group in [0, {n_groups}); "
+                         f"got shape {tuple(q.g_idx.shape)}, max {int(q.g_idx.max())}")
+    if (q.scales <= 0).any():
+        raise ValueError(f"{name}: scales must be positive")
 
 
 def _linear_modules(model: nn.Module) -> dict[str, nn.Linear]:
@@ -72,6 +91,21 @@ def _base_state_dict(model: nn.Module, quantized: dict) -> dict[str, torch.Tenso
     for name in quantized:
         sd.pop(f"{name}.weight")
     return sd
+
+
+def _start(model: nn.Module, quantized: dict, path, config: QuantConfig) -> dict[str, nn.Linear]:
+    """Refuse a target we may not write and layers that are not the model's, before any work."""
+    check_target(path)
+    if not quantized:
+        raise ValueError("no quantized layers were given: pass the dict that gptq_quantize_model / "
+                         "awq_quantize_model returned ({layer name: record})")
+    linears = _linear_modules(model)
+    missing = sorted(set(quantized) - set(linears))
+    if missing:
+        raise KeyError(f"not linear layers of this model: {missing[:5]}")
+    for name, q in quantized.items():
+        _check(name, q, config, linears[name])
+    return linears
 
 
 def _write(path, model, state_dict, quantization_config: dict, tokenizer) -> Path:
@@ -99,14 +133,10 @@ def save_compressed_tensors(model: nn.Module, quantized: dict, config: QuantConf
     """
     from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
 
-    linears = _linear_modules(model)
-    missing = sorted(set(quantized) - set(linears))
-    if missing:
-        raise KeyError(f"not linear layers of this model: {missing[:5]}")
+    linears = _start(model, quantized, path, config)
     sd = _base_state_dict(model, quantized)
     for name, q in quantized.items():
         layer = linears[name]
-        _check(name, q, config, layer)
         rows, cols = layer.weight.shape
         if config.granularity == "group" and cols % config.group_size:
             raise ValueError(
@@ -155,11 +185,10 @@ def save_gptq(model: nn.Module, quantized: dict, config: QuantConfig, path, toke
     offset = 1 if checkpoint_format == "gptq" else 0
     if config.bits not in (2, 3, 4, 8):
         raise ValueError(f"the GPTQ layout packs 2, 3, 4 or 8 bits, not {config.bits}")
-    linears = _linear_modules(model)
+    linears = _start(model, quantized, path, config)
     sd = _base_state_dict(model, quantized)
     for name, q in quantized.items():
         layer = linears[name]
-        _check(name, q, config, layer)
         rows, cols = layer.weight.shape
         if (cols * config.bits) % 32 or (rows * config.bits) % 32:
             raise ValueError(f"{name}: {rows}x{cols} does not pack into whole int32 words at {config.bits} bits")

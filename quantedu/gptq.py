@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checks import in_place, require_finite
 from .evaluate import torch_threads
 from .primitives import QuantConfig, choose_qparams, dequantize
 
@@ -140,6 +141,13 @@ def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig = 
     """Quantize one weight ``W`` (out_features, in_features) given its input Hessian ``H``."""
     if W.dim() != 2 or H.shape != (W.shape[1], W.shape[1]):
         raise ValueError(f"need W (rows, cols) and H (cols, cols); got {tuple(W.shape)} and {tuple(H.shape)}")
+    require_finite(W, "W")
+    require_finite(H, "H")
+    if not bool(H.diagonal().any()):
+        # Every input was zero or none was seen: that is a hook that never fired, not a perfect layer.
+        raise ValueError("the Hessian H is all zero: no calibration input reached this layer (a forgotten or "
+                         "removed forward hook, or empty calibration batches). Feed calibration data through "
+                         "the layer before quantizing it.")
     # The column loop is thousands of tiny ops: on CPU, a thread pool's fork/join per op costs more
     # than the op, and collapses when the cores are shared (measured: 10-25x slower with 2 threads).
     with torch_threads(1 if W.device.type == "cpu" else None):
@@ -176,7 +184,12 @@ def _gptq(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig) -> GPTQResult:
     H[diag, diag] += config.damp_percent * torch.mean(torch.diag(H))
     # Row q of the upper Cholesky factor of H^-1 holds exactly the OBS update for column q given
     # that columns < q are already fixed: no re-inversion per column (paper, Section 4 step 3).
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    try:
+        Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    except torch.linalg.LinAlgError:
+        raise ValueError(f"H + damping is not positive definite (damp_percent={config.damp_percent}): too few "
+                         "or too similar calibration samples for this layer. Raise damp_percent (e.g. 0.1) or "
+                         "calibrate on more tokens.") from None
 
     Q = torch.zeros_like(W)
     codes = torch.zeros_like(W, dtype=torch.uint8)
@@ -273,6 +286,13 @@ def gptq_quantize_model(
 
     if inputs_from not in ("quantized", "fp"):
         raise ValueError(f"inputs_from must be 'quantized' or 'fp', got {inputs_from!r}")
+    with in_place(model, config.label()):
+        return _gptq_model(model, batches, config, inputs_from, device, progress)
+
+
+def _gptq_model(model, batches, config, inputs_from, device, progress) -> dict[str, GPTQResult]:
+    from .calibration import capture_block_inputs, decoder_layers, linear_layers, run_block
+
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     layers = decoder_layers(model)
     prefix = next(name for name, m in model.named_modules() if m is layers)

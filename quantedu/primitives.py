@@ -25,6 +25,8 @@ from typing import Literal
 
 import torch
 
+from .checks import require_finite
+
 Granularity = Literal["tensor", "channel", "group"]
 
 
@@ -70,6 +72,20 @@ def _check_weight(w: torch.Tensor) -> None:
         raise ValueError(f"expected a 2-D weight tensor (out_features, in_features), got {shape}")
     if not torch.is_floating_point(w):
         raise TypeError(f"expected a floating-point weight, got {w.dtype}")
+    require_finite(w)
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in at least fp32 (fp16/bf16 are widened; fp32/fp64 stay as they are)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _check_ratio(clip_ratio) -> None:
+    bad = (clip_ratio <= 0) | (clip_ratio > 1) if not isinstance(clip_ratio, torch.Tensor) else \
+        bool(((clip_ratio <= 0) | (clip_ratio > 1) | ~torch.isfinite(clip_ratio)).any())
+    if bad:
+        raise ValueError(f"clip_ratio must be in (0, 1] (the fraction of each group's range kept), got "
+                         f"{clip_ratio if not isinstance(clip_ratio, torch.Tensor) else 'a tensor with values outside it'}")
 
 
 def group_index(cols: int, config: QuantConfig, device=None) -> torch.Tensor:
@@ -104,7 +120,12 @@ def group_min_max(w: torch.Tensor, config: QuantConfig) -> tuple[torch.Tensor, t
 def qparams_from_range(
     xmin: torch.Tensor, xmax: torch.Tensor, config: QuantConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and integer zero point that map ``[xmin, xmax]`` (widened to include 0) onto the codes."""
+    """Scale and integer zero point that map ``[xmin, xmax]`` (widened to include 0) onto the codes.
+
+    Computed in fp32 whatever the weight's dtype: in fp16 a group whose range is below ~1e-6 would give
+    a scale that underflows to 0, and then 0/0 = NaN codes.
+    """
+    xmin, xmax = _wide(xmin), _wide(xmax)
     xmin = torch.minimum(xmin, torch.zeros_like(xmin))
     xmax = torch.maximum(xmax, torch.zeros_like(xmax))
     maxq = config.maxq
@@ -113,11 +134,13 @@ def qparams_from_range(
         # An all-zero group would give scale 0 and divide by zero later: any scale represents it.
         absmax = torch.where(absmax == 0, torch.ones_like(absmax), absmax)
         scale = absmax / (maxq / 2)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # a range so small it underflows
         zero = torch.full_like(scale, float((maxq + 1) // 2))
     else:
         span = xmax - xmin
         span = torch.where(span == 0, torch.ones_like(span), span)
         scale = span / maxq
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         zero = torch.round(-xmin / scale).clamp(0, maxq)
     return scale, zero
 
@@ -130,6 +153,7 @@ def choose_qparams(
     ``clip_ratio`` shrinks the range before choosing (1.0 = plain min/max); ``mse_clip_search``
     picks it per group.
     """
+    _check_ratio(clip_ratio)
     xmin, xmax = group_min_max(w, config)
     return qparams_from_range(xmin * clip_ratio, xmax * clip_ratio, config)
 
@@ -155,7 +179,7 @@ def quantize(
     """Integer codes in ``[0, 2**bits - 1]`` (dtype uint8 for bits <= 8)."""
     _check_weight(w)
     s, z = _expand(scale, w, config, g_idx), _expand(zero, w, config, g_idx)
-    q = torch.clamp(torch.round(w / s) + z, 0, config.maxq)
+    q = torch.clamp(torch.round(_wide(w) / s) + z, 0, config.maxq)
     return q.to(torch.uint8)
 
 
@@ -203,7 +227,7 @@ def _fake_quantize_grouped(wg: torch.Tensor, config: QuantConfig, clip_ratio) ->
     xmin, xmax = wg.amin(dim=-1), wg.amax(dim=-1)
     scale, zero = qparams_from_range(xmin * clip_ratio, xmax * clip_ratio, config)
     scale, zero = scale.unsqueeze(-1), zero.unsqueeze(-1)
-    q = torch.clamp(torch.round(wg / scale) + zero, 0, config.maxq)
+    q = torch.clamp(torch.round(_wide(wg) / scale) + zero, 0, config.maxq)
     return scale * (q - zero)
 
 
@@ -214,6 +238,7 @@ def fake_quantize(
     g_idx: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Round-to-nearest quantize then dequantize: the weights the quantized model really uses."""
+    _check_ratio(clip_ratio)
     if g_idx is None:  # natural group order: same numbers as the path below, without gathers
         return _ungroup(_fake_quantize_grouped(grouped_view(w, config), config, clip_ratio), w.shape).to(w.dtype)
     scale, zero = choose_qparams(w, config, clip_ratio)

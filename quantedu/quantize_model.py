@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checks import NonFiniteError, require_finite
 from .primitives import QuantConfig, choose_qparams, mse_clip_search, pack_int32, quantize, rtn
 
 WeightFn = Callable[[torch.Tensor, str], torch.Tensor]
@@ -67,6 +68,9 @@ def replace_linear(
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ValueError(f"{type(model).__name__} has no nn.Linear layers to quantize")
+    for name, layer in linears:  # all checked before any is changed: never a half-quantized model
+        if _matches(name, skip) is None:
+            require_finite(layer.weight.detach(), f"{name}.weight")
     owners = _other_owners(model)
     records = []
     for name, layer in tqdm(linears, desc=desc, disable=not progress, leave=False):
@@ -86,6 +90,8 @@ def replace_linear(
         t0 = time.perf_counter()
         try:
             new = fn(w.detach(), name)
+        except NonFiniteError:
+            raise
         except ValueError as exc:
             rec["reason"] = f"quantizer refused: {exc}"
             continue

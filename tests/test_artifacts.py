@@ -17,7 +17,7 @@ def test_atomic_path_keeps_old_file_when_writer_fails(tmp_path):
     target = tmp_path / "out.txt"
     target.write_text("old")
     with pytest.raises(RuntimeError):
-        with artifacts.atomic_path(target) as tmp:
+        with artifacts.atomic_path(target, overwrite=True) as tmp:
             tmp.write_text("half")
             raise RuntimeError("interrupted")
     assert target.read_text() == "old"

@@ -14,7 +14,7 @@ SOURCES = sorted((ROOT / "notebooks" / "src").glob("[0-9][0-9]_*.py"))
 
 
 def test_every_notebook_has_a_source_and_vice_versa():
-    built = {p.stem for p in (ROOT / "notebooks").glob("*.ipynb")}
+    built = {p.stem for p in (ROOT / "notebooks").glob("*.ipynb") if ".fresh-" not in p.name}
     assert built == {s.stem for s in SOURCES}
 
 
@@ -44,3 +44,4 @@ def test_parser_rejects_malformed_sources():
         build_notebooks.parse_cells("# %% [markdown]\nnot a comment\n")
     assert build_notebooks.parse_cells("# %% [markdown]\n# # T\n#\n# x\n# %%\na = 1\n") == [
         ("markdown", "# T\n\nx"), ("code", "a = 1")]
+

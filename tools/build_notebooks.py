@@ -3,6 +3,11 @@
     python tools/build_notebooks.py              # all of notebooks/src/*.py -> notebooks/*.ipynb
     python tools/build_notebooks.py 03 05        # only those numbers
     python tools/build_notebooks.py 03 --execute # also run it and store the outputs (and its time)
+    python tools/build_notebooks.py 03 --fresh   # a fresh copy beside yours: 03_gptq.fresh-<time>.ipynb
+
+A notebook that someone edited in Jupyter (its cells differ from the ones this script last wrote,
+recorded in its metadata) is copied to ``notebooks/.backups/`` before it is replaced: a learner's
+notes and exercise answers are never lost. ``make lab`` does not run this script at all.
 
 Sources: ``# %% [markdown]`` cells (each line starts with ``# ``) and ``# %%`` code cells. The
 standard set-up cell (install the package on Colab, nothing on a prepared machine) is inserted
@@ -12,7 +17,10 @@ atomically: a failed execution leaves the previous file in place.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -63,6 +71,39 @@ def parse_cells(text: str) -> list[tuple[str, str]]:
     return [(kind, "\n".join(lines).strip("\n")) for kind, lines in cells]
 
 
+def cells_digest(nb: nbformat.NotebookNode) -> str:
+    """Hash of a notebook's cell types and sources (what a learner edits; outputs excluded)."""
+    cells = [(c.cell_type, c.source) for c in nb.cells]
+    return hashlib.sha256(json.dumps(cells).encode()).hexdigest()
+
+
+def source_digest(src: Path) -> str:
+    return hashlib.sha256(src.read_bytes()).hexdigest()
+
+
+def edited_since_built(path: Path, fresh: nbformat.NotebookNode) -> bool:
+    """Whether the notebook at ``path`` holds cells this script did not write (a learner's edits)."""
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception:  # unreadable: keep a copy rather than guess
+        return True
+    digest = cells_digest(nb)
+    recorded = nb.metadata.get("quantedu", {}).get("cells_sha256")
+    return digest != recorded and digest != cells_digest(fresh)
+
+
+def backup(path: Path) -> Path:
+    folder = path.parent / ".backups"
+    folder.mkdir(exist_ok=True)
+    target = folder / f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}.ipynb"
+    n = 1
+    while target.exists():
+        target = folder / f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}-{n}.ipynb"
+        n += 1
+    shutil.copy2(path, target)
+    return target
+
+
 def build(src: Path) -> nbformat.NotebookNode:
     cells = parse_cells(src.read_text())
     if not cells or cells[0][0] != "markdown":
@@ -79,6 +120,7 @@ def build(src: Path) -> nbformat.NotebookNode:
             nb.cells.append(nbformat.v4.new_code_cell(source))
         if i == 0:
             nb.cells.append(nbformat.v4.new_code_cell(SETUP_CELL.format(repo=REPO)))
+    nb.metadata["quantedu"] = {"source_sha256": source_digest(src), "cells_sha256": cells_digest(nb)}
     return nb
 
 
@@ -100,6 +142,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("numbers", nargs="*", help="notebook numbers (e.g. 00 03); default: all")
     ap.add_argument("--execute", action="store_true", help="run each notebook and store its outputs")
+    ap.add_argument("--fresh", action="store_true", help="write a fresh copy beside each notebook, not over it")
     args = ap.parse_args(argv)
     sources = sorted(SRC.glob("[0-9][0-9]_*.py"))
     if args.numbers:
@@ -110,9 +153,14 @@ def main(argv=None) -> int:
     for src in sources:
         nb = build(src)
         target = OUT / f"{src.stem}.ipynb"
+        if args.fresh:
+            target = OUT / f"{src.stem}.fresh-{time.strftime('%Y%m%d-%H%M%S')}.ipynb"
         if args.execute:
             seconds = execute(nb)
             print(f"{target.name}: executed in {seconds:.0f} s")
+            nb.metadata["quantedu"]["executed_seconds"] = round(seconds, 1)
+        if target.exists() and edited_since_built(target, nb):
+            print(f"{target.name} was edited in Jupyter: your copy is saved as {backup(target).relative_to(ROOT)}")
         write(nb, target)
         print(f"wrote {target.relative_to(ROOT)}")
     return 0

@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..checks import require_finite
 from .layouts import BlockLayout, layout
 from .numerics import F32, seqsum
 
@@ -67,7 +68,9 @@ def _check(x: np.ndarray, qt: BlockLayout) -> np.ndarray:
         qt.row_size(x.shape[-1])  # raises the explanatory error
     if not np.issubdtype(x.dtype, np.floating):
         raise TypeError(f"quantize needs floating-point weights, got {x.dtype}")
-    return np.ascontiguousarray(x, dtype=F32)
+    x = np.ascontiguousarray(x, dtype=F32)
+    require_finite(x.reshape(-1, x.shape[-1]), f"{qt.name} input")
+    return x
 
 
 def quantize_rows(cls: type[BlockQuant], x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
@@ -108,7 +111,10 @@ def quantize_rows(cls: type[BlockQuant], x: np.ndarray, imatrix: np.ndarray | No
 def dequantize_rows(cls: type[BlockQuant], data: np.ndarray) -> np.ndarray:
     """Inverse of :func:`quantize_rows`: ``(..., row_size)`` uint8 -> ``(..., n_per_row)`` float32."""
     lay = cls.layout()
-    data = np.ascontiguousarray(data, dtype=np.uint8)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        raise TypeError(f"dequantize needs the uint8 bytes that quantize returned (rows, row_bytes), got "
+                        f"{type(data).__name__} of {getattr(data, 'dtype', '?')}: casting them would decode garbage")
+    data = np.ascontiguousarray(data)
     if data.shape[-1] % lay.type_size:
         raise ValueError(f"{lay.name} rows must be a multiple of {lay.type_size} bytes; got {data.shape[-1]}")
     n_blocks = data.shape[-1] // lay.type_size

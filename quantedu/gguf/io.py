@@ -3,8 +3,9 @@
 Writing follows what llama.cpp's ``convert_hf_to_gguf.py`` does for a Llama-architecture model:
 HF module names become GGUF tensor names (gguf-py's tensor name map), ``q_proj``/``k_proj`` rows are
 permuted back to llama.cpp's rotary layout (``LlamaModel.permute``), tied embeddings are stored once as
-``token_embd.weight``, 1-D tensors (norms) stay F32. Metadata - hyper-parameters, tokenizer
-vocabulary/merges, chat template - is copied from a reference GGUF (the file the model came from).
+``token_embd.weight``, 1-D tensors (norms) stay F32. Hyper-parameters (widths, heads, layers, rope,
+norm epsilon) come from the model being written; the tokenizer vocabulary/merges and chat template
+are copied from a reference GGUF (the file the model came from), which must have the model's vocabulary.
 Tensors are quantized with our own :mod:`quantedu.gguf` quantizers. Files are written to a temporary
 sibling and renamed into place, so an interrupted kernel never leaves a half-written ``.gguf``.
 """
@@ -196,6 +197,48 @@ def plan_types(tensors: dict[str, np.ndarray], types, model_config=None, has_ima
     raise ValueError(f"types must be a mix name, F32/F16/BF16, or a dict; got {types!r}")
 
 
+def _rope_theta(cfg) -> float | None:
+    theta = getattr(cfg, "rope_theta", None)
+    params = getattr(cfg, "rope_parameters", None) or {}
+    return float(theta if theta is not None else params.get("rope_theta", 10000.0))
+
+
+def model_metadata(cfg, arch: str = "llama") -> dict[str, tuple]:
+    """The hyper-parameter keys llama.cpp reads for ``arch``, from the model's own config.
+
+    (``convert_hf_to_gguf.py`` ``Model.set_gguf_parameters``.) Copying them from another file would
+    describe another model: a 64-wide model written as 576-wide, which llama.cpp refuses to load.
+    """
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    u32, f32 = GGUFValueType.UINT32, GGUFValueType.FLOAT32
+    values = {
+        "context_length": (cfg.max_position_embeddings, u32), "embedding_length": (cfg.hidden_size, u32),
+        "block_count": (cfg.num_hidden_layers, u32), "feed_forward_length": (cfg.intermediate_size, u32),
+        "attention.head_count": (cfg.num_attention_heads, u32),
+        "attention.head_count_kv": (getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads, u32),
+        "rope.dimension_count": (head_dim, u32), "rope.freq_base": (_rope_theta(cfg), f32),
+        "attention.layer_norm_rms_epsilon": (float(cfg.rms_norm_eps), f32), "vocab_size": (cfg.vocab_size, u32),
+    }
+    return {f"{arch}.{k}": (v, t, None) for k, (v, t) in values.items()}
+
+
+def _metadata_for(model, ref: GGUFReader, ref_path) -> tuple[str, dict]:
+    meta = read_metadata(ref)
+    arch = meta.get("general.architecture", ("llama",))[0]
+    if getattr(model.config, "model_type", "llama") != "llama":
+        raise ValueError(f"write_gguf writes Llama-architecture models; this one is {model.config.model_type!r}. "
+                         "Use llama.cpp's convert_hf_to_gguf.py for other architectures.")
+    tokens = meta.get("tokenizer.ggml.tokens", ([],))[0]
+    if tokens and len(tokens) != model.config.vocab_size:
+        raise ValueError(
+            f"the reference GGUF {ref_path} has a {len(tokens)}-token vocabulary but the model has "
+            f"vocab_size={model.config.vocab_size}: its tokenizer would not fit. Pass reference_gguf= a GGUF "
+            "made from this model's tokenizer (e.g. by llama.cpp's convert_hf_to_gguf.py).")
+    meta = {k: v for k, v in meta.items() if not k.startswith(f"{arch}.")}
+    meta.update(model_metadata(model.config, arch))
+    return arch, meta
+
+
 def _encode(w: np.ndarray, qtype: T, imatrix: np.ndarray | None):
     if qtype == T.F32:
         return w.astype(np.float32), None
@@ -210,22 +253,24 @@ def _encode(w: np.ndarray, qtype: T, imatrix: np.ndarray | None):
 
 
 def write_gguf(model, path, types="F16", reference_gguf=None, imatrix: dict | None = None,
-               file_type: int | None = None) -> dict[str, T]:
+               file_type: int | None = None, overwrite: bool = False) -> dict[str, T]:
     """Write ``model`` as a GGUF file at ``path`` and return the type chosen for every tensor.
 
     ``types``: see :func:`plan_types`. ``reference_gguf``: the GGUF whose metadata (tokenizer, chat
     template, hyper-parameters) to copy - by default the offline course model's file. ``imatrix``:
     ``{gguf tensor name: importance per column}`` used by every quantizer that has an imatrix path.
+    An existing file at ``path`` is replaced only if this package wrote it or ``overwrite=True``; a
+    folder there is refused.
     """
-    from quantedu.artifacts import atomic_path
+    from quantedu.artifacts import atomic_path, check_target
     from quantedu.models import offline_gguf_path
-    ref = open_gguf(reference_gguf or offline_gguf_path())
-    meta = read_metadata(ref)
-    arch = meta.get("general.architecture", ("llama",))[0]
+    check_target(path, overwrite)
+    ref_path = reference_gguf or offline_gguf_path()
+    arch, meta = _metadata_for(model, open_gguf(ref_path), ref_path)
     tensors = model_tensors(model)
     plan = plan_types(tensors, types, model.config, has_imatrix=imatrix is not None)
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, overwrite=overwrite) as tmp:
         writer = GGUFWriter(str(tmp), arch)
         for key, (val, vtype, sub) in meta.items():
             if key not in SKIP_KEYS:
