@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
-import time
 from pathlib import Path
 
 import torch
 
 from quantedu import awq
-from quantedu.artifacts import atomic_write_bytes
+from quantedu import benchmark as bench
 from quantedu.data import calibration_batches, load_corpus
 from quantedu.evaluate import perplexity
 from quantedu.models import load_model
@@ -33,29 +30,16 @@ from quantedu.models import load_model
 
 def ours(model, batches, group_size: int, search_samples):
     cfg = awq.AWQConfig(bits=4, group_size=group_size, sym=False, search_samples=search_samples)
-    t0, c0 = time.perf_counter(), time.process_time()
-    awq.awq_quantize_model(model, batches, cfg)
-    return time.perf_counter() - t0, time.process_time() - c0
+    _, wall, cpu = bench.timed(lambda: awq.awq_quantize_model(model, batches, cfg))
+    return wall, cpu
 
 
 def llm_compressor(model, tokenizer, batches, group_size: int):
-    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
-    from datasets import Dataset
-    from llmcompressor import oneshot
-    from llmcompressor.modifiers.quantization import QuantizationModifier
-    from llmcompressor.modifiers.transform.awq import AWQModifier
-    from llmcompressor.pipelines.cache import IntermediatesCache
+    from quantedu import reference
 
-    # CPU-only machine: llm-compressor 0.14 pins cached activations, which needs an accelerator.
-    IntermediatesCache.pin_memory = lambda self, *a, **k: None
-    scheme = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(
-        num_bits=4, type="int", symmetric=False, strategy="group", group_size=group_size))
-    data = Dataset.from_dict({"input_ids": batches.tolist(), "attention_mask": torch.ones_like(batches).tolist()})
-    t0, c0 = time.perf_counter(), time.process_time()
-    oneshot(model=model, processor=tokenizer, dataset=data,
-            recipe=[AWQModifier(), QuantizationModifier(config_groups={"group_0": scheme}, ignore=["lm_head"])],
-            num_calibration_samples=len(batches), max_seq_length=batches.shape[1], shuffle_calibration_samples=False)
-    return time.perf_counter() - t0, time.process_time() - c0
+    recipe = reference.awq_recipe(awq.AWQConfig(4, group_size, sym=False))
+    _, wall, cpu = bench.timed(lambda: reference.run_oneshot(model, batches, recipe, tokenizer))
+    return wall, cpu
 
 
 def main():
@@ -80,30 +64,25 @@ def main():
     def ppl(model):
         return perplexity(model, tokenizer, text, n_windows=args.windows, seq_len=args.seq_len, progress=False)
 
-    rows = [{"method": "fp32", "group": "-", "seconds": 0.0, "cpu_seconds": 0.0, "ppl": ppl(base), "note": ""}]
+    rows = [bench.row("fp32", "-", 0.0, 0.0, ppl(base))]
     print(rows[-1], flush=True)
-    record = {"rows": rows, "samples": args.samples, "seq_len": args.seq_len, "windows": args.windows,
-              "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.processor()
-              or platform.machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    meta = bench.meta(samples=args.samples, seq_len=args.seq_len, windows=args.windows)
 
     def run_ours(spec):
         g, ss = (int(v) for v in spec.split(":"))
         model = copy.deepcopy(base)
         secs, cpu = ours(model, batches, g, ss or None)
         note = f"search_samples={ss}" if ss else "all samples (reference)"
-        return {"method": "quantedu AWQ", "group": g, "seconds": secs, "cpu_seconds": cpu, "ppl": ppl(model),
-                "note": note}
+        return bench.row("quantedu AWQ", g, secs, cpu, ppl(model), note)
 
     def run_library(g):
         model = copy.deepcopy(base)
         try:
             secs, cpu = llm_compressor(model, tokenizer, batches, g)
-            return {"method": "llm-compressor AWQ", "group": g, "seconds": secs, "cpu_seconds": cpu, "ppl": ppl(model),
-                    "note": "defaults (duo scaling, no clip search)"}
+            return bench.row("llm-compressor AWQ", g, secs, cpu, ppl(model), "defaults (duo scaling, no clip search)")
         except Exception as exc:  # noqa: BLE001 - the refusal is a result
             msg = str(exc).strip().splitlines()[0][:200]
-            return {"method": "llm-compressor AWQ", "group": g, "seconds": None, "cpu_seconds": None, "ppl": None,
-                    "note": f"refused: {type(exc).__name__}: {msg}"}
+            return bench.row("llm-compressor AWQ", g, note=f"refused: {type(exc).__name__}: {msg}")
 
     # Most informative first (a shared machine may stop a long run): the head-to-head at g64, then the rest.
     jobs = [("ours", args.ours[0])] + [("lib", g) for g in ([] if args.skip_library else args.library_groups)]
@@ -111,16 +90,8 @@ def main():
     for kind, what in jobs:
         rows.append(run_ours(what) if kind == "ours" else run_library(what))
         print(rows[-1], flush=True)
-        atomic_write_bytes(args.out, json.dumps(record, indent=1).encode())  # partial results survive
-
-    atomic_write_bytes(args.out, json.dumps(record, indent=1).encode())
-    print("\n| method | group | wall s | CPU s | ppl | note |\n|---|---|---|---|---|---|")
-    for r in rows:
-        secs = "—" if r["seconds"] is None else f"{r['seconds']:.0f}"
-        cpu = "—" if r["cpu_seconds"] is None else f"{r['cpu_seconds']:.0f}"
-        p = "—" if r["ppl"] is None else f"{r['ppl']:.2f}"
-        print(f"| {r['method']} | {r['group']} | {secs} | {cpu} | {p} | {r['note']} |")
-
+        bench.write(args.out, meta, rows)  # partial results survive
+    bench.print_table(rows, reference="llm-compressor AWQ")
 
 if __name__ == "__main__":
     main()

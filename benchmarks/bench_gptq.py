@@ -5,7 +5,10 @@ the other jobs) of the quantization, then perplexity on the same evaluation wind
 starts from a fresh copy of the fp32 model and gets the same calibration token windows.
 
     .venv/bin/python benchmarks/bench_gptq.py                      # 32 x 512 calibration, 8 x 512 eval
-    .venv/bin/python benchmarks/bench_gptq.py --samples 8 --threads 1 --out benchmarks/results/gptq.json
+    .venv/bin/python benchmarks/bench_gptq.py --samples 8 --threads 1 --out /tmp/gptq.json
+
+It prints each method's time as a ratio to llm-compressor's in the same run, and writes
+``benchmarks/results/bench_gptq.json`` (``quantedu.benchmark``'s shape, the same as bench_awq's).
 
 GPTQModel is not run: 7.7 declares torch>=2.14.1 and the course pins torch 2.13 (it works with
 --no-deps on this CPU; see the measured-facts notes for its numbers).
@@ -21,12 +24,6 @@ from pathlib import Path
 import torch
 
 
-def timed(fn):
-    w, c = time.perf_counter(), time.process_time()
-    out = fn()
-    return out, time.perf_counter() - w, time.process_time() - c
-
-
 def run_ours(model, calib, group, device):
     from quantedu.gptq import GPTQConfig, gptq_quantize_model
 
@@ -35,17 +32,10 @@ def run_ours(model, calib, group, device):
 
 
 def run_llmcompressor(model, calib, group):
-    from datasets import Dataset
-    from llmcompressor import oneshot
-    from llmcompressor.modifiers.gptq import GPTQModifier
+    from quantedu import reference
+    from quantedu.gptq import GPTQConfig
 
-    scheme = {"targets": ["Linear"], "weights": {"num_bits": 4, "type": "int", "symmetric": True,
-                                                 "strategy": "group", "group_size": group}}
-    recipe = GPTQModifier(config_groups={"group_0": scheme}, ignore=["lm_head"], actorder=None,
-                          dampening_frac=0.01, block_size=128)
-    data = Dataset.from_dict({"input_ids": calib.tolist(), "attention_mask": torch.ones_like(calib).tolist()})
-    oneshot(model=model, dataset=data, recipe=recipe, num_calibration_samples=len(calib),
-            max_seq_length=calib.shape[1], shuffle_calibration_samples=False)
+    reference.run_oneshot(model, calib, reference.gptq_recipe(GPTQConfig(bits=4, group_size=group, sym=True)))
 
 
 def main(argv=None):
@@ -58,58 +48,48 @@ def main(argv=None):
     ap.add_argument("--libs", nargs="+", default=["rtn", "quantedu", "llm-compressor"])
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_gptq.json",
+                    help="results file (the one notebook 03 shows); '' to write none")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from quantedu import benchmark as bench
     from quantedu.data import calibration_batches, evaluation_text
     from quantedu.evaluate import perplexity
     from quantedu.models import load_model
-    from quantedu.primitives import QuantConfig, fake_quantize
+    from quantedu.primitives import QuantConfig
+    from quantedu.rtn import quantize_model_rtn
 
     base, tok = load_model(args.model, device=args.device, verbose=False)
     calib = calibration_batches(tok, n_samples=args.samples, seq_len=args.seq_len, seed=0)
     text = evaluation_text()
     ppl = lambda m: perplexity(m, tok, text, n_windows=args.windows, seq_len=512, progress=False)  # noqa: E731
-    rows = [{"method": "fp32", "group": None, "wall_s": 0.0, "cpu_s": 0.0, "ppl": ppl(base)}]
+    rows = [bench.row("fp32", None, 0.0, 0.0, ppl(base))]
     print(rows[-1], flush=True)
     for group in args.groups:
         for lib in args.libs:
             model = copy.deepcopy(base)
-            row = {"method": lib, "group": group}
             try:
                 if lib == "rtn":
-                    def rtn():
-                        for name, m in model.named_modules():
-                            if isinstance(m, torch.nn.Linear) and name.startswith("model.layers."):
-                                m.weight.data = fake_quantize(m.weight.data, QuantConfig(4, group, symmetric=True))
-                    _, row["wall_s"], row["cpu_s"] = timed(rtn)
+                    fn = lambda: quantize_model_rtn(model, QuantConfig(4, group, symmetric=True), progress=False)  # noqa: E731
                 elif lib == "quantedu":
-                    _, row["wall_s"], row["cpu_s"] = timed(lambda: run_ours(model, calib, group, args.device))
+                    fn = lambda: run_ours(model, calib, group, args.device)  # noqa: E731
                 elif lib == "llm-compressor":
-                    _, row["wall_s"], row["cpu_s"] = timed(lambda: run_llmcompressor(model, calib, group))
+                    fn = lambda: run_llmcompressor(model, calib, group)  # noqa: E731
                 else:
                     raise ValueError(f"unknown library {lib!r}")
-                row["ppl"] = ppl(model)
+                _, wall, cpu = bench.timed(fn)
+                rows.append(bench.row(lib, group, wall, cpu, ppl(model)))
             except Exception as exc:  # a library that refuses a setting is a result, not a crash
-                row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-            rows.append(row)
-            print(row, flush=True)
+                rows.append(bench.row(lib, group, note=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"))
+            print(rows[-1], flush=True)
             del model
-    meta = {"samples": args.samples, "seq_len": args.seq_len, "windows": args.windows, "device": args.device,
-            "threads": torch.get_num_threads(), "torch": torch.__version__}
+    meta = bench.meta(samples=args.samples, seq_len=args.seq_len, windows=args.windows, device=args.device)
     print(json.dumps(meta))
-    print(f"{'method':16} {'group':>5} {'wall s':>8} {'cpu s':>8} {'ppl':>8}")
-    for r in rows:
-        ppl_s = f"{r['ppl']:8.3f}" if "ppl" in r else "  failed"
-        print(f"{r['method']:16} {str(r['group']):>5} {r.get('wall_s', 0):8.1f} {r.get('cpu_s', 0):8.1f} {ppl_s}"
-              + (f"  {r['error']}" if "error" in r else ""))
+    bench.print_table(rows, reference="llm-compressor")
     if args.out:
-        from quantedu.artifacts import atomic_write_bytes
-
-        atomic_write_bytes(args.out, json.dumps({"meta": meta, "rows": rows}, indent=1).encode())
-
+        print(f"wrote {bench.write(args.out, meta, rows)}")
 
 if __name__ == "__main__":
     main()

@@ -36,24 +36,25 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .checks import in_place
-from .calibration import decoder_layers, linear_layers, observe_linear_inputs, sequential_blocks
-from .primitives import QuantConfig, choose_qparams, dequantize, fake_quantize, group_min_max, quantize
+from .calibration import decoder_layers, first_tensor, linear_layers, observe_linear_inputs, sequential_blocks
+from .primitives import (QuantConfig, QuantizedLayer, WeightOnlyConfig, fake_quantize, group_index, group_min_max,
+                         quantize_weight)
 
 __all__ = [
-    "AWQConfig", "AWQLayer", "ScaleGroup", "llama_scale_groups", "activation_scale", "weight_scale",
+    "AWQConfig", "ScaleGroup", "llama_scale_groups", "activation_scale", "weight_scale",
     "candidate_scales", "fold_scales", "search_scale", "search_clip", "awq_block", "awq_quantize_model",
 ]
 
 
 @dataclass(frozen=True)
-class AWQConfig:
+class AWQConfig(WeightOnlyConfig):
     """AWQ settings; defaults are the reference's (4 bits, asymmetric, group 128, 20-point grids).
 
     ``group_size=-1``: one scale per output row. ``duo_scaling``: AutoAWQ/llm-compressor's variant
@@ -64,8 +65,6 @@ class AWQConfig:
     AWQ's cost; statistics, single-layer groups and clipping always use every token). None: all.
     """
 
-    bits: int = 4
-    group_size: int = 128
     sym: bool = False
     n_grid: int = 20
     duo_scaling: bool = False
@@ -76,10 +75,7 @@ class AWQConfig:
     search_samples: int | None = None
 
     def __post_init__(self):
-        if self.bits not in (2, 3, 4, 8):
-            raise ValueError(f"AWQ bits must be 2, 3, 4 or 8, got {self.bits!r}")
-        if self.group_size != -1 and (not isinstance(self.group_size, int) or self.group_size < 1):
-            raise ValueError(f"group_size must be a positive integer or -1 (per-channel), got {self.group_size!r}")
+        super().__post_init__()
         if not isinstance(self.n_grid, int) or self.n_grid < 1:
             raise ValueError(f"n_grid must be a positive integer (20 in the reference), got {self.n_grid!r}")
         if self.search_samples is not None and (not isinstance(self.search_samples, int) or self.search_samples < 1):
@@ -89,37 +85,10 @@ class AWQConfig:
         if not 0 <= self.max_shrink < 1:
             raise ValueError(f"max_shrink must lie in [0, 1), got {self.max_shrink!r}; 0.5 is the reference's")
 
-    def quant_config(self) -> QuantConfig:
-        if self.group_size == -1:
-            return QuantConfig(bits=self.bits, symmetric=self.sym, granularity="channel")
-        return QuantConfig(bits=self.bits, group_size=self.group_size, symmetric=self.sym)
-
     def ratios(self) -> list[float]:
         """The exponents tried: ``i / n_grid`` for ``i < n_grid`` (llm-awq: 0, 0.05, ..., 0.95)."""
         return [i / self.n_grid for i in range(self.n_grid)]
 
-    def label(self) -> str:
-        return f"AWQ {self.quant_config().label()}"
-
-
-@dataclass
-class AWQLayer:
-    """One quantized layer: ``weight == scales[:, g_idx] * (codes - zeros[:, g_idx])``.
-
-    ``weight`` already contains the AWQ input scaling (its inverse lives in the previous op).
-    Same fields as :class:`quantedu.gptq.GPTQResult`, so one exporter serves both.
-    """
-
-    weight: torch.Tensor
-    codes: torch.Tensor
-    scales: torch.Tensor
-    zeros: torch.Tensor
-    g_idx: torch.Tensor
-    config: QuantConfig
-    awq_scale: torch.Tensor | None = None  # input-channel scale folded into this layer (None: unscaled)
-    clip_ratio: torch.Tensor | None = None  # (rows, n_groups) chosen by the clipping search
-    perm: None = None
-    loss: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -158,7 +127,7 @@ def weight_scale(weights: list[torch.Tensor], qc: QuantConfig) -> torch.Tensor:
     total = 0
     for w in weights:
         _, hi = group_min_max(w.abs().float(), qc)
-        g_idx = torch.arange(w.shape[1], device=w.device) // (qc.group_size if qc.granularity == "group" else w.shape[1])
+        g_idx = group_index(w.shape[1], qc, device=w.device)
         total = total + (w.abs().float() / (hi[:, g_idx] + 1e-6)).sum(0)
     return total / sum(w.shape[0] for w in weights)
 
@@ -193,21 +162,6 @@ def fold_scales(prev: nn.Module, layers: list[nn.Linear], s: torch.Tensor) -> No
         layer.weight.mul_(s.view(1, -1).to(layer.weight.dtype))
 
 
-def fake_quant(W: torch.Tensor, qc: QuantConfig) -> torch.Tensor:
-    """Same numbers as :func:`quantedu.primitives.fake_quantize`, broadcasting per-group parameters
-    over a ``(rows, n_groups, group)`` view instead of gathering them per column (the grid searches
-    call this thousands of times)."""
-    if qc.granularity != "group":
-        return fake_quantize(W, qc)
-    rows, cols = W.shape
-    g, n = qc.group_size, qc.n_groups(cols)
-    scale, zero = choose_qparams(W, qc)
-    Wg = F.pad(W, (0, n * g - cols)).view(rows, n, g)
-    s, z = scale.unsqueeze(-1), zero.unsqueeze(-1)
-    q = torch.clamp(torch.round(Wg / s) + z, 0, qc.maxq)
-    return (s * (q - z)).view(rows, n * g)[:, :cols]
-
-
 def gram_loss(dW: torch.Tensor, H: torch.Tensor, n_tokens: int) -> float:
     """Mean squared output error ``||dW X||^2 / (tokens * rows)`` from ``H = X^T X``."""
     return float(((dW.float() @ H) * dW.float()).sum() / (n_tokens * dW.shape[0]))
@@ -229,7 +183,7 @@ def search_scale(layers: list[nn.Linear], x_mean: torch.Tensor, loss, config: AW
             s = candidate_scales(x_mean, ratio, w_mean).to(originals[0].dtype)
             for layer, W in zip(layers, originals):
                 # Q(W * s) / s applied to x equals Q(W * s) applied to x / s (the folded model).
-                layer.weight.data = fake_quant(W * s.view(1, -1), qc) / s.view(1, -1)
+                layer.weight.data = fake_quantize(W * s.view(1, -1), qc) / s.view(1, -1)
             err = loss()
             history.append(err)
             if err < best[0]:
@@ -261,14 +215,14 @@ def search_clip(W: torch.Tensor, H: torch.Tensor, config: AWQConfig) -> torch.Te
     Hg = _group_blocks(H.float(), g)
     xmin, xmax = group_min_max(W, qc)
     absmax = torch.maximum(xmin.abs(), xmax.abs())
-    g_idx = torch.arange(cols, device=W.device) // g
+    g_idx = group_index(cols, qc, device=W.device)
     best_err = torch.full((rows, n), math.inf, device=W.device)
     best_r = torch.ones(rows, n, device=W.device, dtype=W.dtype)
     for i in range(int(config.max_shrink * config.clip_grid)):
         r = 1 - i / config.clip_grid
         hi = (absmax * r)[:, g_idx]
         Wc = torch.clamp(W, -hi, hi)
-        dW = fake_quant(Wc, qc) - W
+        dW = fake_quantize(Wc, qc) - W
         dW = F.pad(dW.float(), (0, n * g - cols)).reshape(rows, n, g)
         err = torch.einsum("rgi,gij,rgj->rg", dW, Hg, dW)
         better = err < best_err
@@ -280,26 +234,18 @@ def search_clip(W: torch.Tensor, H: torch.Tensor, config: AWQConfig) -> torch.Te
 def apply_clip(layer: nn.Linear, ratio: torch.Tensor, qc: QuantConfig) -> None:
     W = layer.weight.data
     xmin, xmax = group_min_max(W, qc)
-    g = qc.group_size if qc.granularity == "group" else W.shape[1]
-    hi = (torch.maximum(xmin.abs(), xmax.abs()) * ratio)[:, torch.arange(W.shape[1], device=W.device) // g]
+    hi = (torch.maximum(xmin.abs(), xmax.abs()) * ratio)[:, group_index(W.shape[1], qc, device=W.device)]
     layer.weight.data = torch.clamp(W, -hi, hi)
 
 
-def quantize_layer(layer: nn.Linear, qc: QuantConfig) -> AWQLayer:
+def quantize_layer(layer: nn.Linear, qc: QuantConfig) -> QuantizedLayer:
     """Round to nearest with integer zero points; the layer keeps the dequantized weight."""
-    W = layer.weight.data
-    scale, zero = choose_qparams(W.float(), qc)
-    g_idx = torch.arange(W.shape[1], device=W.device) // (qc.group_size if qc.granularity == "group" else W.shape[1])
-    codes = quantize(W.float(), scale, zero, qc, g_idx)
-    layer.weight.data = dequantize(codes, scale, zero, qc, g_idx, dtype=W.dtype)
-    return AWQLayer(layer.weight.data.clone(), codes, scale, zero, g_idx.to(torch.int32), qc)
+    res = quantize_weight(layer.weight.data, qc)
+    layer.weight.data = res.weight.clone()
+    return res
 
 
 # --- one block ------------------------------------------------------------------------------------
-
-
-def _first(out):
-    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 @torch.no_grad()
@@ -307,7 +253,7 @@ def awq_block(block: nn.Module, inputs: list[torch.Tensor], kwargs: dict, config
               quantize_weights: bool = True, groups: list[ScaleGroup] | None = None) -> dict:
     """Scale search, folding, clipping search and quantization of one decoder block, in place.
 
-    Returns ``{"scales": {prev: s}, "alpha": {prev: a}, "history": {prev: [...]}, "layers": {name: AWQLayer}}``.
+    Returns ``{"scales": {prev: s}, "alpha": {prev: a}, "history": {prev: [...]}, "layers": {name: QuantizedLayer}}``.
     """
     groups = llama_scale_groups(block) if groups is None else groups
     qc = config.quant_config()
@@ -338,7 +284,7 @@ def awq_block(block: nn.Module, inputs: list[torch.Tensor], kwargs: dict, config
         else:
             module = mods[grp.inspect]
             xs = x.view(seq_shape)[: config.search_samples]  # (sequences, seq_len, features)
-            run = ((lambda: _first(module(xs, **attn_kwargs))) if grp.kind == "attention"
+            run = ((lambda: first_tensor(module(xs, **attn_kwargs))) if grp.kind == "attention"
                    else (lambda: module(xs.reshape(-1, xs.shape[-1]))))
             ref = run()
             loss = lambda: float((run() - ref).float().pow(2).mean())  # noqa: E731
@@ -361,8 +307,7 @@ def awq_block(block: nn.Module, inputs: list[torch.Tensor], kwargs: dict, config
     if quantize_weights:
         for name, layer in linear_layers(block).items():
             res = quantize_layer(layer, qc)
-            res.awq_scale, res.clip_ratio = folded_scale.get(name), clip_ratio.get(name)
-            out["layers"][name] = res
+            out["layers"][name] = replace(res, awq_scale=folded_scale.get(name), clip_ratio=clip_ratio.get(name))
     return out
 
 
@@ -375,7 +320,7 @@ def awq_quantize_model(model: nn.Module, batches: torch.Tensor, config: AWQConfi
 
     ``batches``: calibration token ids ``(n_samples, seq_len)``. One block, its calibration inputs,
     its linear-layer inputs and their Gram matrices are in memory at a time; the model stays on its
-    device (CPU or CUDA). Returns ``{"layers": {"model.layers.3.mlp.up_proj": AWQLayer, ...},
+    device (CPU or CUDA). Returns ``{"layers": {"model.layers.3.mlp.up_proj": QuantizedLayer, ...},
     "alpha": {...}, "scales": {...}, "seconds": wall time}``.
     """
     with in_place(model, config.label()):
@@ -391,7 +336,7 @@ def _awq_model(model: nn.Module, batches: torch.Tensor, config: AWQConfig) -> di
     def process(index, block, inputs, kwargs):
         res = awq_block(block, inputs, kwargs, config)
         for name, layer in res["layers"].items():
-            result["layers"][f"{prefix}.{index}.{name}"] = _cpu(layer)
+            result["layers"][f"{prefix}.{index}.{name}"] = layer.to("cpu")
         for prev, a in res["alpha"].items():
             result["alpha"][f"{prefix}.{index}.{prev}"] = a
             result["scales"][f"{prefix}.{index}.{prev}"] = res["scales"][prev]
@@ -399,11 +344,3 @@ def _awq_model(model: nn.Module, batches: torch.Tensor, config: AWQConfig) -> di
     sequential_blocks(model, batches, process, quantized_inputs=config.quantized_inputs, desc=config.label())
     result["seconds"] = time.perf_counter() - t0
     return result
-
-
-def _cpu(layer: AWQLayer) -> AWQLayer:
-    for f in ("weight", "codes", "scales", "zeros", "g_idx", "awq_scale", "clip_ratio"):
-        t = getattr(layer, f)
-        if t is not None:
-            setattr(layer, f, t.cpu())
-    return layer

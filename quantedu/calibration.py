@@ -39,8 +39,50 @@ def decoder_layers(model) -> nn.ModuleList:
     return layers
 
 
-def _first_tensor(out):
+def first_tensor(out):
+    """The hidden states of a block's or an attention module's output (a tensor, or a tuple led by it)."""
     return out[0] if isinstance(out, (tuple, list)) else out
+
+
+SHAPE = "token ids of shape (n_samples, seq_len) with n_samples >= 1 and seq_len >= 1"
+
+
+def check_batches(batches, vocab_size: int | None = None) -> torch.Tensor:
+    """Calibration token ids as a 2-D integer tensor, or a ValueError saying what is expected.
+
+    Accepts a ``(n_samples, seq_len)`` tensor, or a non-empty list of equal-length rows (tensors or
+    lists of ints), e.g. ``data.calibration_batches(tokenizer, n_samples=32, seq_len=512)``.
+    """
+    if isinstance(batches, (list, tuple)):
+        if not batches:
+            raise ValueError(f"no calibration batches (an empty list); expected {SHAPE}, "
+                             "e.g. quantedu.data.calibration_batches(tokenizer, 32, 512)")
+        rows = [torch.as_tensor(r) for r in batches]
+        shapes = {tuple(r.shape[1:]) if r.dim() == 2 else tuple(r.shape) for r in rows}
+        if len(shapes) > 1 or len({r.dim() for r in rows}) > 1 or rows[0].dim() not in (1, 2):
+            raise ValueError(f"calibration rows must all be 1-D (or all 2-D) and of equal length, got shapes "
+                             f"{sorted({tuple(r.shape) for r in rows})}; expected {SHAPE}")
+        batches = torch.stack(rows) if rows[0].dim() == 1 else torch.cat(rows)
+    if not isinstance(batches, torch.Tensor):
+        raise TypeError(f"expected {SHAPE} (a torch.Tensor), got {type(batches).__name__}")
+    if batches.dim() != 2 or batches.shape[0] < 1 or batches.shape[1] < 1:
+        hint = "; for a single row use ids.unsqueeze(0)" if batches.dim() == 1 and batches.numel() else ""
+        raise ValueError(f"expected {SHAPE}, got shape {tuple(batches.shape)}{hint}")
+    if batches.is_floating_point() or batches.is_complex() or batches.dtype == torch.bool:
+        raise ValueError(f"expected integer token ids, got dtype {batches.dtype} (tokenize the text first)")
+    low, high = int(batches.min()), int(batches.max())
+    if low < 0 or (vocab_size is not None and high >= vocab_size):
+        vocab = f"0..{vocab_size - 1}" if vocab_size else "non-negative ids"
+        raise ValueError(f"token ids span {low}..{high} but the model's vocabulary is {vocab}: "
+                         "were these batches made with another model's tokenizer?")
+    return batches.long()
+
+
+def _vocab_size(model) -> int | None:
+    try:
+        return model.get_input_embeddings().num_embeddings
+    except (AttributeError, NotImplementedError):
+        return None
 
 
 @torch.no_grad()
@@ -50,9 +92,8 @@ def capture_block_inputs(model, batches: torch.Tensor) -> tuple[list[torch.Tenso
 
     All rows have the same length, so one set of keyword arguments serves them all.
     """
-    if batches.dim() != 2:
-        raise ValueError(f"expected token ids of shape (n_samples, seq_len), got {tuple(batches.shape)}")
     layers = decoder_layers(model)
+    batches = check_batches(batches, _vocab_size(model))
     device = next(model.parameters()).device
     inputs: list[torch.Tensor] = []
     shared_kwargs: dict = {}
@@ -82,7 +123,7 @@ def capture_block_inputs(model, batches: torch.Tensor) -> tuple[list[torch.Tenso
 @torch.no_grad()
 def run_block(block: nn.Module, inputs: list[torch.Tensor], kwargs: dict) -> list[torch.Tensor]:
     """Outputs of one decoder block for each input."""
-    return [_first_tensor(block(x, **kwargs)) for x in inputs]
+    return [first_tensor(block(x, **kwargs)) for x in inputs]
 
 
 def linear_layers(module: nn.Module) -> dict[str, nn.Linear]:
@@ -111,6 +152,17 @@ def observe_linear_inputs(module: nn.Module, callback: Callable[[str, torch.Tens
             h.remove()
 
 
+def _to(obj, device):
+    """Move tensors (also inside tuples/dicts, e.g. position embeddings) to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
 @torch.no_grad()
 def sequential_blocks(
     model,
@@ -118,15 +170,27 @@ def sequential_blocks(
     process_block: Callable[[int, nn.Module, list[torch.Tensor], dict], None],
     quantized_inputs: bool = True,
     desc: str = "blocks",
+    device: str | torch.device | None = None,
+    progress: bool = True,
 ) -> None:
-    """Run ``process_block(index, block, inputs, kwargs)`` on every decoder block in order.
+    """Run ``process_block(index, block, inputs, kwargs)`` on every decoder block in order: the one
+    calibration walk of GPTQ, AWQ and block-wise QAT.
 
     ``process_block`` changes the block in place (e.g. replaces its weights by quantized ones);
     the next block's inputs are then the outputs of the changed block, or of the original block
-    when ``quantized_inputs=False``.
+    when ``quantized_inputs=False``. ``device``: move each block there (with its inputs) while it is
+    processed, then back, so only one block has to fit (None: the model stays where it is).
     """
     inputs, kwargs = capture_block_inputs(model, batches)
-    for index, block in enumerate(tqdm(decoder_layers(model), desc=desc)):
+    if device is not None:
+        device = torch.device(device)
+        inputs, kwargs = _to(inputs, device), _to(kwargs, device)
+    for index, block in enumerate(tqdm(decoder_layers(model), desc=desc, disable=not progress)):
+        home = next(block.parameters()).device
+        if device is not None:
+            block.to(device)
         original_outputs = None if quantized_inputs else run_block(block, inputs, kwargs)
         process_block(index, block, inputs, kwargs)
         inputs = run_block(block, inputs, kwargs) if quantized_inputs else original_outputs
+        if device is not None:
+            block.to(home)

@@ -8,14 +8,28 @@ import sys
 def _prepare(args) -> int:
     from . import models
     from .data import load_corpus
+    from .doctor import cache_status
 
+    if args.models is not None and not args.online:  # an instructor would reach the room without them
+        wanted = " ".join(args.models) or models.HUB_ID
+        print(f"--models downloads from the hub, so it needs --online; nothing was fetched. Run:\n"
+              f"    quantedu prepare --online --models {wanted}", file=sys.stderr)
+        return 2
+    if args.models == []:
+        print(f"--models needs at least one hub id, e.g. --models {models.HUB_ID} "
+              "(leave --models out to download that default)", file=sys.stderr)
+        return 2
+    where, problem = cache_status()
+    if problem:
+        print(f"cannot use the quantedu cache at {where}: {problem}", file=sys.stderr)
+        return 2
     try:
         path = models.offline_gguf_path()
+        print(f"offline model: {path}")
+        ckpt = models.offline_checkpoint()
     except models.ModelError as exc:
         print(exc, file=sys.stderr)
         return 2
-    print(f"offline model: {path}")
-    ckpt = models.offline_checkpoint()
     print(f"fp32 checkpoint cached at {ckpt}")
     load_corpus("pydoc")
     print("pydoc corpus: ok (ships with Python)")
@@ -26,11 +40,23 @@ def _prepare(args) -> int:
             return 1
         from huggingface_hub import snapshot_download
 
+        failed = []
         for repo in args.models or [models.HUB_ID]:
             print(f"downloading {repo} ...")
-            snapshot_download(repo)
-        load_corpus("wikitext2")
-        print("wikitext2: cached by datasets")
+            try:
+                snapshot_download(repo)
+            except Exception as exc:  # noqa: BLE001 - a bad id or a lost network: say which, go on
+                print(f"could not download {repo!r}: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+                failed.append(repo)
+        try:
+            load_corpus("wikitext2")
+            print("wikitext2: cached by datasets")
+        except RuntimeError as exc:
+            print(exc, file=sys.stderr)
+            failed.append("wikitext2")
+        if failed:
+            print(f"not cached: {', '.join(failed)}; check the names and run prepare again", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -41,7 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     prep = sub.add_parser("prepare", help="convert and cache what the course needs, for offline rooms")
     prep.add_argument("--online", action="store_true", help="also download hub models and wikitext2")
     prep.add_argument("--models", nargs="*", help="hub ids to download with --online")
+    ex = sub.add_parser("exercises", help="instructor tools: solution notebooks (--solutions), a class's results "
+                                         "(--status DIR); without options it lists the exercises")
+    ex.add_argument("--solutions", action="store_true", help="write solution notebooks (see --out)")
+    ex.add_argument("--out", help="folder for --solutions (default: notebooks/solutions)")
+    ex.add_argument("--notebooks", help="the course notebooks for --solutions (default: ./notebooks)")
+    ex.add_argument("--status", metavar="DIR", help="grade the exercise cells of every notebook under DIR")
+    ex.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per exercise cell (--status)")
     args = parser.parse_args(argv)
+    if args.command == "exercises":
+        from .exercises.notebooks import main as exercises_main
+
+        return exercises_main(args)
     if args.command == "doctor":
         from .doctor import print_report
 

@@ -17,7 +17,6 @@ settings) so a notebook re-run reuses it:
 from __future__ import annotations
 
 import math
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,29 +38,16 @@ def _dir_mb(path: Path) -> float:
 
 def gguf_row(mix: str, text: str, n_windows: int = 4, seq_len: int = 512, n_tokens: int = 64) -> dict:
     """A GGUF variant measured with llama.cpp (``mix`` = ``F16`` or a ``llama-quantize`` type), cached."""
+    from .gguf import llama
     from .models import offline_gguf_path
-    from .serving import gguf_file
 
     src = offline_gguf_path()
     key = artifacts.cache_key("gguf-row", mix, n_windows, seq_len, n_tokens, src.stat().st_size, _VERSION)
 
     def compute() -> dict:
-        from .gguf import llama
-
-        quant_s = float("nan")
-        if mix != "F16":  # time llama.cpp's quantizer on its own (the cached file may already exist)
-            with tempfile.TemporaryDirectory() as tmp:
-                t0 = time.perf_counter()
-                llama.quantize_file(src, Path(tmp) / "q.gguf", mix)
-                quant_s = time.perf_counter() - t0
-        path = gguf_file(mix)
-        llm = llama.load(path, n_ctx=seq_len, n_threads=1, logits_all=True)
-        try:
-            ppl = llama.perplexity(llm, text, n_windows=n_windows, seq_len=seq_len)
-            tok_s = llama.tokens_per_second(llm, n_tokens=n_tokens)
-        finally:
-            llm.close()
-        return {"memory_mb": path.stat().st_size / 1e6, "ppl": ppl, "quant_s": quant_s, "cpu_tok_s": tok_s}
+        r = llama.quantize_and_measure(src, mix, text, n_windows, seq_len, n_threads=1, n_tokens=n_tokens)
+        return {"memory_mb": r["file_MiB"] * 2**20 / 1e6, "ppl": r["perplexity"],
+                "quant_s": float("nan") if mix == "F16" else r["quantize_s"], "cpu_tok_s": r["tokens_per_s"]}
 
     variant = "FP16" if mix == "F16" else f"GGUF {mix}"
     return {"variant": variant, "format": "fp16" if mix == "F16" else "gguf", "engine": "llama.cpp",
@@ -115,7 +101,7 @@ def torch_row(method: str, session, n_samples: int = 4, seq_len: int = 256, grou
 
             half = model.to(torch.float16)
             save = save_gptq if method == "gptq" else save_compressed_tensors
-            save(half, layers, cfg.quant_config(), tmp / "model", tokenizer=session.tokenizer)
+            save(half, layers, cfg, tmp / "model", tokenizer=session.tokenizer)
 
         folder = artifacts.cached_dir("exports", key, build) / "model"
         return {"memory_mb": _dir_mb(folder), "ppl": ppl, "quant_s": quant_s, "cpu_tok_s": float("nan"),

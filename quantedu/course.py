@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import Corpus, calibration_batches, load_corpus
+from .data import Corpus, calibration_batches, check_windows, load_corpus
 from .evaluate import perplexity
 from .models import load_model
 
@@ -19,6 +19,9 @@ class Session:
     n_windows: int = 4
     seq_len: int = 512
 
+    def __post_init__(self):
+        self.n_windows, self.seq_len = check_windows(self.n_windows, self.seq_len, "n_windows", "Session")
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -29,9 +32,10 @@ class Session:
 
     def perplexity(self, model=None, n_windows: int | None = None, seq_len: int | None = None) -> float:
         """Perplexity of ``model`` (default: the session's) on the session's evaluation windows."""
+        n_windows, seq_len = check_windows(self.n_windows if n_windows is None else n_windows,
+                                           self.seq_len if seq_len is None else seq_len, "n_windows", "perplexity")
         return perplexity(model if model is not None else self.model, self.tokenizer, self.corpus,
-                          n_windows=n_windows or self.n_windows, seq_len=seq_len or self.seq_len,
-                          progress=False)
+                          n_windows=n_windows, seq_len=seq_len, progress=False)
 
     def calibration(self, n_samples: int, seq_len: int, seed: int = 0) -> torch.Tensor:
         """``(n_samples, seq_len)`` calibration token windows from the session's corpus."""
@@ -48,13 +52,6 @@ def start(model: str = "auto", corpus: str = "pydoc", seed: int = 0, n_windows: 
     torch.manual_seed(seed)
     m, tok = load_model(model, **load_kwargs)
     return Session(m, tok, load_corpus(corpus), model, n_windows=n_windows, seq_len=seq_len)
-
-
-def fresh_model(session: Session) -> torch.nn.Module:
-    """A new copy of the session's model (to quantize without touching the baseline)."""
-    import copy
-
-    return copy.deepcopy(session.model)
 
 
 COURSE_MAP = [

@@ -76,12 +76,26 @@ def tokenize(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(ids["input_ids"], dtype=torch.long)
 
 
+def check_windows(n: int, seq_len: int, n_name: str = "n_windows", what: str = "windows") -> tuple[int, int]:
+    """``(n, seq_len)`` as ints, or a ValueError saying what is expected: a ``(n, seq_len)`` tensor of
+    token windows needs ``n >= 1`` windows of ``seq_len >= 2`` tokens (one to predict from, one to predict)."""
+    def whole(value, name):
+        if isinstance(value, bool) or not hasattr(value, "__index__"):
+            raise TypeError(f"{what}: {name} must be a whole number, got {value!r}")
+        return value.__index__()
+
+    n, seq_len = whole(n, n_name), whole(seq_len, "seq_len")
+    if n < 1 or seq_len < 2:
+        raise ValueError(f"{what} makes a ({n_name}, seq_len) tensor of token windows and needs "
+                         f"{n_name} >= 1 and seq_len >= 2, got {n_name}={n}, seq_len={seq_len}")
+    return n, seq_len
+
+
 def calibration_batches(
     tokenizer, n_samples: int = 32, seq_len: int = 512, seed: int = 0, corpus: Corpus | str = "pydoc"
 ) -> torch.Tensor:
     """``(n_samples, seq_len)`` token windows drawn at seeded random offsets of the calibration text."""
-    if n_samples < 1 or seq_len < 2:
-        raise ValueError("need n_samples >= 1 and seq_len >= 2")
+    n_samples, seq_len = check_windows(n_samples, seq_len, "n_samples", "calibration_batches")
     if isinstance(corpus, str):
         corpus = load_corpus(corpus)
     ids = tokenize(tokenizer, corpus.calibration)

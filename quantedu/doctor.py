@@ -11,6 +11,7 @@ import importlib.metadata as md
 import os
 import platform
 import sys
+import tempfile
 
 
 def _version(dist: str) -> str | None:
@@ -54,12 +55,33 @@ def engines() -> list[dict]:
     return rows
 
 
+def cache_status() -> tuple[str, str | None]:
+    """(cache folder, None) if the artifact cache can be created and written to, else (folder, what is
+    wrong and what to do). Never raises: ``doctor`` reports it, ``prepare`` refuses to start with it."""
+    import platformdirs
+
+    from . import artifacts
+
+    where = os.environ.get(artifacts.ENV_VAR) or platformdirs.user_cache_dir("quantedu")
+    try:
+        where = str(artifacts.cache_dir())
+        with tempfile.TemporaryFile(dir=where):  # a folder can exist and still refuse files
+            pass
+    except OSError as exc:
+        why = f"{exc.__class__.__name__}: {exc}"
+        if artifacts.ENV_VAR not in why:
+            why += (f"; point {artifacts.ENV_VAR} at a writable folder, e.g. "
+                    f"export {artifacts.ENV_VAR}=$HOME/quantedu-cache")
+        return where, why
+    return where, None
+
+
 def report() -> dict:
     """Versions, CPU/GPU, memory, and the model cache location."""
     import psutil
     import torch
 
-    from . import artifacts, models
+    from . import models
 
     info = {
         "python": sys.version.split()[0],
@@ -70,8 +92,9 @@ def report() -> dict:
         "ram_available_GiB": round(psutil.virtual_memory().available / 2**30, 1),
         "cuda": torch.cuda.is_available(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "cache_dir": str(artifacts.cache_dir()),
     }
+    where, problem = cache_status()
+    info["cache_dir"] = where if problem is None else f"UNUSABLE {where} - {problem}"
     for dist in ("quantedu", "torch", "transformers", "gguf", "accelerate", "numpy", "compressed-tensors"):
         info[dist] = _version(dist)
     try:

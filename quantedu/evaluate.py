@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import Corpus, tokenize
+from .data import Corpus, check_windows, tokenize
 
 
 def _text(text: str | Corpus) -> str:
@@ -54,6 +54,7 @@ def window_nll(model, windows: torch.Tensor, progress: bool = True, desc: str = 
 
 
 def evaluation_windows(tokenizer, text: str | Corpus, n_windows: int, seq_len: int) -> torch.Tensor:
+    n_windows, seq_len = check_windows(n_windows, seq_len, "n_windows", "evaluation_windows")
     ids = tokenize(tokenizer, _text(text))
     need = n_windows * seq_len
     if len(ids) < need:
@@ -116,14 +117,11 @@ def generation_speed(
 
 
 def memory_footprint(model) -> dict:
-    """Bytes of weights as stored (each storage counted once, so tied weights count once)."""
-    seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        key = (t.untyped_storage().data_ptr(), t.device)
-        if key in seen:
-            continue
-        seen.add(key)
-        total += t.untyped_storage().nbytes()
+    """Bytes of weights as stored (:func:`quantedu.memory.measured_tensor_bytes`: each storage once, so
+    tied weights count once; buffers included), plus the peak CUDA allocation on a GPU."""
+    from .memory import measured_tensor_bytes
+    measured = measured_tensor_bytes(model)
+    total = measured["parameters"] + measured["buffers"]
     out = {"weight_bytes": total, "weight_MiB": total / 2**20}
     device = model_device(model)
     if device.type == "cuda":

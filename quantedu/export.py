@@ -36,9 +36,9 @@ import torch
 from torch import nn
 
 from .artifacts import atomic_path, check_target
-from .primitives import QuantConfig, dequantize, group_index, pack_int32, unpack_int32
+from .primitives import QuantConfig, WeightOnlyConfig, dequantize, group_index, pack_int32, unpack_int32
 
-__all__ = ["save_compressed_tensors", "save_gptq", "load_gptq_weights", "load_gptq_model"]
+__all__ = ["save_compressed_tensors", "save_gptq", "gptq_state_dict", "load_gptq_weights", "load_gptq_model"]
 
 
 def _pack(codes: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
@@ -83,9 +83,23 @@ def _linear_modules(model: nn.Module) -> dict[str, nn.Linear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
 
 
-def _base_state_dict(model: nn.Module, quantized: dict) -> dict[str, torch.Tensor]:
+def _settings(config) -> tuple[QuantConfig, dict]:
+    """The weight grid and the GPTQ-specific settings of an algorithm config (or a plain QuantConfig)."""
+    if isinstance(config, QuantConfig):
+        return config, {"desc_act": False, "static_groups": False, "damp_percent": 0.01}
+    if not isinstance(config, WeightOnlyConfig):
+        raise TypeError(f"config must be the algorithm's config (GPTQConfig, AWQConfig) or a QuantConfig, "
+                        f"got {type(config).__name__}")
+    return config.quant_config(), {"desc_act": getattr(config, "desc_act", False),
+                                   "static_groups": getattr(config, "static_groups", False),
+                                   "damp_percent": getattr(config, "damp_percent", 0.01)}
+
+
+def _base_state_dict(model: nn.Module, quantized: dict, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Unquantized tensors, with tied duplicates dropped (safetensors refuses shared storage)."""
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
     if getattr(model.config, "tie_word_embeddings", False):
         sd.pop("lm_head.weight", None)
     for name in quantized:
@@ -95,6 +109,7 @@ def _base_state_dict(model: nn.Module, quantized: dict) -> dict[str, torch.Tenso
 
 def _start(model: nn.Module, quantized: dict, path, config: QuantConfig) -> dict[str, nn.Linear]:
     """Refuse a target we may not write and layers that are not the model's, before any work."""
+    config, _ = _settings(config)
     check_target(path)
     if not quantized:
         raise ValueError("no quantized layers were given: pass the dict that gptq_quantize_model / "
@@ -124,15 +139,18 @@ def _write(path, model, state_dict, quantization_config: dict, tokenizer) -> Pat
     return Path(path)
 
 
-def save_compressed_tensors(model: nn.Module, quantized: dict, config: QuantConfig, path, tokenizer=None,
-                            actorder: str | None = None) -> Path:
+def save_compressed_tensors(model: nn.Module, quantized: dict, config, path, tokenizer=None) -> Path:
     """Write ``model`` with the ``quantized`` layers as a compressed-tensors ``pack-quantized`` checkpoint.
 
-    ``actorder`` (``None`` or ``"static"``) is recorded as metadata only: the stored layout is the same.
+    ``config``: the algorithm's config (``GPTQConfig``, ``AWQConfig``) or the ``QuantConfig`` of the
+    records. A GPTQ config with act-order and static groups is recorded as ``actorder: "static"``
+    (metadata only: the stored layout is the natural order either way).
     Reload with ``AutoModelForCausalLM.from_pretrained(path)`` (needs ``compressed-tensors``).
     """
     from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
 
+    config, extra = _settings(config)
+    actorder = "static" if extra["desc_act"] and extra["static_groups"] else None
     linears = _start(model, quantized, path, config)
     sd = _base_state_dict(model, quantized)
     for name, q in quantized.items():
@@ -169,26 +187,24 @@ def save_compressed_tensors(model: nn.Module, quantized: dict, config: QuantConf
     return _write(path, model, sd, qcfg.model_dump(exclude_none=False), tokenizer)
 
 
-def save_gptq(model: nn.Module, quantized: dict, config: QuantConfig, path, tokenizer=None,
-              desc_act: bool = False, static_groups: bool = False, damp_percent: float = 0.01,
-              checkpoint_format: str = "gptq") -> Path:
-    """Write the GPTQ checkpoint layout: ``qweight``/``qzeros``/``scales``/``g_idx`` + ``quantization_config``.
+def gptq_state_dict(model: nn.Module, quantized: dict, config, checkpoint_format: str = "gptq",
+                    dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a GPTQ-layout checkpoint: packed ``quantized`` layers, every other tensor as is.
 
-    ``checkpoint_format="gptq"`` (v1, what AutoGPTQ/optimum/transformers expect) stores ``zero - 1``;
-    ``"gptq_v2"`` (GPTQModel's own) stores the zero point itself, so a zero of 0 (asymmetric groups
-    with no negative weight) survives.
-
-    transformers loads it only through GPTQModel (``gptqmodel``); :func:`load_gptq_model` reads it here.
+    ``dtype``: of the scales and the unquantized tensors (default: each layer's own dtype);
+    ``checkpoint_format``: ``"gptq"`` (v1) stores ``zero - 1``, ``"gptq_v2"`` the zero point itself.
     """
     if checkpoint_format not in ("gptq", "gptq_v2"):
         raise ValueError(f"checkpoint_format must be 'gptq' (v1) or 'gptq_v2', got {checkpoint_format!r}")
     offset = 1 if checkpoint_format == "gptq" else 0
+    config, _ = _settings(config)
     if config.bits not in (2, 3, 4, 8):
         raise ValueError(f"the GPTQ layout packs 2, 3, 4 or 8 bits, not {config.bits}")
-    linears = _start(model, quantized, path, config)
-    sd = _base_state_dict(model, quantized)
+    linears = _linear_modules(model)
+    sd = _base_state_dict(model, quantized, dtype)
     for name, q in quantized.items():
         layer = linears[name]
+        _check(name, q, config, layer)
         rows, cols = layer.weight.shape
         if (cols * config.bits) % 32 or (rows * config.bits) % 32:
             raise ValueError(f"{name}: {rows}x{cols} does not pack into whole int32 words at {config.bits} bits")
@@ -196,16 +212,33 @@ def save_gptq(model: nn.Module, quantized: dict, config: QuantConfig, path, toke
         if int(q.zeros.min()) < offset:
             raise ValueError(f"{name}: a zero point of 0 cannot be stored as zero - 1 in the GPTQ v1 layout; "
                              "pass checkpoint_format='gptq_v2'")
-        dtype = layer.weight.dtype
         sd[f"{name}.qweight"] = pack_int32(q.codes.t(), config.bits, dim=0).contiguous()
         sd[f"{name}.qzeros"] = pack_int32((q.zeros.round() - offset).to(torch.uint8).t(), config.bits, dim=1).contiguous()
-        sd[f"{name}.scales"] = q.scales.t().to(dtype).contiguous()
+        sd[f"{name}.scales"] = q.scales.t().to(dtype or layer.weight.dtype).contiguous()
         sd[f"{name}.g_idx"] = q.g_idx.to(torch.int32).clone()
+    return sd
+
+
+def save_gptq(model: nn.Module, quantized: dict, config, path, tokenizer=None,
+              checkpoint_format: str = "gptq") -> Path:
+    """Write the GPTQ checkpoint layout: ``qweight``/``qzeros``/``scales``/``g_idx`` + ``quantization_config``.
+
+    ``config``: the algorithm's config (``GPTQConfig`` gives ``desc_act``/``static_groups``/
+    ``damp_percent``; ``AWQConfig``) or the records' ``QuantConfig``. ``checkpoint_format="gptq"`` (v1,
+    what AutoGPTQ/optimum/transformers expect) stores ``zero - 1``; ``"gptq_v2"`` (GPTQModel's own)
+    stores the zero point itself, so a zero of 0 (asymmetric groups with no negative weight) survives.
+
+    transformers loads it only through GPTQModel (``gptqmodel``); :func:`load_gptq_model` reads it here.
+    """
+    qc, extra = _settings(config)
+    if checkpoint_format not in ("gptq", "gptq_v2"):
+        raise ValueError(f"checkpoint_format must be 'gptq' (v1) or 'gptq_v2', got {checkpoint_format!r}")
+    _start(model, quantized, path, qc)
+    sd = gptq_state_dict(model, quantized, qc, checkpoint_format)
     qcfg = {
-        "quant_method": "gptq", "checkpoint_format": checkpoint_format, "bits": config.bits,
-        "group_size": config.group_size if config.granularity == "group" else -1,
-        "sym": config.symmetric, "desc_act": desc_act, "static_groups": static_groups,
-        "damp_percent": damp_percent, "true_sequential": False, "pack_dtype": "int32",
+        "quant_method": "gptq", "checkpoint_format": checkpoint_format, "bits": qc.bits,
+        "group_size": qc.group_size if qc.granularity == "group" else -1,
+        "sym": qc.symmetric, **extra, "true_sequential": False, "pack_dtype": "int32",
         "modules_in_block_to_quantize": None,
     }
     return _write(path, model, sd, qcfg, tokenizer)

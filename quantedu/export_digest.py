@@ -51,16 +51,22 @@ def export_digests() -> dict[str, str]:
                           "gptq-actorder-static-g64": GPTQConfig(4, 64, sym=True, desc_act=True, static_groups=True)}.items():
             model = copy.deepcopy(base)
             layers = gptq_quantize_model(model, calib, cfg, progress=False)
-            out[f"{name}.compressed-tensors"] = _digest(export.save_compressed_tensors(
-                model, layers, cfg.quant_config(), tmp / f"{name}-ct", actorder="static" if cfg.desc_act else None))
+            out[f"{name}.compressed-tensors"] = _digest(_save_ct(export, model, layers, cfg, tmp / f"{name}-ct"))
             out[f"{name}.gptq"] = _digest(_save_gptq(export, model, layers, cfg, tmp / f"{name}-v1", "gptq"))
             out[f"{name}.gptq_v2"] = _digest(_save_gptq(export, model, layers, cfg, tmp / f"{name}-v2", "gptq_v2"))
         model = copy.deepcopy(base)
         acfg = awq.AWQConfig(bits=4, group_size=64, n_grid=4, clip_grid=4)
         layers = awq.awq_quantize_model(model, calib, acfg)["layers"]
-        out["awq-asym-g64.compressed-tensors"] = _digest(export.save_compressed_tensors(
-            model, layers, acfg.quant_config(), tmp / "awq-ct"))
+        out["awq-asym-g64.compressed-tensors"] = _digest(_save_ct(export, model, layers, acfg, tmp / "awq-ct"))
     return out
+
+
+def _save_ct(export, model, layers, cfg, path):
+    import inspect
+    if "actorder" in inspect.signature(export.save_compressed_tensors).parameters:  # before issue 11
+        return export.save_compressed_tensors(model, layers, cfg.quant_config(), path,
+                                              actorder="static" if getattr(cfg, "desc_act", False) else None)
+    return export.save_compressed_tensors(model, layers, cfg, path)
 
 
 def _save_gptq(export, model, layers, cfg, path, fmt):

@@ -18,21 +18,18 @@ Conventions (see :mod:`quantedu.primitives`): unsigned codes with integer zero p
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .checks import in_place, require_finite
 from .evaluate import torch_threads
-from .primitives import QuantConfig, choose_qparams, dequantize
+from .primitives import QuantizedLayer, WeightOnlyConfig, choose_qparams, round_to_grid
 
 __all__ = [
     "GPTQConfig",
-    "GPTQResult",
     "HessianAccumulator",
     "gptq_quantize_weight",
     "gptq_quantize_model",
@@ -40,7 +37,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class GPTQConfig:
+class GPTQConfig(WeightOnlyConfig):
     """Settings of GPTQ; the names are the ones GPTQ checkpoints store in ``quantization_config``.
 
     ``group_size=-1`` means one scale per output row (per-channel). ``desc_act`` quantizes the
@@ -51,56 +48,21 @@ class GPTQConfig:
     to the diagonal so the Cholesky factorization exists.
     """
 
-    bits: int = 4
-    group_size: int = 128
-    sym: bool = True
     desc_act: bool = False
     static_groups: bool = False
     damp_percent: float = 0.01
     block_size: int = 128
 
     def __post_init__(self):
-        if self.bits not in (2, 3, 4, 8):
-            raise ValueError(f"GPTQ bits must be 2, 3, 4 or 8, got {self.bits!r}")
-        if self.group_size != -1 and (not isinstance(self.group_size, int) or self.group_size < 1):
-            raise ValueError(f"group_size must be a positive integer or -1 (per-channel), got {self.group_size!r}")
+        super().__post_init__()
         if not 0 <= self.damp_percent < 1:
             raise ValueError(f"damp_percent must lie in [0, 1), got {self.damp_percent!r}; 0.01 is usual")
         if not isinstance(self.block_size, int) or self.block_size < 1:
             raise ValueError(f"block_size must be a positive integer, got {self.block_size!r}")
 
-    def quant_config(self) -> QuantConfig:
-        if self.group_size == -1:
-            return QuantConfig(bits=self.bits, symmetric=self.sym, granularity="channel")
-        return QuantConfig(bits=self.bits, group_size=self.group_size, symmetric=self.sym)
-
     def label(self) -> str:
         extra = (" desc_act" + (" static" if self.static_groups else "")) if self.desc_act else ""
-        return f"GPTQ {self.quant_config().label()}{extra}"
-
-
-@dataclass
-class GPTQResult:
-    """Quantized layer: ``weight == scales[:, g_idx] * (codes - zeros[:, g_idx])`` (original column order)."""
-
-    weight: torch.Tensor  # dequantized weight, dtype of the input weight
-    codes: torch.Tensor  # uint8 (rows, cols)
-    scales: torch.Tensor  # float32 (rows, n_groups)
-    zeros: torch.Tensor  # float32 integer-valued (rows, n_groups)
-    g_idx: torch.Tensor  # int32 (cols,)
-    perm: torch.Tensor | None  # quantization order of the columns (act-order), else None
-    loss: float  # sum over rows of the GPTQ objective, as the reference reports it
-    config: QuantConfig
-    row_losses: torch.Tensor | None = None  # the same, per output row
-
-    def rows(self, start: int, stop: int) -> "GPTQResult":
-        """The result for output rows ``start:stop`` (GPTQ treats rows independently)."""
-        part = lambda t: t[start:stop].clone()  # noqa: E731  (own storage: no hidden sharing)
-        rl = None if self.row_losses is None else part(self.row_losses)
-        return replace(self, weight=part(self.weight), codes=part(self.codes), scales=part(self.scales),
-                       zeros=part(self.zeros), g_idx=self.g_idx.clone(),
-                       perm=None if self.perm is None else self.perm.clone(),
-                       row_losses=rl, loss=float(rl.sum()) if rl is not None else self.loss)
+        return super().label() + extra
 
 
 class HessianAccumulator:
@@ -131,13 +93,8 @@ class HessianAccumulator:
         return lambda module, args, output: self.add(args[0])
 
 
-def _fake_quant_column(w, scale, zero, maxq):
-    q = torch.clamp(torch.round(w / scale) + zero, 0, maxq)
-    return q, scale * (q - zero)
-
-
 @torch.no_grad()
-def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig = GPTQConfig()) -> GPTQResult:
+def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig = GPTQConfig()) -> QuantizedLayer:
     """Quantize one weight ``W`` (out_features, in_features) given its input Hessian ``H``."""
     if W.dim() != 2 or H.shape != (W.shape[1], W.shape[1]):
         raise ValueError(f"need W (rows, cols) and H (cols, cols); got {tuple(W.shape)} and {tuple(H.shape)}")
@@ -154,7 +111,7 @@ def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig = 
         return _gptq(W, H, config)
 
 
-def _gptq(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig) -> GPTQResult:
+def _gptq(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig) -> QuantizedLayer:
     qc = config.quant_config()
     dtype = W.dtype
     W = W.detach().clone().float()
@@ -224,7 +181,7 @@ def _gptq(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig) -> GPTQResult:
                 scales[:, grp], zeros[:, grp] = scale, zero
             w = W1[:, i]
             d = Hinv1[i, i]
-            q, deq = _fake_quant_column(w, scale, zero, maxq)
+            q, deq = round_to_grid(w, scale, zero, maxq)
             codes[:, col], Q[:, col] = q.to(torch.uint8), deq
             err = (w - deq) / d
             losses += (w - deq) ** 2 / d**2 / 2
@@ -240,21 +197,10 @@ def _gptq(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig) -> GPTQResult:
     if perm is not None:
         invperm = torch.argsort(perm)
         Q, codes, g_idx = Q[:, invperm], codes[:, invperm], order_group[invperm]
-    return GPTQResult(
+    return QuantizedLayer(
         weight=Q.to(dtype), codes=codes, scales=scales, zeros=zeros, g_idx=g_idx.to(torch.int32),
-        perm=perm, loss=float(losses.sum()), config=qc, row_losses=losses,
+        config=qc, perm=perm, loss=float(losses.sum()), row_losses=losses,
     )
-
-
-def _to(obj, device):
-    """Move tensors (also inside tuples/dicts, e.g. position embeddings) to ``device``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_to(o, device) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    return obj
 
 
 @torch.no_grad()
@@ -265,7 +211,7 @@ def gptq_quantize_model(
     inputs_from: Literal["quantized", "fp"] = "quantized",
     device: str | torch.device | None = None,
     progress: bool = True,
-) -> dict[str, GPTQResult]:
+) -> dict[str, QuantizedLayer]:
     """Quantize every linear layer of every decoder block in place (weights become dequantized GPTQ).
 
     ``batches`` are calibration token ids ``(n_samples, seq_len)``. Blocks are processed one at a
@@ -277,43 +223,32 @@ def gptq_quantize_model(
     ``inputs_from="quantized"`` (default, as in the reference ``llama.py`` and llm-compressor) runs the
     block again *after* quantizing it, so block ``k+1`` is calibrated on what the quantized model will
     really feed it and can compensate the errors of blocks ``<= k``. ``"fp"`` feeds every block the
-    full-precision model's activations (one forward per block instead of two; errors do not compound
-    in the calibration, but they do at inference time).
+    full-precision model's activations (errors do not compound in the calibration, but they do at
+    inference time). The walk is :func:`quantedu.calibration.sequential_blocks`, shared with AWQ.
 
-    Returns ``{"model.layers.3.self_attn.q_proj": GPTQResult, ...}`` (codes/scales/zeros/g_idx for export).
+    Returns ``{"model.layers.3.self_attn.q_proj": QuantizedLayer, ...}`` (codes/scales/zeros/g_idx for export).
     """
-    from .calibration import capture_block_inputs, decoder_layers, linear_layers, run_block
-
     if inputs_from not in ("quantized", "fp"):
         raise ValueError(f"inputs_from must be 'quantized' or 'fp', got {inputs_from!r}")
     with in_place(model, config.label()):
         return _gptq_model(model, batches, config, inputs_from, device, progress)
 
 
-def _gptq_model(model, batches, config, inputs_from, device, progress) -> dict[str, GPTQResult]:
-    from .calibration import capture_block_inputs, decoder_layers, linear_layers, run_block
+def _gptq_model(model, batches, config, inputs_from, device, progress) -> dict[str, QuantizedLayer]:
+    from .calibration import decoder_layers, linear_layers, observe_linear_inputs, run_block, sequential_blocks
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     layers = decoder_layers(model)
     prefix = next(name for name, m in model.named_modules() if m is layers)
-    hidden, kwargs = capture_block_inputs(model, batches)
-    hidden, kwargs = _to(hidden, device), _to(kwargs, device)
-    results: dict[str, GPTQResult] = {}
-    bar = tqdm(layers, desc=config.label(), disable=not progress)
-    for k, layer in enumerate(bar):
-        t0 = time.perf_counter()
-        home = next(layer.parameters()).device
-        layer.to(device)
+    results: dict[str, QuantizedLayer] = {}
+
+    def process(k, layer, hidden, kwargs):
         linears = linear_layers(layer)
         # q/k/v (and gate/up) read the same tensor: one Hessian serves them all (it is X X^T of the input).
         owner = _input_owners(layer, linears, hidden[0], kwargs)
         acc = {name: HessianAccumulator(linears[name].in_features, device) for name in set(owner.values())}
-        handles = [linears[name].register_forward_hook(acc[name].hook()) for name in acc]
-        try:
-            outs = run_block(layer, hidden, kwargs)  # fp outputs; fills the Hessians
-        finally:
-            for hd in handles:
-                hd.remove()
+        with observe_linear_inputs(layer, lambda name, x: acc[name].add(x), names=set(acc)):
+            run_block(layer, hidden, kwargs)  # fills the Hessians
         for first in acc:
             # Rows are independent given H: layers sharing an input (q/k/v, gate/up) are stacked and
             # quantized in one pass over the columns (one Cholesky, one column loop).
@@ -325,13 +260,10 @@ def _gptq_model(model, batches, config, inputs_from, device, progress) -> dict[s
                 part = res.rows(start, start + m.out_features)
                 start += m.out_features
                 m.weight.data.copy_(part.weight)
-                results[f"{prefix}.{k}.{n}"] = _to_cpu(part)
-        del acc
-        if inputs_from == "quantized":
-            outs = run_block(layer, hidden, kwargs)
-        hidden = outs
-        layer.to(home)
-        bar.set_postfix_str(f"layer {k}: {time.perf_counter() - t0:.1f}s")
+                results[f"{prefix}.{k}.{n}"] = part.to("cpu")
+
+    sequential_blocks(model, batches, process, quantized_inputs=inputs_from == "quantized", desc=config.label(),
+                      device=device, progress=progress)
     return results
 
 
@@ -355,17 +287,3 @@ def _input_owners(layer, linears, x, kwargs) -> dict[str, str]:
         for hd in handles:
             hd.remove()
     return owner
-
-
-def _to_cpu(res: GPTQResult) -> GPTQResult:
-    move = lambda t: None if t is None else t.cpu()  # noqa: E731
-    return replace(
-        res, weight=move(res.weight), codes=move(res.codes), scales=move(res.scales),
-        zeros=move(res.zeros), g_idx=move(res.g_idx), perm=move(res.perm), row_losses=move(res.row_losses),
-    )
-
-
-def check_result(res: GPTQResult) -> None:
-    """Assert the stored codes/scales/zeros/g_idx reproduce the dequantized weight."""
-    deq = dequantize(res.codes, res.scales, res.zeros, res.config, g_idx=res.g_idx.long())
-    torch.testing.assert_close(deq.to(res.weight.dtype), res.weight, rtol=0, atol=1e-6)

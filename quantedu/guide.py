@@ -117,7 +117,7 @@ def recommend(table: pd.DataFrame, hardware: str = "cpu", memory_budget_mb: floa
     return Recommendation(top.variant, top.engine, reasons, cand.drop(columns=["fits_memory", "fits_accuracy"]))
 
 
-def seed_table() -> pd.DataFrame | None:
+def seed_benchmark() -> pd.DataFrame | None:
     """The original course's numbers (quoted, not measured) from ``data/seed_table.csv``, if present."""
     return pd.read_csv(SEED_TABLE) if SEED_TABLE.is_file() else None
 
@@ -147,4 +147,4 @@ def decision_widget(table: pd.DataFrame):
     return box
 
 
-__all__ = ["Recommendation", "recommend", "engines_for", "seed_table", "decision_widget", "ACCURACY", "ENGINES"]
+__all__ = ["Recommendation", "recommend", "engines_for", "seed_benchmark", "decision_widget", "ACCURACY", "ENGINES"]

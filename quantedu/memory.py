@@ -169,14 +169,52 @@ class GroupFormat:
         return rows * (cols * self.bits + n_groups * (self.scale_bits + self.zbits())) / 8
 
 
-def weight_format(spec) -> object:
+@dataclass(frozen=True)
+class FloatFormat:
+    """Every weight in ``bits`` bits, no overhead (fp32, fp16, bf16, fp8)."""
+
+    name: str
+    bits: int
+
+    def bits_per_weight(self, cols: int | None = None) -> float:
+        return float(self.bits)
+
+    def tensor_bytes(self, rows: int, cols: int) -> float:
+        return rows * cols * self.bits / 8
+
+
+@dataclass(frozen=True)
+class BlockFormat:
+    """A GGUF block type: whole blocks of ``block_size`` weights per row (``quantedu.gguf.layouts``)."""
+
+    layout: object  # quantedu.gguf.layouts.BlockLayout
+
+    @property
+    def name(self) -> str:
+        return self.layout.name
+
+    @property
+    def bits(self) -> int:
+        return int(self.name[1 + self.name.startswith("IQ")])
+
+    def bits_per_weight(self, cols: int | None = None) -> float:
+        return self.layout.bits_per_weight
+
+    def tensor_bytes(self, rows: int, cols: int) -> float:
+        return rows * self.layout.row_size(cols)
+
+
+def weight_format(spec) -> FloatFormat | GroupFormat | BlockFormat:
     """Parse a format: ``"fp16"``, ``"int4-g128"``, ``"int8-channel"``, ``"int4"`` (= g128), a GGUF type
-    name such as ``"Q4_K"``, or a :class:`GroupFormat`."""
-    if isinstance(spec, GroupFormat) or hasattr(spec, "row_size"):
+    name such as ``"Q4_K"``, or a format object. Every format answers ``bits`` (the advertised width),
+    ``bits_per_weight(cols)`` and ``tensor_bytes(rows, cols)``."""
+    if isinstance(spec, (FloatFormat, GroupFormat, BlockFormat)):
         return spec
+    if hasattr(spec, "row_size"):
+        return BlockFormat(spec)
     s = str(spec)
     if s.lower() in FLOAT_BITS:
-        return s.lower()
+        return FloatFormat(s.lower(), FLOAT_BITS[s.lower()])
     if s.lower().startswith("int"):
         head, _, gran = s.lower().partition("-")
         bits = int(head[3:])
@@ -189,7 +227,7 @@ def weight_format(spec) -> object:
     try:
         from .gguf.layouts import layout
 
-        return layout(s)
+        return BlockFormat(layout(s))
     except KeyError as exc:
         raise ValueError(
             f"unknown weight format {spec!r}: use fp32/fp16/bf16/fp8, int<bits>-g<group>, int<bits>-channel, "
@@ -198,32 +236,18 @@ def weight_format(spec) -> object:
 
 
 def bits_per_weight(spec, cols: int | None = None) -> float:
-    fmt = weight_format(spec)
-    if isinstance(fmt, str):
-        return float(FLOAT_BITS[fmt])
-    if isinstance(fmt, GroupFormat):
-        return fmt.bits_per_weight(cols)
-    return fmt.bits_per_weight  # GGUF block layout
+    """Average bits per weight of ``spec`` (with ``cols``: a ragged last group counted whole)."""
+    return weight_format(spec).bits_per_weight(cols)
 
 
 def nominal_bits(spec) -> int:
     """The bit width a format is advertised with (fp16 -> 16, int4-g128 -> 4, Q4_K -> 4)."""
-    fmt = weight_format(spec)
-    if isinstance(fmt, str):
-        return FLOAT_BITS[fmt]
-    if isinstance(fmt, GroupFormat):
-        return fmt.bits
-    return int(fmt.name[1 + fmt.name.startswith("IQ")])
+    return weight_format(spec).bits
 
 
 def tensor_bytes(rows: int, cols: int, spec) -> float:
     """Bytes of a ``(rows, cols)`` weight stored in ``spec``."""
-    fmt = weight_format(spec)
-    if isinstance(fmt, str):
-        return rows * cols * FLOAT_BITS[fmt] / 8
-    if isinstance(fmt, GroupFormat):
-        return fmt.tensor_bytes(rows, cols)
-    return rows * fmt.row_size(cols)  # GGUF: whole blocks along each row
+    return weight_format(spec).tensor_bytes(rows, cols)
 
 
 def weight_bytes(source, spec="fp16", embed_spec="fp16", quantize_embeddings: bool = False) -> dict:
@@ -293,7 +317,7 @@ def footprint(source, spec="int4-g128", context: int = 8192, batch: int = 1, kv_
     }
 
 
-def seed_table(models=(("7B", 7e9), ("70B", 70e9)), formats=(("FP32", 32), ("FP16", 16), ("INT8", 8),
+def naive_table(models=(("7B", 7e9), ("70B", 70e9)), formats=(("FP32", 32), ("FP16", 16), ("INT8", 8),
                                                             ("INT4", 4))):
     """The naive table (parameters x bits / 8) in GB = 1e9 bytes, as the seed course printed it."""
     import pandas as pd
@@ -360,54 +384,3 @@ def gguf_file_bytes(path) -> dict:
     tensors = sum(by_type.values())
     size = Path(path).stat().st_size
     return {"file": size, "tensors": tensors, "metadata + alignment": size - tensors, "by_type": by_type}
-
-
-def plot_breakdown(rows: dict, ax=None, unit: float = GIB, title: str = ""):
-    """Stacked bars: ``rows`` maps a bar label to a component -> bytes dict (from :func:`footprint`)."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(7, 3.5))[1]
-    labels = list(rows)
-    components = list(next(iter(rows.values())))
-    bottom = [0.0] * len(labels)
-    for comp in components:
-        vals = [rows[l][comp] / unit for l in labels]
-        ax.bar(labels, vals, bottom=bottom, label=comp)
-        bottom = [b + v for b, v in zip(bottom, vals)]
-    for x, total in enumerate(bottom):
-        ax.annotate(f"{total:.2f}", (x, total), ha="center", va="bottom", fontsize=8)
-    ax.set_ylabel("GiB" if unit == GIB else f"x {unit:g} bytes")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    return ax
-
-
-def calculator():
-    """Interactive memory calculator (ipywidgets): a Llama-shaped model of N parameters."""
-    import ipywidgets as W
-    import matplotlib.pyplot as plt
-    from IPython.display import display
-
-    params = W.FloatLogSlider(value=7e9, base=10, min=8, max=11.2, description="parameters")
-    bits = W.Dropdown(options=[16, 8, 6, 5, 4, 3, 2], value=4, description="bits")
-    group = W.Dropdown(options=[("per-channel", 0), ("32", 32), ("64", 64), ("128", 128)], value=128,
-                       description="group")
-    context = W.IntSlider(value=8192, min=512, max=131072, step=512, description="context")
-    batch = W.IntSlider(value=1, min=1, max=64, description="batch")
-    gqa = W.Dropdown(options=[1, 4, 8], value=1, description="heads/kv head")
-    out = W.Output()
-
-    def draw(*_):
-        shape = llama_like(params.value, gqa.value)
-        spec = "fp16" if bits.value == 16 else GroupFormat(bits.value, group.value or None)
-        fp = footprint(shape, spec, context.value, batch.value)
-        with out:
-            out.clear_output(wait=True)
-            plot_breakdown({shape.name: fp}, title=f"{shape.name}: {sum(fp.values()) / GIB:.2f} GiB")
-            plt.show()
-
-    for w in (params, bits, group, context, batch, gqa):
-        w.observe(draw, names="value")
-    draw()
-    display(W.VBox([W.HBox([params, bits, group]), W.HBox([context, batch, gqa]), out]))
-

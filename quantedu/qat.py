@@ -97,11 +97,11 @@ def prepare_qat(model: nn.Module, config: QuantConfig, train_weights: str | int 
     ``train_weights``: ``"none"`` (scales only), ``"all"``, or an int ``k``: the weights of the last
     ``k`` decoder blocks train too. Returns the names of the swapped layers.
     """
-    from .quantize_model import _matches
+    from .rtn import matches
 
     for p in model.parameters():
         p.requires_grad_(False)
-    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and _matches(n, skip) is None]
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and matches(n, skip) is None]
     n_blocks = 1 + max((_block_of(n) for n, _ in linears), default=-1)
     for name, m in linears:
         if train_weights == "all":
@@ -196,8 +196,18 @@ class QATPlan:
     train_weights: str | int = 2
     lr_scale: float = 1e-2
     lr_weight: float = 1e-5
-    loss: str = "kd"
+    loss: str | None = None  # e2e: "kd" (default) or "ce" (qat_loss); blockwise: the block output's "mse"
     max_seconds: float | None = None  # stop early (and say so) when the wall-clock budget is spent
+
+    def __post_init__(self):
+        allowed = {"e2e": ("kd", "ce"), "blockwise": ("mse",)}
+        if self.mode not in allowed:
+            raise ValueError(f"QATPlan.mode must be 'e2e' or 'blockwise', got {self.mode!r}")
+        if self.loss is None:
+            self.loss = allowed[self.mode][0]
+        if self.loss not in allowed[self.mode]:
+            raise ValueError(f"a {self.mode} QAT plan trains with loss in {allowed[self.mode]}, got {self.loss!r}: "
+                             "blockwise QAT matches each block's output (mse); end-to-end uses kd or ce")
 
     @property
     def tokens(self) -> int:
@@ -213,7 +223,7 @@ def plan(device: torch.device | str | None = None, budget: str = "notebook") -> 
             return QATPlan(steps=300, batch_size=8, seq_len=512, n_samples=256, train_weights="all")
         return QATPlan(steps=2000, batch_size=16, seq_len=1024, n_samples=2048, train_weights="all")
     return QATPlan(mode="blockwise", steps=4, batch_size=4, seq_len=128, n_samples=8, train_weights="all",
-                   lr_scale=2e-2, lr_weight=2e-5, loss="mse", max_seconds=None)
+                   lr_scale=2e-2, lr_weight=2e-5, max_seconds=None)
 
 
 def train_qat(model: nn.Module, calibration: torch.Tensor, config: QuantConfig, qat_plan: QATPlan | None = None,
@@ -254,7 +264,7 @@ def train_qat(model: nn.Module, calibration: torch.Tensor, config: QuantConfig, 
 
 def _train_blockwise(model, data, config, p: QATPlan, seed: int, progress: bool, mse_clip: bool) -> dict:
     """Block by block: fake-quantize one block, train it to match its full-precision output, convert."""
-    from .calibration import _first_tensor, decoder_layers, run_block, sequential_blocks
+    from .calibration import first_tensor, decoder_layers, run_block, sequential_blocks
 
     n_blocks = len(decoder_layers(model))
     gen = torch.Generator().manual_seed(seed)
@@ -273,19 +283,19 @@ def _train_blockwise(model, data, config, p: QATPlan, seed: int, progress: bool,
         with torch.enable_grad():
             prepare_qat(block, config, train, skip=(), mse_clip=mse_clip)
             with torch.no_grad():  # the starting point: RTN scales
-                before = F.mse_loss(_first_tensor(block(X[probe], **kwargs)).float(), targets[probe].float()).item()
+                before = F.mse_loss(first_tensor(block(X[probe], **kwargs)).float(), targets[probe].float()).item()
             opt = make_optimizer(block, p.lr_scale, p.lr_weight)
             block_losses = []
             for _ in range(p.steps):
                 rows = torch.randint(0, len(X), (min(p.batch_size, len(X)),), generator=gen)
-                loss = F.mse_loss(_first_tensor(block(X[rows], **kwargs)).float(), targets[rows].float())
+                loss = F.mse_loss(first_tensor(block(X[rows], **kwargs)).float(), targets[rows].float())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 block_losses.append(loss.item())
         convert(block)
         with torch.no_grad():
-            after = F.mse_loss(_first_tensor(block(X[probe], **kwargs)).float(), targets[probe].float()).item()
+            after = F.mse_loss(first_tensor(block(X[probe], **kwargs)).float(), targets[probe].float()).item()
         per_block.append({"block": index, "mse before": before, "mse after": after})
         losses.extend(block_losses)
 

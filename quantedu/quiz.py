@@ -11,11 +11,17 @@ Questions live in one place: ``quantedu/quizzes/<topic>.json``, a list of object
      "answer": 1 | [0, 2] | 4.156,       # option index, indices, or number
      "tolerance": 0.01,                  # numeric only: relative tolerance (default 1e-3)
      "explanation": "..."}
+
+Answering in code: ``quiz.answer(i, response)`` with ``i`` 0 for Q1 (an index past the end is an
+IndexError). An option is its index, the index as a string (``"2"``) or its text; a response that
+names no option gets feedback saying which are valid and is not scored, so a score never exceeds
+the number of questions.
 """
 from __future__ import annotations
 
 import json
 import math
+import operator
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +35,7 @@ QUIZ_DIR = Path(__file__).parent / "quizzes"
 class Feedback:
     correct: bool
     message: str
+    valid: bool = True  # False: the response named no option / was not a number (not scored)
 
 
 @dataclass
@@ -57,19 +64,71 @@ class Question:
             raise ValueError(f"{where}: every question needs an explanation")
 
     def check(self, response) -> Feedback:
-        """Feedback for a response: an option index (single), indices (multi) or a number (numeric)."""
-        if self.kind == "single":
-            correct = response == self.answer
-        elif self.kind == "multi":
-            correct = set(response or ()) == set(self.answer)
-        else:
+        """Feedback for a response: an option index (single), indices (multi) or a number (numeric).
+
+        An option may also be given as its index in a string (``"2"``) or as its exact text
+        (case-insensitive). A response that names no option, or is not a number where one is
+        expected, gets ``Feedback(valid=False)`` saying what is accepted (and is not scored).
+        """
+        if self.kind == "numeric":
             try:
                 value = float(response)
             except (TypeError, ValueError):
-                return Feedback(False, f"Please enter a number (got {response!r}).")
+                return Feedback(False, f"Please enter a number (got {response!r}).", valid=False)
+            if not math.isfinite(value):
+                return Feedback(False, f"Please enter a finite number (got {response!r}).", valid=False)
             correct = math.isclose(value, float(self.answer), rel_tol=self.tolerance, abs_tol=1e-12)
+        else:
+            if self.kind == "single":
+                picked = [response]
+            elif response is None:
+                picked = []
+            elif isinstance(response, (str, bytes)) or not hasattr(response, "__iter__"):
+                picked = [response]  # one option given on its own
+            else:
+                picked = list(response)
+            indices = []
+            for item in picked:
+                index, problem = self._option(item)
+                if problem:
+                    return Feedback(False, problem, valid=False)
+                indices.append(index)
+            correct = indices[0] == self.answer if self.kind == "single" else set(indices) == set(self.answer)
         verdict = "Correct!" if correct else "Not quite."
         return Feedback(correct, f"{verdict} {self.explanation}")
+
+    def _option(self, item) -> tuple[int | None, str]:
+        """(option index, "") for an index, a numeric string or an option's text; else (None, why)."""
+        valid = f"answer with an option index 0..{len(self.options) - 1} (or the option's text)"
+        if item is None:
+            return None, f"Pick an option first: {valid}."
+        if isinstance(item, str):
+            text = item.strip()
+            by_text = [i for i, opt in enumerate(self.options) if opt.strip().casefold() == text.casefold()]
+            try:
+                number = int(text)
+            except ValueError:
+                number = None
+            if number is not None and 0 <= number < len(self.options):
+                if by_text and by_text != [number]:
+                    return None, (f"{item!r} is ambiguous: option {number} by index, but also the text of "
+                                  f"option {by_text[0]}; answer with the index as a number.")
+                return number, ""
+            if by_text:
+                return by_text[0], ""
+            if number is None:
+                return None, f"No such option: {item!r}; {valid}."
+            item = number
+        if isinstance(item, bool) or not isinstance(item, (int, float)) and not hasattr(item, "__index__"):
+            return None, f"No such option: {item!r}; {valid}."
+        if isinstance(item, float):
+            if not item.is_integer():
+                return None, f"No such option: {item!r}; {valid}."
+            item = int(item)
+        index = operator.index(item)
+        if not 0 <= index < len(self.options):
+            return None, f"No such option: {index}; {valid}."
+        return index, ""
 
     def text(self, number: int | None = None) -> str:
         head = f"Q{number}. " if number is not None else ""
@@ -110,14 +169,27 @@ class Quiz:
         return cls(questions, title=title)
 
     def answer(self, index: int, response) -> Feedback:
-        """Check ``response`` to question ``index`` and record it in the score."""
+        """Check ``response`` to question ``index`` (0 for Q1; negative counts from the end) and record
+        it in the score. A response that names no option is answered with how to fix it, not scored."""
+        index = self._index(index)
         fb = self.questions[index].check(response)
-        self.results[index] = fb.correct
+        if fb.valid:
+            self.results[index] = fb.correct
         return fb
+
+    def _index(self, index) -> int:
+        n = len(self.questions)
+        where = f"this quiz has {n} question{'s' * (n != 1)}: index 0..{n - 1} (Q1 is index 0, Q{n} is {n - 1})"
+        if isinstance(index, bool) or not hasattr(index, "__index__"):
+            raise TypeError(f"question index must be an int, got {index!r}; {where}")
+        index = operator.index(index)
+        if not -n <= index < n:
+            raise IndexError(f"no question {index}: {where}")
+        return index % n  # -1 and n - 1 are the same question: one score entry
 
     @property
     def score(self) -> tuple[int, int]:
-        return sum(self.results.values()), len(self.questions)
+        return sum(bool(self.results.get(i)) for i in range(len(self.questions))), len(self.questions)
 
     def score_text(self) -> str:
         right, total = self.score
@@ -131,7 +203,7 @@ class Quiz:
             print(f"== {self.title} ==")
             for i, q in enumerate(self.questions):
                 print(q.text(i + 1) + "\n")
-            print("Answer in code: quiz.answer(question_index, response) -> feedback")
+            print("Answer in code: quiz.answer(question_index, response) -> feedback  (Q1 is index 0)")
             return
         from IPython.display import display
 

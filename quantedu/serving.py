@@ -23,7 +23,9 @@ Every server is bound to 127.0.0.1 only and is always stopped:
   atexit cannot run), the kernel sends the server a signal as it dies. (The signal fires when the
   *thread* that started the server ends, so start servers from the main thread, as notebook cells do.)
 
-Logs go to a file (:attr:`Server.log_path`); errors quote its tail.
+Logs go to a file (:attr:`Server.log_path`); errors quote its tail. A log the server made itself (the
+default) is deleted when the server stops or fails to start, so nothing piles up in /tmp; its last lines
+stay readable through :meth:`Server.log_tail`. A ``log_path`` you pass is yours and is kept.
 """
 from __future__ import annotations
 
@@ -33,17 +35,17 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-HOST = "127.0.0.1"
+from . import procs
+from .procs import HOST, free_port, port_in_use
+
 LLAMA_CPP_EXTRA = "pip install 'llama-cpp-python[server]'"
 VLLM_INSTALL = "pip install vllm   (on a CUDA GPU machine, e.g. a Colab GPU runtime)"
 # the modules `python -m llama_cpp.server` imports beyond llama_cpp itself: they come with the [server] extra
@@ -67,23 +69,6 @@ class GPURequiredError(ServerError):
 
 
 # ----------------------------------------------------------------------------------------- ports
-
-def port_in_use(port: int, host: str = HOST) -> bool:
-    """Whether something already listens on (or holds) ``host:port``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def free_port(host: str = HOST) -> int:
-    """A port the OS reports free right now (the kernel picks it: bind to port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
 
 def _check_port(port: int) -> None:
     if not 1 <= int(port) <= 65535:
@@ -163,18 +148,6 @@ _LIVE: set["Server"] = set()
 _LIVE_LOCK = threading.Lock()
 
 
-def _set_pdeathsig(sig: int):
-    """preexec_fn: ask Linux to send ``sig`` to the child when its parent dies."""
-    def preexec():
-        try:
-            import ctypes
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, sig, 0, 0, 0)  # PR_SET_PDEATHSIG
-        except Exception:  # noqa: BLE001 - not Linux: atexit + stop() still apply
-            pass
-    return preexec if sys.platform.startswith("linux") else None
-
-
 class Server:
     """A server subprocess with its command, port, log file and OpenAI base URL.
 
@@ -187,11 +160,9 @@ class Server:
         self.health_path = health_path
         self.env = env
         self.death_signal = death_signal
-        if log_path is None:
-            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:60]
-            fd, log_path = tempfile.mkstemp(prefix=f"quantedu-{safe}-{port}-", suffix=".log")
-            os.close(fd)
-        self.log_path = Path(log_path)
+        self._own_log = log_path is None  # made (at start) and deleted (at stop) by the server
+        self.log_path: Path | None = None if log_path is None else Path(log_path)
+        self._last_log = ""
         self.proc: subprocess.Popen | None = None
         self.startup_s: float | None = None
         self._stopped = False
@@ -209,11 +180,20 @@ class Server:
         return self.proc is not None and self.proc.poll() is None
 
     def log_tail(self, n_lines: int = 20) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(lines[-n_lines:])
+        """The log's last lines (after stop, those kept from the deleted temporary log)."""
+        if self.log_path is None:
+            return "\n".join(self._last_log.splitlines()[-n_lines:])
+        return procs.tail(self.log_path, n_lines)
+
+    def _log_note(self) -> str:
+        where = "its log, deleted when it stops" if self._own_log else f"log {self.log_path}"
+        return f"Last lines of {where}:\n{self.log_tail()}"
+
+    def _drop_log(self) -> None:
+        if self._own_log and self.log_path is not None:
+            self._last_log = self.log_tail(200)
+            self.log_path.unlink(missing_ok=True)
+            self.log_path = None
 
     def _ready(self) -> bool:
         try:
@@ -228,14 +208,24 @@ class Server:
             return self
         _check_port(self.port)
         self._stopped = False
-        log = open(self.log_path, "ab")
         t0 = time.perf_counter()
+        self.proc = None  # a stopped process of an earlier start is not ours to signal any more
         try:
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True, env=self.env,
-                                         preexec_fn=_set_pdeathsig(self.death_signal))
-        finally:
-            log.close()
+            self.log_path = procs.new_log(self.name, self.port) if self._own_log else self.log_path
+            log = open(self.log_path, "ab")
+        except OSError as exc:
+            self._drop_log()
+            raise ServerError(f"cannot write the log of {self.name} ({exc}); pass another log_path") from exc
+        try:
+            with log:
+                self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                             start_new_session=True, env=self.env,
+                                             preexec_fn=procs.set_pdeathsig(self.death_signal))
+        except BaseException as exc:  # nothing (left) running: leave no log behind
+            self.stop() if self.proc is not None else self._drop_log()
+            if isinstance(exc, OSError):
+                raise ServerError(f"could not run {self.cmd[0]!r} for {self.name}: {exc}") from exc
+            raise
         with _LIVE_LOCK:
             _LIVE.add(self)
         try:
@@ -244,15 +234,15 @@ class Server:
                     tail = self.log_tail()
                     kind = PortInUseError if "address already in use" in tail.lower() else ServerError
                     raise kind(f"{self.name} exited with code {self.proc.returncode} before it was ready. "
-                               f"Log {self.log_path}:\n{tail}")
+                               f"{self._log_note()}")
                 if time.perf_counter() - t0 > timeout:
                     raise ServerError(f"{self.name} was not ready after {timeout:.0f} s (raise timeout=?). "
-                                      f"Log {self.log_path}:\n{self.log_tail()}")
+                                      f"{self._log_note()}")
                 time.sleep(0.1)
             time.sleep(0.2)
             if self.proc.poll() is not None:  # what answered was another process on the same port
                 raise PortInUseError(f"port {self.port} was taken by another process while {self.name} started; "
-                                     f"leave port=None to pick a free port. Log {self.log_path}:\n{self.log_tail()}")
+                                     f"leave port=None to pick a free port. {self._log_note()}")
         except BaseException:  # errors, timeouts and KeyboardInterrupt during the wait: no orphan
             self.stop()
             raise
@@ -283,6 +273,7 @@ class Server:
                 pass
         with _LIVE_LOCK:
             _LIVE.discard(self)
+        self._drop_log()
 
     def __enter__(self) -> "Server":
         return self.start() if not self.running else self
@@ -366,39 +357,6 @@ def running_servers() -> list["Server"]:
         return [s for s in _LIVE if s.running]
 
 
-def gguf_file(mix: str = "Q4_1") -> Path:
-    """The course model as a GGUF file of type ``mix``: the shipped Q4_1 file, or llama.cpp's requantization.
-
-    ``mix`` is a ``llama-quantize`` type (``Q4_K_M``, ``Q5_K_M``, ``Q8_0``, ...) or ``F16``. Files are made
-    by llama.cpp's own quantizer (``llama_model_quantize``, through :func:`quantedu.gguf.llama.quantize_file`)
-    from the shipped file and cached (:func:`quantedu.artifacts.cached_dir`), so a second call is instant.
-    """
-    from . import artifacts
-    from .models import offline_gguf_path
-
-    src = offline_gguf_path()
-    mix = mix.upper()
-    if mix == "Q4_1":
-        return src
-    key = artifacts.cache_key("smollm2-135m", mix, src.stat().st_size)
-    name = f"SmolLM2-135M-Instruct.{mix}.gguf"
-
-    def build(tmp: Path) -> None:
-        if mix == "F16":  # not a quantize_file mix: call llama.cpp's quantizer with the F16 file type
-            import ctypes
-
-            import llama_cpp
-            params = llama_cpp.llama_model_quantize_default_params()
-            params.ftype, params.nthread, params.allow_requantize = 1, 1, True  # LLAMA_FTYPE_MOSTLY_F16
-            if llama_cpp.llama_model_quantize(str(src).encode(), str(tmp / name).encode(), ctypes.byref(params)):
-                raise ServerError(f"llama_model_quantize({src.name} -> F16) failed")
-        else:
-            from .gguf.llama import quantize_file
-            quantize_file(src, tmp / name, mix)
-
-    return artifacts.cached_dir("gguf-llama", key, build, meta={"source": str(src), "mix": mix}) / name
-
-
 def models(server_or_url) -> list[str]:
     """The model ids the server reports at ``/v1/models``."""
     url = server_or_url.base_url if isinstance(server_or_url, Server) else str(server_or_url).rstrip("/")
@@ -408,4 +366,4 @@ def models(server_or_url) -> list[str]:
 
 __all__ = ["Server", "ServerError", "PortInUseError", "MissingPackageError", "GPURequiredError", "free_port",
            "port_in_use", "llama_cpp_command", "vllm_command", "llama_cpp_server", "start_llama_cpp",
-           "vllm_server", "start_vllm", "stop_all", "running_servers", "gguf_file", "models", "cuda_available"]
+           "vllm_server", "start_vllm", "stop_all", "running_servers", "models", "cuda_available"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from quantedu import awq
+from quantedu import awq, reference
 from quantedu.calibration import capture_block_inputs, decoder_layers
 from quantedu.primitives import QuantConfig, dequantize, fake_quantize
 
@@ -144,7 +144,7 @@ def test_export_reload_equality(tmp_path):
     model, ids = tiny_llama(kv_heads=2), token_batches()
     cfg = awq.AWQConfig(bits=4, group_size=32)
     res = awq.awq_quantize_model(model, ids, cfg)
-    path = save_compressed_tensors(model, res["layers"], cfg.quant_config(), tmp_path / "awq")
+    path = save_compressed_tensors(model, res["layers"], cfg, tmp_path / "awq")
     # dequantize=True: transformers decompresses into plain nn.Linear weights we can compare.
     reloaded = AutoModelForCausalLM.from_pretrained(
         path, dtype=torch.float32, quantization_config=CompressedTensorsConfig(dequantize=True)).eval()
@@ -164,12 +164,7 @@ def test_scales_agree_with_llm_compressor(tmp_path):
     * its grid is set to the reference's exponents ``i / n_grid`` (llm-compressor uses ``i / (n_grid-1)``);
       ``duo_scaling=False`` is the paper's ``s = s_x^alpha``.
     """
-    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
-    from datasets import Dataset
-    from llmcompressor import oneshot
-    from llmcompressor.modifiers.quantization import QuantizationModifier
     from llmcompressor.modifiers.transform.awq import AWQModifier
-    from llmcompressor.pipelines.cache import IntermediatesCache
     from tokenizers import Tokenizer, models as tk_models
     from transformers import PreTrainedTokenizerFast
 
@@ -188,21 +183,14 @@ def test_scales_agree_with_llm_compressor(tmp_path):
         return s
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(IntermediatesCache, "pin_memory", lambda self, *a, **k: None)
     mp.setattr(AWQModifier, "_compute_best_scale", spy)
     mp.setattr(AWQModifier, "_get_grid_search_params", lambda self: [(r, False) for r in cfg.ratios()])
     try:
         tokenizer = PreTrainedTokenizerFast(
             tokenizer_object=Tokenizer(tk_models.WordLevel({f"t{i}": i for i in range(256)}, unk_token="t0")),
             pad_token="t0")
-        scheme = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(
-            num_bits=cfg.bits, type="int", symmetric=cfg.sym, strategy="group", group_size=cfg.group_size))
-        oneshot(model=model, processor=tokenizer,
-                dataset=Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()}),
-                recipe=[AWQModifier(duo_scaling=False, n_grid=cfg.n_grid),
-                        QuantizationModifier(config_groups={"group_0": scheme}, ignore=["lm_head"])],
-                num_calibration_samples=len(ids), max_seq_length=ids.shape[1], shuffle_calibration_samples=False,
-                pipeline="sequential")
+        reference.run_oneshot(model, ids, reference.awq_recipe(cfg, duo_scaling=False, n_grid=cfg.n_grid),
+                              tokenizer, pipeline="sequential")
     finally:
         mp.undo()
 

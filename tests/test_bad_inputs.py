@@ -324,7 +324,7 @@ def test_gptq_refuses_an_empty_hessian_and_explains_a_singular_one():
 
 
 def test_a_nan_layer_leaves_the_model_untouched_and_a_rerun_is_refused(tiny_llama):
-    from quantedu.quantize_model import quantize_model_rtn
+    from quantedu.rtn import quantize_model_rtn
 
     calib = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
     model = copy.deepcopy(tiny_llama)

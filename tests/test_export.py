@@ -41,8 +41,7 @@ def test_compressed_tensors_reloads_with_transformers_to_the_same_logits(tiny_ll
     from transformers import AutoModelForCausalLM
 
     model, results = quantized_copy(tiny_llama, cfg)
-    path = save_compressed_tensors(model, results, cfg.quant_config(), tmp_path / "ct",
-                                   actorder="static" if cfg.desc_act else None)
+    path = save_compressed_tensors(model, results, cfg, tmp_path / "ct")
     qc = json.loads((path / "config.json").read_text())["quantization_config"]
     assert qc["quant_method"] == "compressed-tensors" and qc["format"] == "pack-quantized"
     assert qc["ignore"] == ["lm_head"]
@@ -83,8 +82,7 @@ def test_gptq_layout_round_trips(tiny_llama, tmp_path, cfg):
     if not cfg.sym and min(int(r.zeros.min()) for r in results.values()) == 0:
         with pytest.raises(ValueError, match="gptq_v2"):
             save_gptq(model, results, cfg.quant_config(), tmp_path / "v1")
-    path = save_gptq(model, results, cfg.quant_config(), tmp_path / "gptq", desc_act=cfg.desc_act,
-                     checkpoint_format=fmt)
+    path = save_gptq(model, results, cfg, tmp_path / "gptq", checkpoint_format=fmt)
     qc = json.loads((path / "config.json").read_text())["quantization_config"]
     assert qc["checkpoint_format"] == fmt
     assert (qc["quant_method"], qc["bits"], qc["group_size"], qc["desc_act"], qc["sym"]) == (

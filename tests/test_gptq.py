@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from quantedu.gptq import GPTQConfig, HessianAccumulator, check_result, gptq_quantize_model, gptq_quantize_weight
+from quantedu.gptq import GPTQConfig, HessianAccumulator, gptq_quantize_model, gptq_quantize_weight
 from quantedu.primitives import QuantConfig, choose_qparams, fake_quantize
 
 LLMC_SPEC = "llmcompressor==0.14.0.1"
@@ -149,7 +149,7 @@ def test_gptq_beats_rtn_on_the_layer_objective():
 def test_codes_scales_zeros_g_idx_reproduce_the_weight(cfg):
     W, H = random_problem(16, 576, seed=4)
     res = gptq_quantize_weight(W, H, cfg)
-    check_result(res)
+    res.check()
     n_groups = 1 if cfg.group_size == -1 else math.ceil(576 / cfg.group_size)
     assert res.scales.shape == res.zeros.shape == (16, n_groups)
     assert res.codes.dtype == torch.uint8 and int(res.codes.max()) <= 2**cfg.bits - 1
@@ -275,7 +275,7 @@ def test_pipeline_quantizes_every_linear_of_every_block(tiny_llama):
     names = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith("model.layers.")}
     assert set(results) == names and len(names) == 14
     for name, res in results.items():
-        check_result(res)
+        res.check()
         assert torch.equal(model.get_submodule(name).weight, res.weight)
     assert torch.equal(model.lm_head.weight, tiny_llama.lm_head.weight)  # not a decoder-block layer
 

@@ -7,7 +7,8 @@ import torch
 
 from quantedu import memory as M
 from quantedu.primitives import QuantConfig
-from quantedu.quantize_model import packed_state_dict
+from quantedu.export import gptq_state_dict
+from quantedu.rtn import rtn_layers
 
 
 def test_llama_2_7b_parameter_count_by_hand():
@@ -78,7 +79,7 @@ def test_activation_estimate_by_hand():
 
 
 def test_seed_table_and_correction():
-    seed = M.seed_table()
+    seed = M.naive_table()
     assert seed.loc["7B", "FP16"] == 14.0 and seed.loc["70B", "INT4"] == 35.0
     corrected = M.corrected_table("llama-2-7b", formats=("int4-g128",), context=8192)
     row = corrected.loc["int4-g128"]
@@ -102,8 +103,9 @@ def test_predicted_equals_measured_on_a_tiny_model(tiny_llama):
     assert measured == M.weight_bytes(shape, "fp32", embed_spec="fp32")["total"]
     # A packed int4 g32 checkpoint: codes + fp16 scales + packed zeros, fp16 embedding and norms.
     model = copy.deepcopy(tiny_llama)
-    sd = packed_state_dict(model, QuantConfig(4, 32))
-    stored = sum(t.numel() * t.element_size() for t in sd.values())
+    cfg = QuantConfig(4, 32)
+    sd = gptq_state_dict(model, rtn_layers(model, cfg), cfg, checkpoint_format="gptq_v2", dtype=torch.float16)
+    stored = sum(t.numel() * t.element_size() for k, t in sd.items() if not k.endswith(".g_idx"))
     assert stored == M.weight_bytes(shape, "int4-g32", embed_spec="fp16")["total"]
 
 

@@ -114,3 +114,12 @@ def test_plan_scales_up_on_gpu():
     with pytest.raises(ValueError, match="mode"):
         qat.train_qat(torch.nn.Linear(2, 2), torch.zeros(1, 200, dtype=torch.long), QuantConfig(),
                       qat.QATPlan(mode="magic", seq_len=8))
+
+
+def test_plan_loss_must_fit_its_mode():
+    assert qat.QATPlan().loss == "kd" and qat.QATPlan(mode="blockwise").loss == "mse"
+    assert qat.plan("cpu").loss == "mse"
+    with pytest.raises(ValueError, match="blockwise QAT matches"):
+        qat.QATPlan(mode="e2e", loss="mse")
+    with pytest.raises(ValueError, match="blockwise QAT matches"):
+        qat.QATPlan(mode="blockwise", loss="kd")

@@ -78,7 +78,7 @@ plt.show()
 # NBVAL_CHECK_OUTPUT
 from quantedu import memory
 
-seed = memory.seed_table()
+seed = memory.naive_table()
 print(seed.to_string(float_format=lambda x: f"{x:.1f}"))
 
 # %% [markdown]
@@ -122,6 +122,34 @@ gguf_bpw = pd.Series({n: memory.bits_per_weight(n) for n in ("Q8_0", "Q6_K", "Q5
 print(gguf_bpw.to_string())
 
 # %% [markdown]
+# ### Exercise 01.weight_bytes: bytes of a quantized model's weights
+# Write `weight_bytes(shape, bits, group_size)`: the bytes of a Llama-style model's weights when every linear
+# layer is stored as `bits`-bit codes plus, for every group of `group_size` weights of a row (`None`: one group
+# per row), an fp16 scale and a `bits`-bit zero point, as GPTQ/AWQ checkpoints do. The embedding (counted once
+# if the head is tied), the LM head (if not) and the norm weights stay in fp16. `shape` is a
+# `quantedu.memory.ModelShape`: `shape.linear_shapes()` gives `(rows, cols)` of each layer of one block, and
+# it has `layers`, `hidden`, `vocab`, `tied`.
+#
+# *Checked against* `quantedu.memory.weight_bytes(shape, GroupFormat(bits, group_size))`.
+# `hint("01.weight_bytes")` reveals the hints one at a time.
+
+# %%
+# Exercise 01.weight_bytes: bytes of a quantized model's weights
+# Fill in the code marked YOUR CODE, then run the cell. hint("01.weight_bytes") gives a hint.
+import math
+
+from quantedu import memory
+from quantedu.exercises import check, hint
+
+
+def weight_bytes(shape, bits, group_size):
+    """Bytes of all weights: linear layers quantized with group overhead, the rest in fp16."""
+    ...  # YOUR CODE
+
+
+check("01.weight_bytes", weight_bytes)
+
+# %% [markdown]
 # ## 2 and 3. A real "4-bit" 7B, and the KV cache
 # The KV cache keeps the keys and values of every past token in every layer:
 # `2 (K and V) x layers x kv_heads x head_dim x bytes` per token. Llama-2-7B has 32 layers of
@@ -140,6 +168,30 @@ for name in ("llama-2-70b", "llama-3-8b"):
     print(f"{name}: {s.heads} query heads share {s.kv_heads} KV heads -> "
           f"{memory.kv_cache_bytes(s, CONTEXT) / 2**30:.2f} GiB at {CONTEXT} tokens")
 
+# %% [markdown]
+# ### Exercise 01.kv_cache: the KV cache with grouped-query attention
+# Write `kv_cache_bytes(shape, context, batch, dtype_bits=16)`: the bytes of the KV cache of `batch` sequences
+# of `context` tokens. Every layer stores a key and a value vector of `head_dim` numbers per KV head and per
+# token; with grouped-query attention (GQA) several query heads share one KV head (`shape.kv_heads <
+# shape.heads`).
+#
+# *Checked against* `quantedu.memory.kv_cache_bytes`.
+# `hint("01.kv_cache")` reveals the hints one at a time.
+
+# %%
+# Exercise 01.kv_cache: the KV cache with grouped-query attention
+# Fill in the code marked YOUR CODE, then run the cell. hint("01.kv_cache") gives a hint.
+from quantedu import memory
+from quantedu.exercises import check, hint
+
+
+def kv_cache_bytes(shape, context, batch, dtype_bits=16):
+    """Bytes of the K and V of every layer, KV head and token."""
+    ...  # YOUR CODE
+
+
+check("01.kv_cache", kv_cache_bytes)
+
 # %%
 corrected = memory.corrected_table("llama-2-7b", context=CONTEXT, batch=BATCH)
 corrected.round(3)
@@ -155,13 +207,15 @@ print(f"'7B at INT4 = 3.5 GB': the {llama7.n_params() / 1e9:.2f} B parameters of
 # At long context the KV cache of a small model can exceed its weights. Stacked, per component:
 
 # %%
+from quantedu import memory_view
+
 rows = {
     "7B fp16": memory.footprint(llama7, "fp16", CONTEXT, BATCH),
     "7B int4-g128": memory.footprint(llama7, "int4-g128", CONTEXT, BATCH),
     "7B int4, 8-bit KV": memory.footprint(llama7, "int4-g128", CONTEXT, BATCH, kv_bits=8),
     "Llama-3-8B int4 (GQA)": memory.footprint("llama-3-8b", "int4-g128", CONTEXT, BATCH),
 }
-memory.plot_breakdown(rows, title=f"inference memory at {CONTEXT} tokens, batch {BATCH}")
+memory_view.plot_breakdown(rows, title=f"inference memory at {CONTEXT} tokens, batch {BATCH}")
 plt.show()
 
 # %% [markdown]
@@ -207,15 +261,20 @@ print(f"fp16 safetensors file: {size16:,} B; predicted tensors {int(pred16):,} B
 # group of 64, which still pays a whole scale and zero), embeddings and norms in fp16.
 
 # %%
+from quantedu.export import gptq_state_dict
 from quantedu.primitives import QuantConfig
-from quantedu.quantize_model import packed_state_dict
+from quantedu.rtn import rtn_layers
 
-packed = packed_state_dict(model, QuantConfig(bits=4, group_size=128))
+cfg4 = QuantConfig(bits=4, group_size=128)
+packed = gptq_state_dict(model, rtn_layers(model, cfg4), cfg4, checkpoint_format="gptq_v2", dtype=torch.float16)
 save_file(packed, tmp / "int4-g128.safetensors")
 size4 = (tmp / "int4-g128.safetensors").stat().st_size
 pred4 = memory.weight_bytes(shape, "int4-g128")
 tensors4 = sum(t.numel() * t.element_size() for t in packed.values())
-assert tensors4 == pred4["total"]
+# A GPTQ checkpoint also stores g_idx, the group of every input column (int32): not a weight, but bytes.
+g_idx4 = sum(t.numel() * t.element_size() for k, t in packed.items() if k.endswith(".g_idx"))
+assert tensors4 == pred4["total"] + g_idx4
+print(f"g_idx maps: {g_idx4:,} B ({g_idx4 / tensors4:.2%} of the tensors)")
 naive4 = memory.naive_bytes(shape.n_params(), 4)
 print(f"int4-g128 file: {size4 / 2**20:.2f} MiB; predicted {pred4['total'] / 2**20:.2f} MiB "
       f"(linear layers {pred4['linear'] / 2**20:.2f} MiB, embedding {pred4['embedding'] / 2**20:.2f} MiB); "
@@ -272,7 +331,7 @@ else:
 # batch, and the activations of one decoding step.
 
 # %%
-memory.calculator()
+memory_view.calculator()
 
 # %% [markdown]
 # The calculator draws what this plain function returns; for example a 13B-parameter model at 3 bits,

@@ -99,6 +99,36 @@ axes[1].set_title("one group of 128: 3-bit levels, symmetric (--) vs asymmetric 
 plt.show()
 
 # %% [markdown]
+# ### Exercise 02.asym_quantize: asymmetric quantization of one group
+# Write `asym_quantize(w, bits)` for one group `w` (a 1-D float tensor): return the integer codes `q` in
+# `[0, 2**bits - 1]`, the group's `scale` and its **integer** zero point `zero`, mapping the range
+# `[min(w, 0), max(w, 0)]` onto the codes. Then `asym_dequantize(q, scale, zero)`: the real values the codes
+# stand for.
+#
+# *Checked against* `quantedu.primitives` (`choose_qparams`, `quantize`, `dequantize`).
+# `hint("02.asym_quantize")` reveals the hints one at a time.
+
+# %%
+# Exercise 02.asym_quantize: asymmetric quantization of one group
+# Fill in the code marked YOUR CODE, then run the cell. hint("02.asym_quantize") gives a hint.
+import torch
+
+from quantedu.exercises import check, hint
+
+
+def asym_quantize(w, bits):
+    """(q, scale, zero) of one group w: codes in [0, 2**bits - 1], float scale, integer zero point."""
+    ...  # YOUR CODE
+
+
+def asym_dequantize(q, scale, zero):
+    """The values the codes q stand for."""
+    ...  # YOUR CODE
+
+
+check("02.asym_quantize", asym_quantize, asym_dequantize)
+
+# %% [markdown]
 # ## Granularity and outliers
 # One scale for the whole tensor, one per output channel (row), or one per group of columns in a
 # row: finer means more scales to store (notebook 01) and less error. Relative squared error
@@ -153,7 +183,7 @@ print("largest W3 errors:", ", ".join(f"{r.layer} ({r['W3 rel. error']:.3f}, max
 # bit width and group size, evaluated on the evaluation split.
 
 # %%
-from quantedu.quantize_model import quantize_model_rtn, rtn_sweep, summarize
+from quantedu.rtn import quantize_model_rtn, rtn_sweep, summarize
 
 report = quantize_model_rtn(copy.deepcopy(model), QuantConfig(4, 128), progress=False)
 print(summarize(report))
@@ -208,6 +238,35 @@ print(f"forward {y.tolist()}, gradient {x.grad.tolist()}")
 assert y.tolist() == [0.0, 2.0] and x.grad.tolist() == [1.0, 1.0]
 
 # %% [markdown]
+# ### Exercise 02.round_ste: the straight-through estimator as an autograd Function
+# Write `RoundSTE`, a `torch.autograd.Function` whose forward rounds (`torch.round`) and whose backward
+# treats rounding as the identity, so `RoundSTE.apply(w / s)` lets gradients reach the weights and the scale
+# of a fake-quantized layer.
+#
+# *Checked against* `quantedu.qat.round_ste`.
+# `hint("02.round_ste")` reveals the hints one at a time.
+
+# %%
+# Exercise 02.round_ste: the straight-through estimator as an autograd Function
+# Fill in the code marked YOUR CODE, then run the cell. hint("02.round_ste") gives a hint.
+import torch
+
+from quantedu.exercises import check, hint
+
+
+class RoundSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ...  # YOUR CODE
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        ...  # YOUR CODE
+
+
+check("02.round_ste", RoundSTE)
+
+# %% [markdown]
 # The PTQ side of the comparison: RTN, and RTN with the MSE-optimal clipping search (each group's
 # range shrunk by the factor that minimises its squared error), a stronger PTQ baseline. The QAT run
 # starts from RTN's min/max scales and learns its own.
@@ -231,7 +290,7 @@ results = [{"method": "baseline (no quantization)", "perplexity": base_final},
            {"method": f"PTQ: RTN {qcfg.label()}", "perplexity": rtn_final}]
 
 from quantedu.primitives import mse_clip_search
-from quantedu.quantize_model import replace_linear
+from quantedu.rtn import replace_linear
 
 def rtn_mse(w, name):  # a coarser grid than the default 100 steps: 20 ratios in [0.2, 1]
     wf = w.float()

@@ -96,6 +96,57 @@ err = lambda Q: ((W - Q) @ H @ (W - Q).T).item()  # noqa: E731
 print(f"GPTQ {res.weight.tolist()[0]} -> output error {err(res.weight):.2f};  RTN {rtn_q.tolist()[0]} -> {err(rtn_q):.2f}")
 
 # %% [markdown]
+# ### Exercise 03.gptq_hinv: GPTQ's Hinv: damping and the Cholesky factor of H^-1
+# Write `gptq_hinv(H, damp_percent)`: give every dead input (a zero on the diagonal of `H`) `H[i, i] = 1`,
+# add `damp_percent * mean(diag(H))` to the diagonal, and return the **upper** Cholesky factor of `H^-1`, whose
+# row `i` GPTQ reads when it quantizes column `i`.
+#
+# *Checked against* `quantedu.gptq.gptq_quantize_weight` (run with your Hinv inside, code for code).
+# `hint("03.gptq_hinv")` reveals the hints one at a time.
+
+# %%
+# Exercise 03.gptq_hinv: GPTQ's Hinv: damping and the Cholesky factor of H^-1
+# Fill in the code marked YOUR CODE, then run the cell. hint("03.gptq_hinv") gives a hint.
+import torch
+
+from quantedu.exercises import check, hint
+
+
+def gptq_hinv(H, damp_percent):
+    """Upper Cholesky factor of (H with dead inputs fixed + damping)^-1."""
+    ...  # YOUR CODE
+
+
+check("03.gptq_hinv", gptq_hinv)
+
+# %% [markdown]
+# ### Exercise 03.gptq_block: GPTQ's inner loop over one block of columns
+# Write `gptq_block(W1, Hinv1, scale, zero, maxq)`: quantize the columns of one block left to right. For column
+# `i`: round it on each row's grid (`scale`, `zero`: one per row; codes in `[0, maxq]`), compute the scaled
+# error `err = (w - q) / Hinv1[i, i]` and push it onto the block's columns not yet quantized with row `i` of
+# `Hinv1` (the OBS update). Return `(Q1, Err1)`: the dequantized block and every column's `err` (the caller
+# applies `Err1 @ Hinv[block, later]` to the later blocks: the lazy batch update). The checker runs your loop
+# inside GPTQ on a real layer and compares the codes with `quantedu.gptq`'s.
+#
+# *Checked against* `quantedu.gptq.gptq_quantize_weight` (run with your block loop inside, code for code).
+# `hint("03.gptq_block")` reveals the hints one at a time.
+
+# %%
+# Exercise 03.gptq_block: GPTQ's inner loop over one block of columns
+# Fill in the code marked YOUR CODE, then run the cell. hint("03.gptq_block") gives a hint.
+import torch
+
+from quantedu.exercises import check, hint
+
+
+def gptq_block(W1, Hinv1, scale, zero, maxq):
+    """(Q1, Err1) of one block: W1 (rows, B) as updated so far, Hinv1 (B, B), scale/zero (rows,)."""
+    ...  # YOUR CODE
+
+
+check("03.gptq_block", gptq_block)
+
+# %% [markdown]
 # ## 2. GPTQ for one layer, in ~30 lines
 # First the Hessian: hook the layer, run the calibration data through the model, average `2 x x^T`.
 # We take block 3's `q_proj` (its input is also `k_proj`'s and `v_proj`'s).
@@ -364,20 +415,11 @@ import json
 from pathlib import Path
 
 import quantedu
+from quantedu import reference
 
-if RUN_LLM_COMPRESSOR and importlib.util.find_spec("llmcompressor") is not None:
-    from datasets import Dataset
-    from llmcompressor import oneshot
-    from llmcompressor.modifiers.gptq import GPTQModifier
-
+if RUN_LLM_COMPRESSOR and reference.available():
     lib = copy.deepcopy(model)
-    scheme = {"targets": ["Linear"], "weights": {"num_bits": 4, "type": "int", "symmetric": True,
-                                                 "strategy": "group", "group_size": 64}}
-    t0 = time.perf_counter()
-    oneshot(model=lib, dataset=Dataset.from_dict({"input_ids": batches.tolist(), "attention_mask": torch.ones_like(batches).tolist()}),
-            recipe=GPTQModifier(config_groups={"group_0": scheme}, ignore=["lm_head"], actorder=None),
-            num_calibration_samples=len(batches), max_seq_length=batches.shape[1])
-    lib_s = time.perf_counter() - t0
+    lib_s = reference.run_oneshot(lib, batches, reference.gptq_recipe(GPTQConfig(4, 64)))
     ours_m, ours_s, _ = gptq_model(GPTQConfig(4, 64))
     print(f"live, this machine, {CALIB_SAMPLES} x {CALIB_LEN} tokens: llm-compressor GPTQ W4 g64 {lib_s:.0f} s, "
           f"ppl {ppl(lib):.2f}; quantedu {ours_s:.0f} s, ppl {ppl(ours_m):.2f}")
@@ -438,7 +480,7 @@ from quantedu.export import save_compressed_tensors
 
 ct_model, ct_layers, ct_cfg = w4_model, w4_layers, GPTQConfig(bits=4, group_size=GROUP)
 with tempfile.TemporaryDirectory() as tmp:
-    path = save_compressed_tensors(ct_model, ct_layers, ct_cfg.quant_config(), Path(tmp) / "smollm2-gptq-w4g64",
+    path = save_compressed_tensors(ct_model, ct_layers, ct_cfg, Path(tmp) / "smollm2-gptq-w4g64",
                                    tokenizer=tokenizer)
     size_mb = sum(f.stat().st_size for f in path.iterdir()) / 1e6
     reloaded = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()

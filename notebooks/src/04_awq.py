@@ -38,10 +38,11 @@ import time
 import torch
 
 from quantedu.course import start
-from quantedu.evaluate import results_table
+from quantedu.evaluate import results_table, torch_threads
 
-if FAST and not torch.cuda.is_available():
-    torch.set_num_threads(1)  # on a busy 2-core CPU one thread is steadier than two fighting for cores
+# Quantization runs are timed with one torch thread on a CPU (a busy 2-core CPU is steadier with one
+# thread than with two fighting for cores); everything else keeps torch's default.
+QUANT_THREADS = 1 if not torch.cuda.is_available() else None
 session = start(MODEL, n_windows=N_WINDOWS, seq_len=SEQ_LEN)
 model, tokenizer, corpus = session.model, session.tokenizer, session.corpus
 batches = session.calibration(CALIB_SAMPLES, CALIB_LEN, seed=0)
@@ -226,6 +227,58 @@ print(f"package: alpha {alpha_pkg:.2f}; folding changes the block output by at m
       f"(outputs up to {before.abs().max():.1f})")
 
 # %% [markdown]
+# ### Exercise 04.awq_search: AWQ's scale search over alpha
+# Write `awq_search(weights, x, bits, group_size, n_grid)` for a group of linear layers (their weights, each
+# `(out, in)`) that read the same input `x` `(tokens, in)`. For `alpha` in `0, 1/n_grid, ..., (n_grid-1)/n_grid`:
+# `s = mean|x| ** alpha` per input channel, normalized so that `sqrt(max(s) * min(s)) == 1`; quantize every
+# `W * s` (use `quantedu.primitives.fake_quantize` with `QuantConfig(bits, group_size)`), divide by `s`, and
+# score the mean squared error of all the layers' outputs `x @ W.T` against the full-precision ones. Return
+# `(s, alpha)` of the smallest error.
+#
+# *Checked against* `quantedu.awq.search_scale` and `quantedu.awq.candidate_scales`.
+# `hint("04.awq_search")` reveals the hints one at a time.
+
+# %%
+# Exercise 04.awq_search: AWQ's scale search over alpha
+# Fill in the code marked YOUR CODE, then run the cell. hint("04.awq_search") gives a hint.
+import torch
+
+from quantedu.exercises import check, hint
+from quantedu.primitives import QuantConfig, fake_quantize
+
+
+def awq_search(weights, x, bits, group_size, n_grid):
+    """(best s, best alpha) of AWQ's grid search for layers that share the input x."""
+    ...  # YOUR CODE
+
+
+check("04.awq_search", awq_search)
+
+# %% [markdown]
+# ### Exercise 04.awq_fold: folding AWQ's scales into the preceding norm
+# Write `fold_into_norm(norm, linears, s)`: change the modules **in place** so that the norm's output is divided
+# by `s` (its weight, and its bias if it has one) and every linear layer reading it multiplies its input
+# channels by `s`. The function the block computes must not change (that is what makes AWQ free at inference).
+#
+# *Checked against* `quantedu.awq.fold_scales`, and the block's outputs before and after.
+# `hint("04.awq_fold")` reveals the hints one at a time.
+
+# %%
+# Exercise 04.awq_fold: folding AWQ's scales into the preceding norm
+# Fill in the code marked YOUR CODE, then run the cell. hint("04.awq_fold") gives a hint.
+import torch
+
+from quantedu.exercises import check, hint
+
+
+def fold_into_norm(norm, linears, s):
+    """Divide the norm's output by s; multiply the input channels of every layer in linears by s."""
+    ...  # YOUR CODE
+
+
+check("04.awq_fold", fold_into_norm)
+
+# %% [markdown]
 # The full method does this for the four groups of every block (q/k/v, o, gate/up, down), then a
 # second small search: per output row and group, clip the weight range to `±max|w| * r` with `r` in
 # [0.5, 1], keeping the `r` that minimizes the layer's output error (outliers cost every other weight
@@ -237,21 +290,22 @@ print(f"package: alpha {alpha_pkg:.2f}; folding changes the block output by at m
 
 # %%
 from quantedu.gptq import GPTQConfig, gptq_quantize_model
-from quantedu.quantize_model import quantize_model_rtn
+from quantedu.rtn import quantize_model_rtn
 
 
 def run(method: str, bits: int, group: int, n_samples: int = CALIB_SAMPLES) -> dict:
     m = copy.deepcopy(model)
     calib = batches[:n_samples]
-    t0 = time.perf_counter()
-    if method == "RTN":
-        quantize_model_rtn(m, QuantConfig(bits=bits, group_size=group), progress=False)
-    elif method == "AWQ":
-        awq.awq_quantize_model(m, calib, awq.AWQConfig(bits=bits, group_size=group, n_grid=N_GRID, clip_grid=N_GRID,
-                                                       search_samples=1 if FAST else None))
-    elif method == "GPTQ":
-        gptq_quantize_model(m, calib, GPTQConfig(bits=bits, group_size=group, sym=False), progress=False)
-    seconds = time.perf_counter() - t0
+    with torch_threads(QUANT_THREADS):
+        t0 = time.perf_counter()
+        if method == "RTN":
+            quantize_model_rtn(m, QuantConfig(bits=bits, group_size=group), progress=False)
+        elif method == "AWQ":
+            awq.awq_quantize_model(m, calib, awq.AWQConfig(bits=bits, group_size=group, n_grid=N_GRID,
+                                                           clip_grid=N_GRID, search_samples=1 if FAST else None))
+        elif method == "GPTQ":
+            gptq_quantize_model(m, calib, GPTQConfig(bits=bits, group_size=group, sym=False), progress=False)
+        seconds = time.perf_counter() - t0
     return {"method": method, "bits": bits, "group": group, "samples": n_samples if method != "RTN" else 0,
             "ppl": ppl(m), "seconds": seconds}
 
@@ -339,26 +393,11 @@ import json
 from pathlib import Path
 
 import quantedu
+from quantedu import reference
 
-if RUN_LLM_COMPRESSOR and importlib.util.find_spec("llmcompressor") is not None:
-    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
-    from datasets import Dataset
-    from llmcompressor import oneshot
-    from llmcompressor.modifiers.quantization import QuantizationModifier
-    from llmcompressor.modifiers.transform.awq import AWQModifier
-    from llmcompressor.pipelines.cache import IntermediatesCache
-
-    if not torch.cuda.is_available():
-        IntermediatesCache.pin_memory = lambda self, *a, **k: None  # CPU-only machines: see above
-    lib = copy.deepcopy(model)
-    scheme = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(
-        num_bits=4, type="int", symmetric=False, strategy="group", group_size=64))
-    t0 = time.perf_counter()
-    oneshot(model=lib, processor=tokenizer,
-            dataset=Dataset.from_dict({"input_ids": batches.tolist(), "attention_mask": torch.ones_like(batches).tolist()}),
-            recipe=[AWQModifier(), QuantizationModifier(config_groups={"group_0": scheme}, ignore=["lm_head"])],
-            num_calibration_samples=len(batches), max_seq_length=batches.shape[1])
-    lib_seconds = time.perf_counter() - t0
+if RUN_LLM_COMPRESSOR and reference.available():
+    lib = copy.deepcopy(model)  # reference.run_oneshot applies the CPU-only patch described above
+    lib_seconds = reference.run_oneshot(lib, batches, reference.awq_recipe(awq.AWQConfig(4, 64)), tokenizer)
     ours_g64 = run("AWQ", 4, 64)
     print(f"live, this machine: llm-compressor AWQ W4 g64 {lib_seconds:.0f} s, ppl {ppl(lib):.2f}; "
           f"quantedu AWQ W4 g64 {ours_g64['seconds']:.0f} s, ppl {ours_g64['ppl']:.2f}")
@@ -373,9 +412,10 @@ if recorded is None:
     bench = None
 else:
     bench = json.loads(recorded.read_text())
-    print(f"RECORDED, not measured now: benchmarks/bench_awq.py on {bench['date']}, {bench['samples']} x "
-          f"{bench['seq_len']} calibration tokens, ppl on {bench['windows']} x {bench['seq_len']} tokens, "
-          f"{bench['threads']} thread(s), torch {bench['torch']}")
+    meta = bench["meta"]
+    print(f"RECORDED, not measured now: benchmarks/bench_awq.py on {meta['date']}, {meta['samples']} x "
+          f"{meta['seq_len']} calibration tokens, ppl on {meta['windows']} x {meta['seq_len']} tokens, "
+          f"{meta['threads']} thread(s), torch {meta['torch']}")
     bench_df = results_table(bench["rows"])
     display(bench_df)
 
@@ -391,10 +431,10 @@ else:
 if bench is not None:
     rows = [r for r in bench["rows"] if r["method"] != "fp32" and r["group"] == 64]
     for r in rows:
-        if r["seconds"] is not None:
-            print(f"{r['method']:>20} W4 g64 ({r['note']}): {r['seconds']:.0f} s wall, "
-                  f"{r.get('cpu_seconds') or float('nan'):.0f} s CPU, ppl {r['ppl']:.2f}")
-    refused = [r for r in bench["rows"] if r["seconds"] is None]
+        if r["wall_s"] is not None:
+            print(f"{r['method']:>20} W4 g64 ({r['note']}): {r['wall_s']:.0f} s wall, "
+                  f"{r.get('cpu_s') or float('nan'):.0f} s CPU, ppl {r['ppl']:.2f}")
+    refused = [r for r in bench["rows"] if r["wall_s"] is None]
     for r in refused:
         print(f"{r['method']} W4 g{r['group']}: {r['note'][:120]}")
 print(f"this notebook, live: AWQ W4 g128 on {CALIB_SAMPLES} x {CALIB_LEN} tokens took "

@@ -101,6 +101,31 @@ layouts = pd.DataFrame([{"type": lay.name, "weights/block": lay.block_size, "byt
 layouts
 
 # %% [markdown]
+# ### Exercise 05.q8_0: a Q8_0 block quantizer, byte for byte
+# Write `q8_0(xb)` for blocks of 32 float32 weights, `xb` of shape `(n_blocks, 32)`: per block `d = max|x| / 127`
+# and int8 codes `q = round(x / d)`, stored as ggml's `block_q8_0` (ggml-common.h): `d` as float16 (2 bytes,
+# little-endian), then the 32 codes. Return the bytes, `(n_blocks, 34)` uint8. ggml's C code decides every
+# detail (how it divides, how it rounds, what an all-zero block gives): the checker compares bytes.
+#
+# *Checked against* `quantedu.gguf.quantize(xb, "Q8_0")` (the bytes of ggml's `quantize_row_q8_0_ref`).
+# `hint("05.q8_0")` reveals the hints one at a time.
+
+# %%
+# Exercise 05.q8_0: a Q8_0 block quantizer, byte for byte
+# Fill in the code marked YOUR CODE, then run the cell. hint("05.q8_0") gives a hint.
+import numpy as np
+
+from quantedu.exercises import check, hint
+
+
+def q8_0(xb):
+    """Bytes (n_blocks, 34) of GGML Q8_0 blocks: float16 d, then 32 int8 codes."""
+    ...  # YOUR CODE
+
+
+check("05.q8_0", q8_0)
+
+# %% [markdown]
 # Q8_0 and Q4_0 in five lines each: a scale from the block's largest magnitude, round, pack. Q4_0 uses
 # the *signed* value of largest magnitude and `d = max/-8`, so that extreme lands exactly on code 0
 # (it can use all 16 levels, -8..7). Our five-line versions give the same bytes as the package, whose
@@ -165,6 +190,33 @@ codes = np.stack([blk[16:48] & 0xF, blk[16:48] >> 4]).reshape(-1)  # first 64 we
 by_hand = d_ * sc[0] * codes[:32].astype(np.float32) - dmin_ * mn[0]
 assert np.array_equal(by_hand.astype(np.float32), gguf.dequantize(qk[:1], "Q4_K")[0, :32])
 print(f"Q4_K: {gguf.layout('Q4_K').bits_per_weight} bits/weight = 4 (codes) + 0.5 (scales, mins, d, dmin)")
+
+# %% [markdown]
+# ### Exercise 05.q4k_scales: Q4_K's 6-bit sub-block scales, packed as ggml packs them
+# A Q4_K super-block has 8 sub-blocks, each with a float scale and min found by llama.cpp's search. Write
+# `q4k_scales(scales, mins)` for `(n_superblocks, 8)` float32 arrays: quantize each super-block's scales to 6 bits
+# against their maximum (`d = max / 63`, `ls = nearest_int(63 / max * scale)`, at most 63; `d = 0` and `ls = 0` when
+# the max is 0), the same for the mins (`dmin`, `lm`), and pack the 16 six-bit numbers into the 12 bytes of
+# `block_q4_K.scales` (the layout in the table above). Return `(d, dmin, packed)`: float arrays `(n,)` and uint8
+# `(n, 12)`.
+#
+# *Checked against* `quantedu.gguf.quantize(x, "Q4_K")`'s `d`, `dmin` and `scales` bytes (= ggml's).
+# `hint("05.q4k_scales")` reveals the hints one at a time.
+
+# %%
+# Exercise 05.q4k_scales: Q4_K's 6-bit sub-block scales, packed as ggml packs them
+# Fill in the code marked YOUR CODE, then run the cell. hint("05.q4k_scales") gives a hint.
+import numpy as np
+
+from quantedu.exercises import check, hint
+
+
+def q4k_scales(scales, mins):
+    """(d, dmin, packed): per super-block the two float scales and the 12 bytes of 6-bit ls / lm."""
+    ...  # YOUR CODE
+
+
+check("05.q4k_scales", q4k_scales)
 
 # %% [markdown]
 # ### The search for scale and min
@@ -308,17 +360,10 @@ from quantedu.gguf import llama
 
 text = evaluation_text(corpus)
 im_key = hashlib.sha256(b"".join(imatrix[k].tobytes() for k in sorted(imatrix))).hexdigest()[:10]
-out_dir = artifacts.cache_dir() / "gguf_files"
 
 def row(mix, use_imatrix):
-    def compute():
-        path = out_dir / f"{mix}{'-imat' if use_imatrix else ''}.gguf"
-        t0 = time.perf_counter()
-        llama.quantize_file(src, path, mix, imatrix if use_imatrix else None, nthread=N_THREADS)
-        seconds = time.perf_counter() - t0
-        res = llama.measure_file(path, text, N_WINDOWS, SEQ_LEN, n_threads=N_THREADS)
-        path.unlink()  # keep the cache small: the numbers are what we keep
-        return {**res, "quantize_s": seconds}
+    compute = lambda: llama.quantize_and_measure(src, mix, text, N_WINDOWS, SEQ_LEN, n_threads=N_THREADS,
+                                                 imatrix=imatrix if use_imatrix else None)
     key = artifacts.cache_key("gguf-row", MODEL, mix, use_imatrix, im_key if use_imatrix else "", N_WINDOWS, SEQ_LEN, N_THREADS)
     return {"type": mix + (" +imatrix" if use_imatrix else ""), **artifacts.cached_json("gguf_table", key, compute)}
 

@@ -35,6 +35,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from quantedu import serving
+from quantedu.gguf import llama
 from quantedu import serving_bench as bench
 from quantedu.course import start
 
@@ -52,9 +53,9 @@ if not HAVE_LLAMA_SERVER:
 # calls) makes from it. They are cached, so this cell is instant the second time.
 
 # %%
-files = {"Q4_1": serving.gguf_file("Q4_1")}
+files = {"Q4_1": llama.gguf_file("Q4_1")}
 if HAVE_LLAMA_SERVER:
-    files.update({mix: serving.gguf_file(mix) for mix in GGUF_MIXES})
+    files.update({mix: llama.gguf_file(mix) for mix in GGUF_MIXES})
 sizes = pd.DataFrame({"file": {k: p.name for k, p in files.items()},
                       "MB": {k: round(p.stat().st_size / 1e6, 1) for k, p in files.items()}})
 sizes
@@ -141,6 +142,32 @@ if HAVE_LLAMA_SERVER:
     r = bench.stream_completion(server, "The capital of France is", MAX_TOKENS)
     assert r.error == "" and r.text == text, (r.error, r.text, text)
     print(f"TTFT {r.ttft_s * 1000:.0f} ms, {r.n_tokens} tokens, decode {r.decode_tps:.1f} tokens/s")
+
+# %% [markdown]
+# ### Exercise 06.sse_timings: time to first token and decode speed from a stream
+# Write `sse_timings(t_sent, events)` for one streamed completion: `t_sent` is when the request was sent (seconds),
+# `events` the lines the server sent as `(arrival time, line)` pairs. A line `data: {...}` carries a JSON chunk
+# whose `choices[0]["text"]` may be empty; `data: [DONE]` ends the stream; blank lines and comments (`: ping`)
+# carry nothing. Return `(ttft_s, decode_tps)`: the time from sending to the first chunk **with text**, and
+# `(n - 1) / (t_last - t_first)` over the `n` chunks with text (`nan` when there are fewer than two).
+#
+# *Checked against* `quantedu.serving_bench.stream_completion` (replayed on each stream with a virtual clock).
+# `hint("06.sse_timings")` reveals the hints one at a time.
+
+# %%
+# Exercise 06.sse_timings: time to first token and decode speed from a stream
+# Fill in the code marked YOUR CODE, then run the cell. hint("06.sse_timings") gives a hint.
+import json
+
+from quantedu.exercises import check, hint
+
+
+def sse_timings(t_sent, events):
+    """(ttft_s, decode_tps) of a stream of (arrival time, line) server-sent events."""
+    ...  # YOUR CODE
+
+
+check("06.sse_timings", sse_timings)
 
 # %% [markdown]
 # The server also applies the model's chat template (read from the GGUF metadata) on
@@ -267,7 +294,7 @@ else:
     exports = {m.upper(): comparison.torch_row(m, session, n_samples=calib[0], seq_len=calib[1])["export"]
                for m in ("gptq", "awq")}
     targets = {**{k: (v, {}) for k, v in exports.items()},
-               "GGUF Q4_K_M": (serving.gguf_file("Q4_K_M"), {"tokenizer": "HuggingFaceTB/SmolLM2-135M-Instruct"})}
+               "GGUF Q4_K_M": (llama.gguf_file("Q4_K_M"), {"tokenizer": "HuggingFaceTB/SmolLM2-135M-Instruct"})}
     for label, (target, kw) in targets.items():
         try:
             with serving.start_vllm(target, dtype=DTYPE, **kw) as s:

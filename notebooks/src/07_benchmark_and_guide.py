@@ -34,6 +34,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from quantedu import comparison, guide, serving
+from quantedu.gguf import llama
 from quantedu.course import start
 from quantedu.data import evaluation_text
 from quantedu.gguf.io import describe
@@ -112,7 +113,7 @@ plt.show()
 # `data/seed_table.csv` (a column `source` says they are quoted, not measured), they appear next to ours.
 
 # %%
-seed = guide.seed_table()
+seed = guide.seed_benchmark()
 if seed is None:
     print("data/seed_table.csv is not in this checkout: only the re-measured table is shown.")
 else:
@@ -136,7 +137,7 @@ print(f"* Hardware: one CPU thread instead of a 4090. Q4_K_M decodes at {q4.cpu_
 print(f"* Baseline: the course model was already Q4_1. Q4_K_M perplexity {q4.ppl:.2f} vs FP16 {fp16.ppl:.2f} "
       f"(+{100 * (q4.ppl / fp16.ppl - 1):.1f}%), Q5_K_M {by.loc['GGUF Q5_K_M'].ppl:.2f}: no format lines up "
       f"with the Q4_1 grid the weights already sit on, so more bits need not mean a smaller error here.")
-types = describe(serving.gguf_file("Q4_K_M")).type_counts().tensors.to_dict()
+types = describe(llama.gguf_file("Q4_K_M")).type_counts().tensors.to_dict()
 print(f"* Row width {session.model.config.hidden_size} is not a multiple of 256, so llama.cpp falls back from "
       f"K-quants for most tensors. Tensors per type inside our 'Q4_K_M' file: {types} (notebook 05).")
 print(f"* GPTQ/AWQ calibrated on {CALIB[0]} x {CALIB[1]} tokens (FAST={FAST}); quantization times "
@@ -187,6 +188,31 @@ for hw, budget, acc in [("cpu", math.inf, "high"), ("cpu", 0.6 * fp16.memory_mb,
 
 # %%
 guide.decision_widget(table);
+
+# %% [markdown]
+# ### Exercise 07.pick_format: pick a format for a budget from the measured table
+# Write `pick_format(table, hardware, memory_budget_mb, accuracy)`: the variant to use, or `None` when nothing fits.
+# Keep the rows whose format some engine runs on `hardware` (`quantedu.guide.ENGINES`), that fit the budget
+# (`memory_mb <= memory_budget_mb`) and whose perplexity increase over the FP16 row, `ppl / ppl_fp16 - 1`, is at most
+# `quantedu.guide.ACCURACY[accuracy]`. Rank what is left by measured speed (`cpu_tok_s` / `gpu_tok_s`; speeds within
+# 15% of the fastest are a tie, unmeasured ones rank last), then lower perplexity, then smaller memory.
+#
+# *Checked against* `quantedu.guide.recommend(...).choice`.
+# `hint("07.pick_format")` reveals the hints one at a time.
+
+# %%
+# Exercise 07.pick_format: pick a format for a budget from the measured table
+# Fill in the code marked YOUR CODE, then run the cell. hint("07.pick_format") gives a hint.
+from quantedu.exercises import check, hint
+from quantedu.guide import ACCURACY, ENGINES, SPEED_TIE
+
+
+def pick_format(table, hardware, memory_budget_mb, accuracy):
+    """The variant (a str) that fits and ranks first, or None."""
+    ...  # YOUR CODE
+
+
+check("07.pick_format", pick_format, table=table)
 
 # %% [markdown]
 # ## Final quiz

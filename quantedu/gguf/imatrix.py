@@ -8,14 +8,17 @@ in every quantization error it minimizes (the ``quant_weights`` of ggml-quants.c
 large activations matter more.
 
 Only tensors named ``blk.*`` are collected (``output.weight`` only with ``--process-output``); entries
-are keyed by GGUF tensor name. Our version registers forward pre-hooks on the ``nn.Linear`` modules
-of a transformers model and maps HF module names to GGUF names with gguf-py's tensor name map.
+are keyed by GGUF tensor name. Our version watches the ``nn.Linear`` inputs of a transformers model
+with :func:`quantedu.calibration.observe_linear_inputs` (the hooks GPTQ's Hessians and AWQ's statistics
+use too) and maps HF module names to GGUF names with gguf-py's tensor name map.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 from torch import nn
+
+from ..calibration import observe_linear_inputs
 
 
 def gguf_tensor_names(model) -> dict[str, str]:
@@ -34,7 +37,7 @@ def gguf_tensor_names(model) -> dict[str, str]:
 
 
 class ImatrixCollector:
-    """Forward pre-hooks that accumulate ``sum x^2`` per input column and the token count.
+    """Input hooks that accumulate ``sum x^2`` per input column and the token count.
 
     >>> with ImatrixCollector(model) as col:
     ...     for batch in batches: model(batch)
@@ -48,29 +51,24 @@ class ImatrixCollector:
                       if v.startswith("blk.") or (include_output and v == "output.weight")}
         self.sum2: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
-        self._handles = []
 
-    def _hook(self, gname):
-        def hook(module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-            s = (x * x).sum(dim=0)
-            if gname in self.sum2:
-                self.sum2[gname] += s
-            else:
-                self.sum2[gname] = s.clone()
-            self.counts[gname] = self.counts.get(gname, 0) + x.shape[0]
-        return hook
+    def _add(self, hf_name: str, x: torch.Tensor) -> None:
+        gname = self.names[hf_name]
+        x = x.float()
+        s = (x * x).sum(dim=0)
+        if gname in self.sum2:
+            self.sum2[gname] += s
+        else:
+            self.sum2[gname] = s.clone()
+        self.counts[gname] = self.counts.get(gname, 0) + x.shape[0]
 
     def __enter__(self):
-        mods = dict(self.model.named_modules())
-        for hf_name, gname in self.names.items():
-            self._handles.append(mods[hf_name].register_forward_pre_hook(self._hook(gname)))
+        self._watch = observe_linear_inputs(self.model, self._add, names=set(self.names))
+        self._watch.__enter__()
         return self
 
     def __exit__(self, *exc):
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        self._watch.__exit__(*exc)
 
     def result(self) -> dict[str, np.ndarray]:
         """``in_sum2 / counts`` per GGUF tensor name (float32 numpy arrays)."""
@@ -95,18 +93,3 @@ def compute_imatrix(model, batches, include_output: bool = False) -> dict[str, n
         for b in batches:
             model(b.reshape(-1, b.shape[-1]).to(device))
     return col.result()
-
-
-def save_imatrix(imatrix: dict[str, np.ndarray], path) -> None:
-    """Store as ``.npz`` (atomically)."""
-    import io
-
-    from quantedu.artifacts import atomic_write_bytes
-    buf = io.BytesIO()
-    np.savez(buf, **imatrix)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_imatrix(path) -> dict[str, np.ndarray]:
-    with np.load(path) as z:
-        return {k: z[k].astype(np.float32) for k in z.files}

@@ -8,7 +8,10 @@
   transformers evaluation), so numbers compare with ``quantedu.evaluate.perplexity``.
 * :func:`tokens_per_second` - decode speed.
 * :func:`quantize_file` - ``llama_model_quantize`` (what the ``llama-quantize`` CLI calls), with a mix name
-  and optionally our importance matrix (``llama_model_imatrix_data`` array, NULL-terminated).
+  (or ``F16``) and optionally our importance matrix (``llama_model_imatrix_data`` array, NULL-terminated).
+* :func:`measure_file` / :func:`quantize_and_measure` - the one way the course measures a GGUF file:
+  size and bits per weight, perplexity and decode speed (and the quantizer's time).
+* :func:`gguf_file` - the course model as a cached GGUF of any type, made by llama.cpp's quantizer.
 
 With a CUDA build of llama-cpp-python, ``n_gpu_layers=-1`` offloads every layer to the GPU.
 """
@@ -101,10 +104,11 @@ def quantize_file(src, dst, mix: str, imatrix: dict[str, np.ndarray] | None = No
     from quantedu.artifacts import atomic_path
     llama_cpp = _llama_cpp()
     mix = mix.upper()
-    if mix not in FTYPE:
-        raise ValueError(f"unknown mix {mix!r}; known: {', '.join(FTYPE)}")
+    ftypes = {**FTYPE, "F16": 1}  # LLAMA_FTYPE_MOSTLY_F16: a plain conversion, through the same call
+    if mix not in ftypes:
+        raise ValueError(f"unknown mix {mix!r}; known: {', '.join(ftypes)}")
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = FTYPE[mix]
+    params.ftype = ftypes[mix]
     params.nthread = nthread
     params.allow_requantize = True
     keep = []
@@ -154,3 +158,37 @@ def measure_file(path, text: str, n_windows: int = 8, seq_len: int = 512, n_thre
     finally:
         llm.close()
     return {**sizes, "perplexity": ppl, "tokens_per_s": tps}
+
+
+def quantize_and_measure(src, mix: str, text: str, n_windows: int = 8, seq_len: int = 512, n_threads: int = 1,
+                         imatrix: dict[str, np.ndarray] | None = None, n_tokens: int = 32) -> dict:
+    """:func:`quantize_file` ``src`` to ``mix`` (timed: ``quantize_s``), then :func:`measure_file`; the
+    file is deleted afterwards (the numbers are what a results table keeps)."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{mix}.gguf"
+        t0 = time.perf_counter()
+        quantize_file(src, path, mix, imatrix, nthread=n_threads)
+        seconds = time.perf_counter() - t0
+        return {**measure_file(path, text, n_windows, seq_len, n_threads=n_threads, n_tokens=n_tokens),
+                "quantize_s": seconds}
+
+
+def gguf_file(mix: str = "Q4_1") -> Path:
+    """The course model as a GGUF file of type ``mix``: the shipped Q4_1 file, or llama.cpp's requantization.
+
+    ``mix`` is a ``llama-quantize`` type (``Q4_K_M``, ``Q5_K_M``, ``Q8_0``, ...) or ``F16``. Files are made
+    by llama.cpp's own quantizer (:func:`quantize_file`) from the shipped file and cached
+    (:func:`quantedu.artifacts.cached_dir`), so a second call is instant.
+    """
+    from quantedu import artifacts
+    from quantedu.models import offline_gguf_path
+
+    src = offline_gguf_path()
+    mix = mix.upper()
+    if mix == "Q4_1":
+        return src
+    key = artifacts.cache_key("smollm2-135m", mix, src.stat().st_size)
+    name = f"SmolLM2-135M-Instruct.{mix}.gguf"
+    return artifacts.cached_dir("gguf-llama", key, lambda tmp: quantize_file(src, tmp / name, mix),
+                                meta={"source": str(src), "mix": mix}) / name

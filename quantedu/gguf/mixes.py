@@ -165,12 +165,3 @@ def assign_types(tensors: list[TensorInfo], mix: str, n_layer: int, n_head: int,
             new = _rule(mix, cat, 0, n_layer, n_gqa, has_imatrix) or default
         out[t.name] = _fallback(new, n_cols)
     return out
-
-
-def mix_table(types: dict[str, T]):
-    """Count of tensors per (role, type): a compact view of what a mix did."""
-    import pandas as pd
-    rows = [{"role": _category(n) if _category(n) != "other" else n.split(".")[-2], "type": t.name}
-            for n, t in types.items()]
-    df = pd.DataFrame(rows)
-    return df.groupby(["role", "type"]).size().unstack(fill_value=0)

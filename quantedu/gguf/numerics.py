@@ -44,12 +44,6 @@ def roundf(v: np.ndarray) -> np.ndarray:
     return t + np.where(frac >= F32(0.5), np.sign(v), F32(0)).astype(F32)
 
 
-def trunc_int(v: np.ndarray) -> np.ndarray:
-    """C float -> integer conversion (truncation toward zero)."""
-    with np.errstate(invalid="ignore"):
-        return np.trunc(f32(v)).astype(np.int64)
-
-
 def seqsum(terms: np.ndarray, start_zero: bool = True) -> np.ndarray:
     """Sequential float32 sum over axis 0, exactly like ``float s = 0; for (...) s += t[i];``.
 

@@ -8,8 +8,9 @@ code updates its state between steps); every step is one vector operation over a
 * :func:`make_qx_quants` - symmetric codes ``l in [-nmax, nmax)``; tries 19 scales around ``nmax/max``
   and keeps the weighted least-squares optimum (Q3_K/Q6_K scales, Q4_0/Q5_0 with an imatrix).
 * :func:`make_q3_quants` - symmetric codes refined by coordinate descent (Q3_K without imatrix).
-* :func:`make_qkx2_quants` / :func:`make_qkx3_quants` - asymmetric ``x ~ scale*l + min``: a grid of
-  ``nstep+1`` trial scales, each followed by a closed-form weighted least-squares fit of (scale, min).
+* :func:`make_qkx` - asymmetric ``x ~ scale*l + min`` (C's ``make_qkx2_quants``, ``version=2``, and
+  ``make_qkx3_quants``, ``version=3``): a grid of ``nstep+1`` trial scales, each followed by a
+  closed-form weighted least-squares fit of (scale, min).
 * :func:`make_qp_quants` - non-negative codes for the sub-block scales themselves (imatrix paths).
 """
 from __future__ import annotations

@@ -1,11 +1,12 @@
-"""Apply a weight quantizer to every linear layer of a model, and say what was touched and why not.
+"""Round-to-nearest (RTN) over a whole model: the baseline every other method is compared with.
 
-``replace_linear(model, fn)`` is the one loop every weight-only method of the course uses
-(RTN here; GPTQ and AWQ call their own per-layer functions through it or alongside it). It writes
-the quantizer's output (the dequantized, "fake-quantized" weight) back into the layer, so the model
-keeps running with ordinary fp32/fp16 kernels: what changes is the *values*, which is all that
-perplexity measures. Storage and kernels are a separate question (``quantedu.memory``, packing in
-``quantedu.primitives``).
+``replace_linear(model, fn)`` applies a weight function to every ``nn.Linear`` and reports what was
+touched and why not (RTN, the RTN sweeps and QAT's conversion use it; GPTQ and AWQ walk the model
+block by block instead, :mod:`quantedu.calibration`). It writes the quantizer's output (the
+dequantized, "fake-quantized" weight) back into the layer, so the model keeps running with ordinary
+fp32/fp16 kernels: what changes is the *values*, which is all that perplexity measures.
+``rtn_layers`` returns the same rounding as :class:`~quantedu.primitives.QuantizedLayer` records,
+which the exporters (:mod:`quantedu.export`) pack into checkpoints.
 
 Tied weights: SmolLM2, like many small models, shares one tensor between the input embedding and
 the LM head (``tie_word_embeddings``). Writing quantized values into ``lm_head.weight`` would silently
@@ -23,12 +24,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checks import NonFiniteError, require_finite
-from .primitives import QuantConfig, choose_qparams, mse_clip_search, pack_int32, quantize, rtn
+from .primitives import QuantConfig, QuantizedLayer, mse_clip_search, quantize_weight, rtn
 
 WeightFn = Callable[[torch.Tensor, str], torch.Tensor]
 
 
-def _matches(name: str, patterns: Iterable[str]) -> str | None:
+def matches(name: str, patterns: Iterable[str]) -> str | None:
     """The first pattern that names ``name``: exact name, last component(s), or a glob."""
     for p in patterns:
         if name == p or name.endswith("." + p) or fnmatch.fnmatchcase(name, p):
@@ -69,7 +70,7 @@ def replace_linear(
     if not linears:
         raise ValueError(f"{type(model).__name__} has no nn.Linear layers to quantize")
     for name, layer in linears:  # all checked before any is changed: never a half-quantized model
-        if _matches(name, skip) is None:
+        if matches(name, skip) is None:
             require_finite(layer.weight.detach(), f"{name}.weight")
     owners = _other_owners(model)
     records = []
@@ -79,7 +80,7 @@ def replace_linear(
                "seconds": 0.0}
         records.append(rec)
         sharing = [o for o in owners.get(w.untyped_storage().data_ptr(), []) if o != f"{name}.weight"]
-        hit = _matches(name, skip)
+        hit = matches(name, skip)
         if hit is not None:
             rec["reason"] = f"skipped by name ({hit!r})" + (f"; tied to {sharing[0]}" if sharing else "")
             continue
@@ -139,43 +140,16 @@ def summarize(report) -> str:
     return f"{q} linear layers quantized, {len(skipped)} skipped ({reasons})"
 
 
-def pack_linear(w: torch.Tensor, config: QuantConfig, mse_clip: bool = False) -> dict[str, torch.Tensor]:
-    """Integer-packed form of one weight in the GPTQ checkpoint layout (what a saved file stores).
-
-    ``qweight``: codes packed along the input dimension, ``(cols * bits / 32, rows)`` int32;
-    ``qzeros``: zero points packed along the output dimension, ``(n_groups, rows * bits / 32)`` int32
-    (stored as is, not GPTQ v1's ``zero - 1``); ``scales``: ``(n_groups, rows)`` fp16.
-    """
-    if config.granularity != "group":
-        raise ValueError("pack_linear stores group-wise checkpoints; use granularity='group'")
-    w = w.detach().float()
-    ratio = mse_clip_search(w, config) if mse_clip else 1.0
-    scale, zero = choose_qparams(w, config, ratio)
-    q = quantize(w, scale, zero, config)
-    return {
-        "qweight": pack_int32(q.t().contiguous(), config.bits, dim=0).contiguous(),
-        "qzeros": pack_int32(zero.t().to(torch.uint8).contiguous(), config.bits, dim=1).contiguous(),
-        "scales": scale.t().to(torch.float16).contiguous(),
-    }
-
-
-def packed_state_dict(model: nn.Module, config: QuantConfig, skip: Iterable[str] = ("lm_head",),
-                      keep_dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
-    """A whole-model checkpoint: packed linear layers, everything else (embeddings, norms) in ``keep_dtype``.
-
-    A tied head is stored once (as the embedding), as ``save_pretrained`` does.
-    """
+def rtn_layers(model: nn.Module, config: QuantConfig, skip: Iterable[str] = ("lm_head",),
+               mse_clip: bool = False) -> dict[str, QuantizedLayer]:
+    """RTN records ``{layer name: QuantizedLayer}`` of every linear layer except ``skip`` (the model is
+    not changed): what :func:`quantedu.export.save_gptq` and friends store for an RTN checkpoint."""
     skip = tuple(skip)
-    out: dict[str, torch.Tensor] = {}
-    packed_names = set()
+    out = {}
     for name, m in model.named_modules():
-        if isinstance(m, nn.Linear) and _matches(name, skip) is None:
-            for k, v in pack_linear(m.weight, config).items():
-                out[f"{name}.{k}"] = v
-            packed_names.add(f"{name}.weight")
-    for name, p in model.named_parameters():  # remove_duplicate=True: a tied head appears once
-        if name not in packed_names:
-            out[name] = p.detach().to(keep_dtype).contiguous()
+        if isinstance(m, nn.Linear) and matches(name, skip) is None:
+            w = m.weight.detach().float()
+            out[name] = quantize_weight(w, config, mse_clip_search(w, config) if mse_clip else 1.0)
     return out
 
 
@@ -183,7 +157,7 @@ def linear_weights(model: nn.Module, skip: Iterable[str] = ("lm_head",)) -> dict
     """A copy of every linear weight ``replace_linear`` would touch (to restore the model between runs)."""
     skip = tuple(skip)
     return {n: m.weight.detach().clone() for n, m in model.named_modules()
-            if isinstance(m, nn.Linear) and _matches(n, skip) is None}
+            if isinstance(m, nn.Linear) and matches(n, skip) is None}
 
 
 @torch.no_grad()

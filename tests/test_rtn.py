@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from quantedu.primitives import QuantConfig, dequantize, fake_quantize, unpack_int32
-from quantedu.quantize_model import pack_linear, quantize_model_rtn, replace_linear, rtn_fn, summarize
+from quantedu.rtn import quantize_model_rtn, rtn_layers, replace_linear, rtn_fn, summarize
 
 
 @pytest.fixture
@@ -82,12 +82,19 @@ def test_quantized_model_still_runs(model):
     assert (out - ref).abs().max() < 0.05 * ref.abs().max()  # 8 bits: a small change
 
 
-def test_packed_layer_unpacks_to_the_rtn_weight():
-    w = torch.randn(16, 96)
+def test_rtn_records_pack_and_unpack_to_the_rtn_weight(model):
+    from quantedu.export import gptq_state_dict
+
     cfg = QuantConfig(4, 32)
-    p = pack_linear(w, cfg)
-    assert p["qweight"].shape == (96 * 4 // 32, 16) and p["qzeros"].shape == (3, 16 * 4 // 32)
-    q = unpack_int32(p["qweight"], 4, dim=0).t()
-    zero = unpack_int32(p["qzeros"], 4, dim=1).t().float()
-    w_hat = dequantize(q, p["scales"].t().float(), zero, cfg)
-    assert torch.allclose(w_hat, fake_quantize(w, cfg), atol=2e-3 * w.abs().max().item())  # fp16 scales
+    layers = rtn_layers(model, cfg)
+    name = "model.layers.0.mlp.down_proj"
+    w = model.get_submodule(name).weight.detach()
+    layers[name].check()
+    torch.testing.assert_close(layers[name].weight, fake_quantize(w, cfg), rtol=0, atol=1e-6)
+    sd = gptq_state_dict(model, layers, cfg, checkpoint_format="gptq_v2")
+    rows, cols = w.shape
+    assert sd[f"{name}.qweight"].shape == (cols * 4 // 32, rows) and sd[f"{name}.qzeros"].shape == (cols // 32, rows * 4 // 32)
+    q = unpack_int32(sd[f"{name}.qweight"], 4, dim=0).t()
+    zero = unpack_int32(sd[f"{name}.qzeros"], 4, dim=1).t().float()
+    w_hat = dequantize(q, sd[f"{name}.scales"].t().float(), zero, cfg)
+    torch.testing.assert_close(w_hat, fake_quantize(w, cfg), rtol=0, atol=1e-6)
