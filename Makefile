@@ -10,9 +10,15 @@ PORT   ?= 8888
 # JupyterLab refuses to start as root (containers, CI machines) unless told that it is on purpose.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup lab test unit notebooks fresh bench doctor clean
+.PHONY: setup lab test unit notebooks fresh solutions bench doctor clean llama-tools
 
-setup: $(STAMP)
+setup: $(STAMP) llama-tools
+
+# llama.cpp's own tools (llama-server, llama-quantize, llama-imatrix, llama-perplexity), compiled with CMake from
+# the llama.cpp source inside the pinned llama-cpp-python sdist: ~4 min on 2 cores, once per machine, kept
+# outside the clone (QUANTEDU_TOOLS_CACHE, default ~/.cache/quantedu). Prints the build time; instant when built.
+llama-tools: $(STAMP)
+	$(BIN)/python tools/build_llama_tools.py
 
 # Re-runs when the dependency lists change. torch first, alone, so the CPU build on disk (or the
 # default CUDA build on a GPU box) is chosen before anything else can pull another one in.
@@ -32,8 +38,14 @@ lab: setup
 	@echo "Opening JupyterLab on notebooks/ (copy the http://127.0.0.1:$(PORT)/lab?token=... URL below into a browser)"
 	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) --notebook-dir=notebooks $(ROOT_FLAG)
 
+# Unit tests + every notebook under nbval, then every notebook again on a second model that is not the
+# offline file (a small random-weight Llama built here: quantedu/testmodel.py), loaded in bf16 as on a
+# GPU, proving no notebook assumes the shipped file's shapes, names or dtype.
 test: setup
 	$(BIN)/python -m pytest
+	@echo "== second pass: every notebook on the CI test model (QUANTEDU_MODEL)"
+	QUANTEDU_MODEL="$$($(BIN)/python -m quantedu.testmodel)" QUANTEDU_DTYPE=bfloat16 \
+	  $(BIN)/python -m pytest notebooks -p no:cacheprovider
 
 unit: setup
 	$(BIN)/python -m pytest tests
@@ -42,6 +54,10 @@ unit: setup
 # in Jupyter is copied to notebooks/.backups/ first, never lost.
 notebooks: setup
 	$(BIN)/python tools/build_notebooks.py --execute
+
+# Instructors: solution notebooks in notebooks/solutions/ (never over a file this did not write)
+solutions: setup
+	$(BIN)/quantedu exercises --solutions
 
 # A fresh copy of one lesson beside your own, e.g. `make fresh NB=03` -> notebooks/03_gptq.fresh-<time>.ipynb
 fresh: setup

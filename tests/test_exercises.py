@@ -1,0 +1,386 @@
+"""Every exercise: the reference solution passes, a stub is "not attempted", and learner-style mistakes fail
+with the message that names them. (quantedu.exercises; no model load: a few seconds in all.)"""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from quantedu.exercises import FAILED, NOT_ATTEMPTED, PASSED, REGISTRY, grade
+from quantedu.exercises.choose_format import example_table
+from quantedu.guide import ACCURACY, ENGINES, SPEED_TIE
+from quantedu.primitives import QuantConfig, fake_quantize
+
+
+def run(ex_id, *fns):
+    ex = REGISTRY[ex_id]
+    return grade(ex_id, *fns, **(ex.example_context() if ex.example_context else {}))
+
+
+@pytest.mark.parametrize("ex_id", sorted(REGISTRY))
+def test_reference_solution_passes(ex_id):
+    res = run(ex_id, *REGISTRY[ex_id].solution)
+    assert res.status == PASSED, res.text()
+    assert res.checked >= 3 and not res.note
+
+
+@pytest.mark.parametrize("ex_id", sorted(REGISTRY))
+def test_the_stub_is_not_attempted(ex_id):
+    ex = REGISTRY[ex_id]
+    namespace = {}
+    exec(ex.cell().rsplit("\n\n\ncheck(", 1)[0], namespace)  # the cell without its check() call
+    res = run(ex_id, *(namespace[n] for n in ex.names))
+    assert res.status == NOT_ATTEMPTED and "stub" in res.message
+
+
+# --- 01 -------------------------------------------------------------------------------------------------
+
+
+def _wb(overhead=True, ceil=True, head="tied-aware", norms=True):
+    def weight_bytes(shape, bits, group_size):
+        linear = 0
+        for r, c in shape.linear_shapes().values():
+            groups = (math.ceil(c / group_size) if ceil else c / group_size) if group_size else 1
+            linear += r * (c * bits + (groups * (16 + bits) if overhead else 0)) / 8
+        emb = shape.vocab * shape.hidden * 2
+        heads = 2 if head == "always" or not shape.tied else 1
+        return shape.layers * linear + heads * emb + ((2 * shape.layers + 1) * shape.hidden * 2 if norms else 0)
+    return weight_bytes
+
+
+def _kv(heads="kv_heads", tensors=2, batched=True, per_byte=8):
+    def kv_cache_bytes(shape, context, batch, dtype_bits=16):
+        n = getattr(shape, heads)
+        return tensors * shape.layers * n * shape.head_dim * dtype_bits / per_byte * context * (batch if batched else 1)
+    return kv_cache_bytes
+
+
+# --- 02 -------------------------------------------------------------------------------------------------
+
+
+def _asym(rounding=torch.round, widen=True, levels=0, clamp=True, zero_round=torch.round, shifted=False):
+    def quant(w, bits):
+        maxq = 2**bits - 1
+        lo, hi = (min(w.min(), 0), max(w.max(), 0)) if widen else (w.min(), w.max())
+        span = (hi - lo) if hi > lo else torch.tensor(1.0)
+        scale = span / (maxq + levels)
+        zero = zero_round(-lo / scale)
+        q = rounding((w - lo) / scale) if shifted else rounding(w / scale) + zero
+        return (torch.clamp(q, 0, maxq) if clamp else q), scale, zero
+    return quant
+
+
+def dequant(q, scale, zero):
+    return scale * (q - zero)
+
+
+def dequant_wrong(q, scale, zero):
+    return scale * q - zero
+
+
+def _ste(forward=torch.round, backward=lambda g: g):
+    class RoundSTE(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return forward(x)
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            return backward(grad_output)
+    return RoundSTE
+
+
+# --- 03 -------------------------------------------------------------------------------------------------
+
+
+def _hinv(damp="relative", dead=True, final="chol", inverse="cholesky"):
+    def hinv(H, damp_percent):
+        H = H.clone()
+        if dead:
+            d = torch.diag(H) == 0
+            H[d, d] = 1
+        if damp == "relative":
+            H += damp_percent * torch.diag(H).mean() * torch.eye(len(H))
+        elif damp == "absolute":
+            H += damp_percent * torch.eye(len(H))
+        inv = torch.linalg.inv(H) if inverse == "inv" else torch.cholesky_inverse(torch.linalg.cholesky(H))
+        if final == "none":
+            return inv
+        return torch.linalg.cholesky(inv, upper=final == "chol")
+    return hinv
+
+
+def _block(feedback=True, divide=True, row=True, codes=False, keep_err=True):
+    def block(W1, Hinv1, scale, zero, maxq):
+        Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
+        for i in range(W1.shape[1]):
+            w = W1[:, i]
+            code = torch.clamp(torch.round(w / scale) + zero, 0, maxq)
+            q = scale * (code - zero)
+            err = (w - q) / Hinv1[i, i] if divide else w - q
+            if feedback:
+                h = Hinv1[i, i:] if row else Hinv1[i:, i]
+                W1[:, i:] -= err[:, None] * h[None, :]
+            Q1[:, i] = code if codes else q
+            if keep_err:
+                Err1[:, i] = err
+        return Q1, Err1
+    return block
+
+
+# --- 04 -------------------------------------------------------------------------------------------------
+
+
+def _search(normalize=True, stat="mean", divide=True, grid="open"):
+    def search(weights, x, bits, group_size, n_grid):
+        qc = QuantConfig(bits, group_size)
+        s_x = x.abs().mean(0) if stat == "mean" else x.abs().amax(0)
+        ref = torch.cat([x @ W.T for W in weights], 1)
+        alphas = [i / n_grid for i in range(n_grid)] if grid == "open" else torch.linspace(0, 1, n_grid).tolist()
+        best = None
+        for a in alphas:
+            s = s_x.pow(a).clamp(min=1e-4)
+            if normalize:
+                s = s / (s.max() * s.min()).sqrt()
+            out = torch.cat([x @ ((fake_quantize(W * s, qc) / s) if divide else fake_quantize(W * s, qc)).T
+                             for W in weights], 1)
+            err = ((out - ref) ** 2).mean().item()
+            if best is None or err < best[0]:
+                best = (err, s, a)
+        return best[1], best[2]
+    return search
+
+
+def fold_multiplies_norm(norm, linears, s):
+    with torch.no_grad():
+        norm.weight.mul_(s)
+        for layer in linears:
+            layer.weight.mul_(s)
+
+
+def fold_forgets_bias(norm, linears, s):
+    with torch.no_grad():
+        norm.weight.div_(s)
+        for layer in linears:
+            layer.weight.mul_(s)
+
+
+def fold_without_no_grad(norm, linears, s):
+    norm.weight.div_(s)
+    for layer in linears:
+        layer.weight.mul_(s)
+
+
+def fold_first_layer_only(norm, linears, s):
+    with torch.no_grad():
+        norm.weight.div_(s)
+        if getattr(norm, "bias", None) is not None:
+            norm.bias.div_(s)
+        linears[0].weight.mul_(s)
+
+
+def fold_rows(norm, linears, s):
+    with torch.no_grad():
+        norm.weight.div_(s)
+        for layer in linears:
+            layer.weight.mul_(s[:, None])
+
+
+# --- 05 -------------------------------------------------------------------------------------------------
+
+
+def _q8(rounding="roundf", divide=False, half_d=False, signed_max=False, order="d_first"):
+    def q8(xb):
+        xb = np.asarray(xb, np.float32)
+        d = (xb.max(axis=1) if signed_max else np.abs(xb).max(axis=1)) / np.float32(127)
+        if half_d:
+            d = d.astype(np.float16).astype(np.float32)  # "the stored d is fp16, so use it"
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv = np.where(d != 0, np.float32(1) / d, 0).astype(np.float32)
+            v = xb / d[:, None] if divide else xb * inv[:, None]
+        if rounding == "roundf":
+            q = np.trunc(v) + np.where(np.abs(v - np.trunc(v)) >= 0.5, np.sign(v), 0)
+        elif rounding == "even":
+            q = np.round(v)
+        else:
+            q = np.trunc(v)
+        with np.errstate(invalid="ignore"):
+            codes = q.astype(np.int8).view(np.uint8)
+        dd = d.astype(np.float16).view(np.uint8).reshape(-1, 2)
+        return np.concatenate([dd, codes] if order == "d_first" else [codes, dd], axis=1)
+    return q8
+
+
+def _q4k(per_block=True, rounding=np.rint, levels=63, nibbles="ls_low", high_bits=True):
+    def q4k(scales, mins):
+        def six(v):
+            top = np.maximum(v.max(axis=1) if per_block else np.full(len(v), v.max()), 0)
+            with np.errstate(divide="ignore"):
+                inv = np.where(top > 0, np.float32(levels) / top, 0).astype(np.float32)
+            return np.minimum(63, rounding(inv[:, None] * v)).astype(np.uint8), top / np.float32(levels)
+        ls, d = six(np.asarray(scales, np.float32))
+        lm, dmin = six(np.asarray(mins, np.float32))
+        out = np.zeros((len(ls), 12), np.uint8)
+        out[:, 0:4] = ls[:, :4] | ((ls[:, 4:] >> 4) << 6 if high_bits else 0)
+        out[:, 4:8] = lm[:, :4] | ((lm[:, 4:] >> 4) << 6 if high_bits else 0)
+        low, high = (ls, lm) if nibbles == "ls_low" else (lm, ls)
+        out[:, 8:12] = (low[:, 4:] & 0xF) | ((high[:, 4:] & 0xF) << 4)
+        return d, dmin, out
+    return q4k
+
+
+# --- 06 -------------------------------------------------------------------------------------------------
+
+
+def _sse(first="text", rate="n-1", prefix=5, choices="get", empty="nan"):
+    def timings(t_sent, events):
+        stamps, first_seen = [], None
+        for t, line in events:
+            if first_seen is None and line.strip():
+                first_seen = t
+            if not line.startswith("data:"):
+                continue
+            data = line[prefix:].strip() if prefix == 5 else line[prefix:]
+            if data == "[DONE]":
+                break
+            chunk = json.loads(data)
+            texts = [c.get("text") or "" for c in chunk.get("choices", ())] if choices == "get" else \
+                [chunk["choices"][0]["text"]]
+            if "".join(texts):
+                stamps.append(t)
+        ttft = (first_seen if first == "line" else stamps[0]) - t_sent
+        if len(stamps) < 2 and empty == "nan":
+            return ttft, float("nan")
+        n = len(stamps)
+        if rate == "n":
+            return ttft, n / (stamps[-1] - stamps[0])
+        if rate == "with_ttft":
+            return ttft, (n - 1) / (stamps[-1] - t_sent)
+        return ttft, (n - 1) / (stamps[-1] - stamps[0])
+    return timings
+
+
+# --- 07 -------------------------------------------------------------------------------------------------
+
+
+def _pick(hardware_filter=True, tie=True, relative=True, strict_budget=False):
+    def pick(table, hardware, memory_budget_mb, accuracy):
+        runnable = set().union(*(k.get(hardware, set()) for k in ENGINES.values()))
+        base = table.loc[table.format == "fp16", "ppl"].iloc[0]
+        keep = table.memory_mb < memory_budget_mb if strict_budget else table.memory_mb <= memory_budget_mb
+        if hardware_filter:
+            keep &= table.format.isin(runnable)
+        keep &= (table.ppl / base - 1 if relative else table.ppl - base) <= ACCURACY[accuracy]
+        ok = table[keep]
+        if ok.empty:
+            return None
+        speed = ok[f"{hardware}_tok_s"]
+        if tie:
+            fast = speed >= SPEED_TIE * speed.max() if speed.notna().any() else speed.isna()
+        else:
+            fast = speed == speed.max() if speed.notna().any() else speed.isna()
+        ok = ok.assign(fast=fast).sort_values(["fast", "ppl", "memory_mb"], ascending=[False, True, True])
+        return ok.variant.iloc[0]
+    return pick
+
+
+WRONG = [
+    ("01.weight_bytes", (_wb(overhead=False),), "left out the per-group fp16 scale"),
+    ("01.weight_bytes", (_wb(ceil=False),), "ragged last group"),
+    ("01.weight_bytes", (_wb(head="always"),), "tied to the embedding"),
+    ("01.weight_bytes", (_wb(norms=False),), "forgot the norm weights"),
+    ("01.kv_cache", (_kv(heads="heads"),), "only shape.kv_heads"),
+    ("01.kv_cache", (_kv(tensors=1),), "keys AND values"),
+    ("01.kv_cache", (_kv(batched=False),), "the batch"),
+    ("01.kv_cache", (_kv(per_byte=1),), "bits, not bytes"),
+    ("02.asym_quantize", (_asym(rounding=torch.floor), dequant), "rounded with floor"),
+    ("02.asym_quantize", (_asym(widen=False), dequant), "the range must include 0"),
+    ("02.asym_quantize", (_asym(levels=1), dequant), "divide the range by 7"),
+    ("02.asym_quantize", (_asym(clamp=False), dequant), "clamp after adding the zero point"),
+    ("02.asym_quantize", (_asym(zero_round=torch.floor), dequant), "zero point is off by one"),
+    ("02.asym_quantize", (_asym(shifted=True), dequant), "round((w - min) / scale)"),
+    ("02.asym_quantize", (_asym(), dequant_wrong), "scale * (q - zero), not scale * q - zero"),
+    ("02.round_ste", (_ste(backward=torch.ones_like),), "you returned ones"),
+    ("02.round_ste", (_ste(backward=torch.zeros_like),), "passes the upstream gradient straight through"),
+    ("02.round_ste", (_ste(forward=torch.floor),), "you used floor"),
+    ("02.round_ste", (_ste(backward=lambda g: None),), "received no gradient"),
+    ("03.gptq_hinv", (_hinv(damp="none"),), "forgot damping"),
+    ("03.gptq_hinv", (_hinv(damp="absolute"),), "damping is relative"),
+    ("03.gptq_hinv", (_hinv(final="none"),), "H^-1 itself"),
+    ("03.gptq_hinv", (_hinv(final="lower"),), "lower Cholesky factor"),
+    ("03.gptq_hinv", (_hinv(dead=False),), "a dead input"),
+    ("03.gptq_hinv", (_hinv(inverse="inv"),), "torch.linalg.inv loses precision"),
+    ("03.gptq_block", (_block(feedback=False),), "never update the columns still to quantize"),
+    ("03.gptq_block", (_block(divide=False),), "divided by Hinv1[i, i]"),
+    ("03.gptq_block", (_block(row=False),), "use row i"),
+    ("03.gptq_block", (_block(codes=True),), "not the codes q"),
+    ("03.gptq_block", (_block(keep_err=False),), "Err1[:, i] must hold err"),
+    ("04.awq_search", (_search(normalize=False),), "normalize it so that sqrt(max(s) * min(s)) == 1"),
+    ("04.awq_search", (_search(stat="max"),), "mean |x| of each input channel"),
+    ("04.awq_search", (_search(divide=False),), "forget to divide the quantized W * s by s"),
+    ("04.awq_search", (_search(grid="closed"),), "is not on the grid"),
+    ("04.awq_fold", (fold_multiplies_norm,), "must be divided by s (you multiplied"),
+    ("04.awq_fold", (fold_forgets_bias,), "divide it by s too"),
+    ("04.awq_fold", (fold_without_no_grad,), "torch.no_grad()"),
+    ("04.awq_fold", (fold_first_layer_only,), "layer 1 was not scaled"),
+    ("04.awq_fold", (fold_rows,), "scale the columns"),
+    ("05.q8_0", (_q8(rounding="even"),), "np.round rounds halves to even"),
+    ("05.q8_0", (_q8(rounding="trunc"),), "truncates toward zero"),
+    ("05.q8_0", (_q8(divide=True),), "ggml multiplies by id = 1/d"),
+    ("05.q8_0", (_q8(signed_max=True),), "largest magnitude"),
+    ("05.q8_0", (_q8(half_d=True),), "rounds with the float32 d"),
+    ("05.q8_0", (_q8(order="codes_first"),), "starts with d"),
+    ("05.q4k_scales", (_q4k(per_block=False),), "Super-block 1 is wrong: is your super-block scale the max"),
+    ("05.q4k_scales", (_q4k(rounding=np.trunc),), "truncated the 6-bit scales"),
+    ("05.q4k_scales", (_q4k(levels=64),), "d = max / 63"),
+    ("05.q4k_scales", (_q4k(nibbles="lm_low"),), "in the LOW nibble"),
+    ("05.q4k_scales", (_q4k(high_bits=False),), "top 2 bits"),
+    ("06.sse_timings", (_sse(first="line"),), "the first TOKEN is the first chunk with text"),
+    ("06.sse_timings", (_sse(rate="n"),), "n - 1 gaps"),
+    ("06.sse_timings", (_sse(rate="with_ttft"),), "leaves out the time to first token"),
+    ("06.sse_timings", (_sse(choices="index"),), "can have no choices"),
+    ("06.sse_timings", (_sse(prefix=6),), "strip the space after 'data:'"),
+    ("06.sse_timings", (_sse(empty="divide"),), "single token has no decode interval"),
+    ("07.pick_format", (_pick(hardware_filter=False),), "has no kernel on cpu"),
+    ("07.pick_format", (_pick(tie=False),), "within 15%: a tie"),
+    ("07.pick_format", (_pick(relative=False),), "GGUF Q4_K_M fits"),
+    ("07.pick_format", (_pick(strict_budget=True),), "105 MB <= budget 105 MB"),
+]
+
+
+@pytest.mark.parametrize("ex_id, fns, message", WRONG, ids=[f"{w[0]}-{w[2][:30]}" for w in WRONG])
+def test_a_typical_mistake_fails_with_its_message(ex_id, fns, message):
+    res = run(ex_id, *fns)
+    assert res.status == FAILED, res.text()
+    assert message in res.message, res.message
+    assert res.message.startswith("input ")  # it names the input
+
+
+def test_every_exercise_rejects_at_least_three_mistakes():
+    counts = {ex_id: sum(w[0] == ex_id for w in WRONG) for ex_id in REGISTRY}
+    assert min(counts.values()) >= 3, counts
+
+
+def test_the_failure_says_which_element_expected_and_got():
+    res = run("02.asym_quantize", _asym(rounding=torch.floor), dequant)
+    assert "code at element" in res.message and "expected" in res.message and "got" in res.message
+    res = run("05.q8_0", _q8(rounding="even"))
+    assert "block 0, byte" in res.message
+
+
+def test_an_exception_in_learner_code_is_a_failure_that_points_at_the_line():
+    def broken(shape, context, batch, dtype_bits=16):
+        return shape.kv_head * context  # a typo
+
+    res = run("01.kv_cache", broken)
+    assert res.status == FAILED
+    assert "AttributeError" in res.message and "shape.kv_head * context" in res.message
+
+
+def test_notebook_table_adds_cases_for_07():
+    table = example_table(**{"GGUF Q5_K_M": {"cpu_tok_s": 45.0}})
+    ex = REGISTRY["07.pick_format"]
+    res = grade("07.pick_format", ex.solution[0], table=table)
+    plain = grade("07.pick_format", ex.solution[0], table=None)
+    assert res.passed and res.checked == plain.checked + 4
