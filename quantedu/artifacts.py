@@ -70,6 +70,24 @@ def cache_key(*parts: Any) -> str:
     return f"{safe}-{digest}" if safe else digest
 
 
+def code_fingerprint(*objects) -> str:
+    """A short hash of the source code of ``objects`` (modules, functions, classes) and the package
+    version: put it in a cache key so a result computed by older code is never served as current."""
+    import inspect
+    from importlib.metadata import PackageNotFoundError, version
+    h = hashlib.sha256()
+    try:
+        h.update(version("quantedu").encode())
+    except PackageNotFoundError:
+        pass
+    for obj in objects:
+        try:
+            h.update(inspect.getsource(obj).encode())
+        except (OSError, TypeError):
+            h.update(repr(obj).encode())
+    return h.hexdigest()[:12]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Ownership: what the package may replace
 # ---------------------------------------------------------------------------------------------------

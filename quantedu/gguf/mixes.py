@@ -17,6 +17,8 @@ order: by block number, then by name (``weight_name_comparer``) - not the order 
 """
 from __future__ import annotations
 
+import math
+
 import re
 from dataclasses import dataclass
 
@@ -165,3 +167,31 @@ def assign_types(tensors: list[TensorInfo], mix: str, n_layer: int, n_head: int,
             new = _rule(mix, cat, 0, n_layer, n_gqa, has_imatrix) or default
         out[t.name] = _fallback(new, n_cols)
     return out
+
+
+_GGUF_NAME = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
+              "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
+
+
+def shape_tensor_infos(shape) -> list[TensorInfo]:
+    """The tensor table a GGUF of a Llama-style model of ``shape`` (``quantedu.memory.ModelShape``) has,
+    in F32, so a mix can be planned for a model that is not on disk (e.g. Llama-2-7B's 4096-wide rows)."""
+    infos = [TensorInfo("token_embd.weight", (shape.hidden, shape.vocab), T.F32)]
+    if not shape.tied:
+        infos.append(TensorInfo("output.weight", (shape.hidden, shape.vocab), T.F32))
+    for i in range(shape.layers):
+        for hf, (rows, cols) in shape.linear_shapes().items():
+            infos.append(TensorInfo(f"blk.{i}.{_GGUF_NAME[hf]}.weight", (cols, rows), T.F32))
+        infos += [TensorInfo(f"blk.{i}.attn_norm.weight", (shape.hidden,), T.F32),
+                  TensorInfo(f"blk.{i}.ffn_norm.weight", (shape.hidden,), T.F32)]
+    return infos + [TensorInfo("output_norm.weight", (shape.hidden,), T.F32)]
+
+
+def plan_bits_per_weight(infos: list[TensorInfo], plan: dict[str, T], linear_only: bool = True) -> float:
+    """Bits per weight of a planned mix: over the blocks' 2-D matrices (what a mix name is about), or
+    over every tensor (``linear_only=False``: embeddings, output and norms included)."""
+    keep = [i for i in infos if not linear_only or (i.name.startswith("blk.") and len(i.shape) == 2)]
+    n_el = lambda i: math.prod(i.shape)  # noqa: E731
+    nbytes = sum((n_el(i) // i.shape[0]) * LAYOUTS[plan[i.name]].row_size(i.shape[0]) if plan[i.name] in LAYOUTS
+                 else n_el(i) * (2 if plan[i.name] in (T.F16, T.BF16) else 4) for i in keep)
+    return 8 * nbytes / sum(n_el(i) for i in keep)
