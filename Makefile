@@ -18,7 +18,7 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 setup: $(STAMP) llama-tools vllm
 
 # llama.cpp's own tools (llama-server, llama-quantize, llama-imatrix, llama-perplexity), compiled with CMake from
-# the llama.cpp source inside the pinned llama-cpp-python sdist: ~4 min on 2 cores, once per machine, kept
+# the llama.cpp source inside the pinned llama-cpp-python sdist: 4-5 min on 2 idle cores, once per machine, kept
 # outside the clone (QUANTEDU_TOOLS_CACHE, default ~/.cache/quantedu). Prints the build time; instant when built.
 llama-tools: $(STAMP)
 	$(BIN)/python tools/build_llama_tools.py

@@ -33,6 +33,8 @@ from typing import Any, Callable
 
 import platformdirs
 
+from .procs import pid_alive
+
 ENV_VAR = "QUANTEDU_CACHE"
 OWNER_MARKER = ".quantedu-owned"  # in every folder the package writes: the list of files it put there
 _MARKER = ".complete"  # a cache entry is complete only when this exists
@@ -147,7 +149,7 @@ def _read_ledger() -> dict:
 def _record_file(path: Path) -> None:
     """Remember that the package wrote ``path`` (outside the cache), so it may replace it later."""
     try:
-        with _lock(_ledger_path().with_suffix(".lock")):
+        with file_lock(_ledger_path().with_suffix(".lock")):
             ledger = _read_ledger()
             ledger = {p: v for p, v in ledger.items() if Path(p).is_file()}  # forget files that are gone
             ledger[str(path.resolve())] = _stat_key(path)
@@ -190,18 +192,6 @@ def check_target(path: str | os.PathLike, overwrite: bool = False) -> Path:
 # ---------------------------------------------------------------------------------------------------
 # Atomic writes
 # ---------------------------------------------------------------------------------------------------
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
 def remove_stale_temporaries(folder: Path, name: str | None = None) -> list[Path]:
     """Delete temporaries this package left in ``folder`` when its process was killed (pid gone)."""
     removed = []
@@ -211,7 +201,7 @@ def remove_stale_temporaries(folder: Path, name: str | None = None) -> list[Path
         return removed
     for p in entries:
         m = _TMP.match(p.name)
-        if not m or (name is not None and m["name"] != name) or _pid_alive(int(m["pid"])):
+        if not m or (name is not None and m["name"] != name) or (int(m["pid"]) == os.getpid() or pid_alive(int(m["pid"]))):
             continue
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
         removed.append(p)
@@ -291,7 +281,7 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False):
 # Cache entries
 # ---------------------------------------------------------------------------------------------------
 @contextmanager
-def _lock(path: Path):
+def file_lock(path: Path):
     """An exclusive advisory lock on ``path`` (waits for another process that holds it)."""
     try:
         import fcntl
@@ -340,7 +330,7 @@ def cached_dir(kind: str, key: str, build: Callable[[Path], None], meta: dict | 
     path = entry_dir(kind, key)
     if is_complete(path):
         return path
-    with _lock(path.parent / f".{key}.lock"):
+    with file_lock(path.parent / f".{key}.lock"):
         if is_complete(path):  # another process built it while we waited
             return path
         with atomic_path(path) as tmp:
@@ -367,7 +357,7 @@ def cached_json(kind: str, key: str, compute: Callable[[], Any]) -> Any:
     ok, value = read()
     if ok:
         return value
-    with _lock(path.parent / f".{key}.lock"):
+    with file_lock(path.parent / f".{key}.lock"):
         ok, value = read()
         if ok:
             return value

@@ -3,20 +3,23 @@
 Every cell comes from a real run, cached with :func:`quantedu.artifacts.cached_json` (keyed by the
 settings) so a notebook re-run reuses it:
 
-* **memory_mb**: bytes of the stored weights - the GGUF file, or the safetensors of the GPTQ / AWQ export
-  written in fp16 (what a GPU engine loads).
+* **memory_mb**: bytes of the stored weights - the GGUF file; for FP16 / GPTQ / AWQ, where vLLM runs them,
+  the weights vLLM loads (:func:`vllm_measure`: vLLM's own "Model loading took" figure on a GPU, else the
+  checkpoint's tensors in the dtype vLLM serves), otherwise the safetensors of the fp16 export.
 * **ppl**: perplexity on the course's evaluation text. GGUF rows: llama.cpp's own logits
   (:func:`quantedu.gguf.llama.perplexity`). GPTQ/AWQ rows: the quantized model's exact weights
   (``scales * (codes - zeros)``) in transformers; :func:`fp16_agreement` checks the two paths agree.
 * **quant_s**: wall time of the quantizer (llama.cpp's ``llama_model_quantize``; the course's GPTQ/AWQ with
   the given calibration set). Machine load inflates it: compare ratios taken in one run.
-* **cpu_tok_s / gpu_tok_s**: decode tokens/s with a **real quantized kernel** only - llama.cpp for GGUF
-  on CPU, vLLM on a GPU. A dequantized (fake-quantized) model runs fp32 matmuls, so its speed says
-  nothing about the format: those cells stay NaN ("n/a on this hardware").
+* **cpu_tok_s / gpu_tok_s**: decode tokens/s with a **real kernel** only - llama.cpp for GGUF, vLLM
+  (:mod:`quantedu.vllm_engine`: its CPU backend here, CUDA on a GPU) for FP16, GPTQ (v1 export) and AWQ
+  (AutoAWQ GEMM export). A dequantized (fake-quantized) model runs fp32 matmuls, so its speed says nothing
+  about the format: where no engine ran, the cell stays NaN ("n/a on this hardware").
 """
 from __future__ import annotations
 
 import math
+import re
 import time
 from pathlib import Path
 
@@ -24,7 +27,7 @@ from . import artifacts
 from .evaluate import torch_threads
 
 VARIANTS = ("FP16", "GPTQ-4bit", "AWQ-4bit", "GGUF Q4_K_M", "GGUF Q5_K_M")
-_VERSION = 1
+_VERSION = 2  # 2: the AWQ row exports AutoAWQ's GEMM layout (save_awq)
 
 
 def _model_id(session) -> str:
@@ -97,10 +100,10 @@ def torch_row(method: str, session, n_samples: int = 4, seq_len: int = 256, grou
         ppl = perplexity(model, session.tokenizer, session.corpus, n_windows, eval_len, progress=False)
 
         def build(tmp: Path) -> None:
-            from .export import save_compressed_tensors, save_gptq
+            from .export import save_awq, save_gptq
 
             half = model.to(torch.float16)
-            save = save_gptq if method == "gptq" else save_compressed_tensors
+            save = save_gptq if method == "gptq" else save_awq  # GPTQ v1 / AutoAWQ GEMM: what `vllm serve` loads
             save(half, layers, cfg, tmp / "model", tokenizer=session.tokenizer)
 
         folder = artifacts.cached_dir("exports", key, build) / "model"
@@ -112,14 +115,95 @@ def torch_row(method: str, session, n_samples: int = 4, seq_len: int = 256, grou
             "engine": "vllm", "export": str(export / "model"), **row}
 
 
-def vllm_decode_speed(export: str, max_tokens: int = 128, tokenizer: str | None = None) -> float:
-    """Median decode tokens/s of 4 single requests to ``vllm serve export`` (GPU only)."""
+def dense_target(session) -> str:
+    """What vLLM serves for the FP16 row: the session model's own checkpoint folder (or its hub id)."""
+    return str(getattr(session.model, "name_or_path", "") or session.model_name)
+
+
+def vllm_measure(target, dtype: str | None = None, max_tokens: int = 64, n_requests: int = 4,
+                 quantization: str | None = None, cpu_threads: int | None = 1) -> dict:
+    """Serve ``target`` with vLLM and measure it: median decode tokens/s of single requests, TTFT, weights.
+
+    ``cpu_threads=1`` on a CPU: the same single thread as the llama.cpp rows, so the speeds compare.
+    Cached per target, settings and vLLM (``{"tok_s", "ttft_s", "memory_mb", "device", "kernels", ...}``);
+    raises :class:`quantedu.vllm_engine.VLLMError` where vLLM cannot run here.
+    """
     from . import serving
     from . import serving_bench as bench
+    from . import vllm_engine
 
-    with serving.start_vllm(export, tokenizer=tokenizer) as s:
-        df = bench.sweep(s, (1,), n_requests=4, max_tokens=max_tokens, model=serving.models(s)[0])
-    return float(df.decode_tps.median())
+    info = vllm_engine.probe()
+    dtype = dtype or ("bfloat16" if info["device"] == "cpu" else "half")
+    stamp = Path(target).stat().st_mtime if Path(target).exists() else 0
+    key = artifacts.cache_key("vllm-row", str(target), stamp, dtype, quantization, max_tokens, n_requests,
+                              cpu_threads, info["python"], info["vllm"], info["device"], _VERSION)
+
+    def compute() -> dict:
+        with vllm_engine.start_vllm(target, dtype=dtype, quantization=quantization, cpu_threads=cpu_threads) as s:
+            df = bench.sweep(s, (1,), n_requests=n_requests, max_tokens=max_tokens, model=serving.models(s)[0],
+                             timeout=120)
+            reported = reported_weight_bytes(s)
+            startup = s.startup_s
+            kernels = vllm_engine.engine_choices(s)
+        ok = df[df.error == ""]
+        weights = reported if reported is not None else loaded_bytes(target, dtype)
+        return {"tok_s": float(ok.decode_tps.median()), "ttft_s": float(ok.ttft_s.median()),
+                "memory_mb": weights / 1e6 if weights else math.nan, "memory_source":
+                "vLLM's log" if reported is not None else f"checkpoint tensors as {dtype}",
+                "device": info["device"], "dtype": dtype, "startup_s": startup, "kernels": kernels}
+
+    return artifacts.cached_json("comparison", key, compute)
+
+
+def loaded_bytes(model, dtype: str = "bfloat16") -> int | None:
+    """Bytes of the weights vLLM loads from ``model``: every tensor of its safetensors, floating ones in
+    ``dtype`` (vLLM casts them), packed integer ones as stored; a .gguf file's size. None for a hub id."""
+    from safetensors import safe_open
+
+    path = Path(str(model))
+    if path.is_file():
+        return path.stat().st_size
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
+    if not files:
+        return None
+    width = {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4, "float": 4}.get(dtype, 2)
+    sizes = {"I32": 4, "I64": 8, "U8": 1, "I8": 1, "I16": 2, "U32": 4, "BOOL": 1}
+    total = 0
+    for f in files:
+        with safe_open(str(f), "pt") as st:
+            for key in st.keys():
+                t = st.get_slice(key)
+                total += math.prod(t.get_shape()) * sizes.get(t.get_dtype(), width)
+    return total
+
+
+def reported_weight_bytes(server) -> int | None:
+    """vLLM's own "Model loading took X GiB memory" (its GPU model runner reports it; the CPU one does not)."""
+    found = re.findall(r"Model loading took ([0-9.]+) ?GiB", server.log_tail(2000))
+    return int(float(found[-1]) * 2**30) if found else None
+
+
+
+def add_vllm(rows: list[dict], session, **kwargs) -> list[dict]:
+    """Measure the FP16, GPTQ-4bit and AWQ-4bit rows with vLLM (in place): speed, weights, engine."""
+    targets = {"FP16": dense_target(session)}
+    targets.update({r["variant"]: r["export"] for r in rows if r.get("export")})
+    for row in rows:
+        if row["variant"] not in targets:
+            continue
+        m = vllm_measure(targets[row["variant"]], **kwargs)
+        if row["variant"] == "FP16":  # llama.cpp's F16 numbers stay beside vLLM's, in their own columns
+            row["llama_cpp_tok_s"], row["llama_cpp_mb"] = row.get("cpu_tok_s"), row.get("memory_mb")
+            row["cpu_tok_s"] = math.nan
+        speed_col = "cpu_tok_s" if m["device"] == "cpu" else "gpu_tok_s"
+        row.update({speed_col: m["tok_s"], "memory_mb": m["memory_mb"], "engine": "vllm",
+                    "kernel": _kernel(m["kernels"]), "vllm_ttft_s": m["ttft_s"]})
+    return rows
+
+
+def _kernel(choices: list[str]) -> str:
+    used = [c.split()[1] for c in choices if c.startswith("Using ") and "Kernel" in c]
+    return ", ".join(dict.fromkeys(used)) or "dense"
 
 
 def fp16_agreement(session, text: str, n_windows: int = 4, seq_len: int = 512) -> tuple[float, float]:
@@ -148,7 +232,8 @@ def table(rows: list[dict]):
 
 def display_table(df):
     """Rounded, with 'n/a on this hardware' instead of NaN speeds and '-' for no quantization."""
-    out = df[["variant", "memory_mb", "ppl", "quant_s", "cpu_tok_s", "gpu_tok_s"]].copy()
+    cols = ["variant", "memory_mb", "ppl", "quant_s", "cpu_tok_s", "gpu_tok_s"] + (["engine"] if "engine" in df else [])
+    out = df[cols].copy()
     out["memory_mb"] = out.memory_mb.round(1)
     out["ppl"] = out.ppl.round(2)
     out["quant_s"] = [("-" if math.isnan(v) else f"{v:.1f}") for v in out.quant_s]
@@ -157,4 +242,5 @@ def display_table(df):
     return out.set_index("variant")
 
 
-__all__ = ["VARIANTS", "gguf_row", "torch_row", "vllm_decode_speed", "fp16_agreement", "table", "display_table"]
+__all__ = ["VARIANTS", "gguf_row", "torch_row", "dense_target", "vllm_measure", "add_vllm", "fp16_agreement",
+           "table", "display_table"]

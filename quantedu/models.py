@@ -329,5 +329,8 @@ def load_model(
     model.quantedu_source = why
     if verbose:
         banner = f"MODEL={name!r} -> {target} on {dev} ({dt}): {why}"
-        print("=" * len(banner) + "\n" + banner + "\n" + "=" * len(banner))
+        import textwrap
+        lines = textwrap.wrap(banner, width=96, subsequent_indent="    ")
+        rule = "=" * max(map(len, lines))
+        print("\n".join([rule, *lines, rule]))
     return model, tokenizer

@@ -59,7 +59,8 @@ def set_pdeathsig(sig: int):
 _LOG = re.compile(r"^quantedu-.*-p(?P<pid>\d+)-[^-]+\.log$")
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (ours or another user's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -78,7 +79,7 @@ def new_log(name: str, port: int) -> Path:
     folder = Path(tempfile.gettempdir())
     for old in folder.glob("quantedu-*-p*-*.log"):
         match = _LOG.match(old.name)
-        if match and int(match["pid"]) != os.getpid() and not _alive(int(match["pid"])):
+        if match and int(match["pid"]) != os.getpid() and not pid_alive(int(match["pid"])):
             old.unlink(missing_ok=True)
     safe = "".join(c if c.isalnum() or c in "_." else "_" for c in name)[:60]
     fd, path = tempfile.mkstemp(prefix=f"quantedu-{safe}-{port}-p{os.getpid()}-", suffix=".log", dir=folder)

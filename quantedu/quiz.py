@@ -1,8 +1,9 @@
 """Quiz widgets: multiple-choice, multi-select and numeric questions with feedback and a score.
 
 The checking logic is plain Python (``Question.check``), unit-tested without a browser. ``Quiz.show``
-draws ipywidgets inside a Jupyter kernel and degrades to printed text elsewhere (plain terminals,
-or whenever ``QUANTEDU_QUIZ_TEXT=1``, which the test suite sets for nbval runs).
+draws ipywidgets inside a Jupyter kernel, with the quiz's text as the output's plain-text form (what a
+viewer without widgets shows), and prints that text elsewhere (plain terminals, or whenever
+``QUANTEDU_QUIZ_TEXT=1``, which the test suite sets for nbval runs).
 
 Questions live in one place: ``quantedu/quizzes/<topic>.json``, a list of objects::
 
@@ -11,6 +12,11 @@ Questions live in one place: ``quantedu/quizzes/<topic>.json``, a list of object
      "answer": 1 | [0, 2] | 4.156,       # option index, indices, or number
      "tolerance": 0.01,                  # numeric only: relative tolerance (default 1e-3)
      "explanation": "..."}
+
+Numbers a notebook measured go into the text at run time, never typed into the JSON: a prompt, an
+option or an explanation may hold ``{name}`` or ``{name:.2f}`` (a Python identifier, optionally a
+format spec), filled from ``Quiz.load(topic, values={"name": ...})``. Loading a quiz without a value
+it names is a ``KeyError`` that lists what is missing; other braces (``{-127, ..., 113}``) are text.
 
 Answering in code: ``quiz.answer(i, response)`` with ``i`` 0 for Q1 (an index past the end is an
 IndexError). An option is its index, the index as a string (``"2"``) or its text; a response that
@@ -23,12 +29,43 @@ import json
 import math
 import operator
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 KINDS = ("single", "multi", "numeric")
 QUIZ_DIR = Path(__file__).parent / "quizzes"
+_FIELD = re.compile(r"\{([A-Za-z_]\w*)(?::([^{}]*))?\}")  # {name} or {name:.2f}; other braces are text
+_TEXT_FIELDS = ("prompt", "explanation")
+
+
+def _names(item: dict) -> set[str]:
+    texts = [item.get(k, "") for k in _TEXT_FIELDS] + list(item.get("options", []))
+    return {m[1] for t in texts for m in _FIELD.finditer(t)}
+
+
+def _fill(item: dict, values: dict) -> dict:
+    def sub(text: str) -> str:
+        return _FIELD.sub(lambda m: format(values[m[1]], m[2] or ""), text)
+    out = {k: sub(v) if k in _TEXT_FIELDS else v for k, v in item.items()}
+    if "options" in item:
+        out["options"] = [sub(o) for o in item["options"]]
+    return out
+
+
+def _read(topic: str) -> tuple[dict | list, list[dict]]:
+    path = QUIZ_DIR / f"{topic}.json"
+    if not path.is_file():
+        names = sorted(p.stem for p in QUIZ_DIR.glob("*.json"))
+        raise FileNotFoundError(f"no quiz named {topic!r}; available: {', '.join(names)}")
+    raw = json.loads(path.read_text())
+    return raw, raw["questions"] if isinstance(raw, dict) else raw
+
+
+def placeholders(topic: str) -> list[str]:
+    """The run-time values quiz ``topic`` needs (its ``{name}`` fields), sorted."""
+    return sorted(set().union(*(_names(q) for q in _read(topic)[1])))
 
 
 @dataclass(frozen=True)
@@ -150,21 +187,22 @@ class Quiz:
         self.results: dict[int, bool] = {}
 
     @classmethod
-    def load(cls, topic: str, ids: list[str] | None = None) -> "Quiz":
-        """Questions of ``quantedu/quizzes/<topic>.json`` (optionally only those ``ids``, in order)."""
-        path = QUIZ_DIR / f"{topic}.json"
-        if not path.is_file():
-            names = sorted(p.stem for p in QUIZ_DIR.glob("*.json"))
-            raise FileNotFoundError(f"no quiz named {topic!r}; available: {', '.join(names)}")
-        raw = json.loads(path.read_text())
-        items = raw["questions"] if isinstance(raw, dict) else raw
-        questions = [Question(**q) for q in items]
+    def load(cls, topic: str, ids: list[str] | None = None, values: dict | None = None) -> "Quiz":
+        """Questions of ``quantedu/quizzes/<topic>.json`` (optionally only those ``ids``, in order), their
+        ``{name}`` fields filled from ``values`` (what the notebook measured; see :func:`placeholders`)."""
+        raw, items = _read(topic)
         if ids is not None:
-            by_id = {q.id: q for q in questions}
+            by_id = {q.get("id"): q for q in items}
             missing = [i for i in ids if i not in by_id]
             if missing:
                 raise KeyError(f"quiz {topic!r} has no questions {missing}")
-            questions = [by_id[i] for i in ids]
+            items = [by_id[i] for i in ids]
+        values = dict(values or {})
+        needed = set().union(*(_names(q) for q in items))
+        if needed - values.keys():
+            raise KeyError(f"quiz {topic!r} shows measured numbers: pass them as Quiz.load({topic!r}, values={{...}}); "
+                           f"missing: {sorted(needed - values.keys())}")
+        questions = [Question(**_fill(q, values)) for q in items]
         title = raw.get("title", topic) if isinstance(raw, dict) else topic
         return cls(questions, title=title)
 
@@ -195,20 +233,36 @@ class Quiz:
         right, total = self.score
         return f"Score: {right}/{total}"
 
+    def text(self) -> str:
+        """The whole quiz as plain text (what a terminal, or a viewer without widgets, shows)."""
+        lines = [f"== {self.title} =="] + [q.text(i + 1) + "\n" for i, q in enumerate(self.questions)]
+        lines.append("Answer in code: quiz.answer(question_index, response) -> feedback  (Q1 is index 0)")
+        return "\n".join(lines)
+
     def show(self, text: bool | None = None):
-        """Draw the quiz (widgets in Jupyter, text elsewhere); the widget is kept as ``self.widget``."""
+        """Draw the quiz: widgets in a Jupyter kernel, text elsewhere (or with ``QUANTEDU_QUIZ_TEXT=1``).
+
+        The widget output carries the quiz text as its plain-text form, so a notebook executed without
+        a widget front end (nbclient, nbval) or opened where widgets do not render still shows the
+        questions, not a widget's repr. The widget is kept as ``self.widget``.
+        """
         if text is None:
             text = os.environ.get("QUANTEDU_QUIZ_TEXT") == "1" or not _in_kernel()
         if text:
-            print(f"== {self.title} ==")
-            for i, q in enumerate(self.questions):
-                print(q.text(i + 1) + "\n")
-            print("Answer in code: quiz.answer(question_index, response) -> feedback  (Q1 is index 0)")
+            print(self.text())
             return
         from IPython.display import display
 
         self.widget = _widgets(self)
-        display(self.widget)
+        display(self.mimebundle(), raw=True)
+
+    def mimebundle(self) -> dict:
+        """The widget's display data with the quiz text as its ``text/plain`` fallback."""
+        if getattr(self, "widget", None) is None:
+            self.widget = _widgets(self)
+        bundle = dict(self.widget._repr_mimebundle_())
+        bundle["text/plain"] = self.text()
+        return bundle
 
 
 def _in_kernel() -> bool:

@@ -1,15 +1,13 @@
 """Serve a quantized model behind a real OpenAI-compatible HTTP server, as a managed subprocess.
 
-Two engines:
+Engines:
 
 * **llama.cpp** (CPU, GGUF files) through llama-cpp-python's server,
   ``python -m llama_cpp.server --model F --host 127.0.0.1 --port P --n_threads 1 --n_threads_batch 1``
   (the ``[server]`` extra). The thread count is explicit: on a 2-core machine shared with other work,
   llama.cpp's default thread count was measured to collapse to ~1 token/s while 1 thread kept 30-80.
-* **vLLM** (CUDA GPU): ``vllm serve MODEL``, for GPTQ / AWQ / compressed-tensors exports (the
-  quantization method is read from the checkpoint's ``config.json``; passing ``--quantization gptq``
-  would *force* the slow non-Marlin kernel) and, experimentally, GGUF files (which need the base
-  model's tokenizer, ``--tokenizer``). See :func:`vllm_command`.
+* **vLLM**: :mod:`quantedu.vllm_engine` builds on :class:`Server` (its own interpreter, its KV-cache
+  size, its refusals); ``llama_tools`` does the same for llama.cpp's C++ ``llama-server``.
 
 Every server is bound to 127.0.0.1 only and is always stopped:
 
@@ -33,7 +31,6 @@ import atexit
 import importlib.util
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -47,7 +44,6 @@ from . import procs
 from .procs import HOST, free_port, port_in_use
 
 LLAMA_CPP_EXTRA = "pip install 'llama-cpp-python[server]'"
-VLLM_INSTALL = "pip install vllm   (on a CUDA GPU machine, e.g. a Colab GPU runtime)"
 # the modules `python -m llama_cpp.server` imports beyond llama_cpp itself: they come with the [server] extra
 _SERVER_MODULES = ("uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
 
@@ -61,10 +57,6 @@ class PortInUseError(ServerError):
 
 
 class MissingPackageError(ServerError):
-    pass
-
-
-class GPURequiredError(ServerError):
     pass
 
 
@@ -98,7 +90,7 @@ def llama_cpp_command(model, port: int, n_threads: int = 1, n_ctx: int = 2048, n
         raise FileNotFoundError(f"model file {model} does not exist (give the path of a .gguf file)")
     if model.suffix.lower() != ".gguf":
         raise ServerError(f"{model.name}: llama.cpp serves GGUF files; for a transformers checkpoint "
-                          f"folder use vllm_command / start_vllm on a GPU")
+                          f"folder use quantedu.vllm_engine.start_vllm")
     if n_threads < 1:
         raise ServerError("n_threads must be >= 1 (use 1 on a 2-core machine)")
     return [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", HOST,
@@ -107,39 +99,6 @@ def llama_cpp_command(model, port: int, n_threads: int = 1, n_ctx: int = 2048, n
             # the default (True) aborts a streaming request as soon as another one arrives: under
             # concurrency, clients would get truncated completions instead of waiting their turn
             "--interrupt_requests", "False", *map(str, extra)]
-
-
-def vllm_command(model, port: int, tokenizer: str | None = None, dtype: str | None = None,
-                 quantization: str | None = None, max_model_len: int = 2048,
-                 gpu_memory_utilization: float = 0.5, extra: list[str] | tuple = ()) -> list[str]:
-    """The ``vllm serve`` command for a quantized checkpoint folder, a hub id, or a GGUF file.
-
-    * GPTQ / AWQ / compressed-tensors folders: leave ``quantization=None``. vLLM reads
-      ``quantization_config`` from ``config.json`` and picks the fastest kernel the GPU has (Marlin
-      for GPTQ/AWQ on Ampere+). The seed's ``--quantization gptq`` forces the plain GPTQ kernel.
-    * GGUF (experimental in vLLM, single file only): pass the base model's ``tokenizer`` (hub id or
-      folder), since converting the GGUF tokenizer is slow and not always faithful.
-    * ``dtype="half"`` on GPUs without bf16 (T4, V100): the default ``auto`` would pick bf16 from the
-      config and fail there.
-    """
-    target = str(model)
-    local = Path(target).expanduser()
-    looks_local = local.exists() or target.startswith((".", "/", "~")) or target.endswith(".gguf")
-    if looks_local and not local.exists():
-        raise FileNotFoundError(f"model {target} does not exist (give a checkpoint folder, a .gguf file "
-                                f"or a hub id)")
-    if target.endswith(".gguf") and tokenizer is None:
-        raise ServerError("vLLM's GGUF support needs the base model's tokenizer: pass tokenizer="
-                          "'HuggingFaceTB/SmolLM2-135M-Instruct' (or the folder of a saved tokenizer)")
-    cmd = ["vllm", "serve", str(local) if looks_local else target, "--host", HOST, "--port", str(port),
-           "--max-model-len", str(max_model_len), "--gpu-memory-utilization", str(gpu_memory_utilization)]
-    if tokenizer:
-        cmd += ["--tokenizer", str(tokenizer)]
-    if dtype:
-        cmd += ["--dtype", dtype]
-    if quantization:
-        cmd += ["--quantization", quantization]
-    return cmd + [str(e) for e in extra]
 
 
 # ---------------------------------------------------------------------------------------- server
@@ -151,7 +110,7 @@ _LIVE_LOCK = threading.Lock()
 class Server:
     """A server subprocess with its command, port, log file and OpenAI base URL.
 
-    Use :func:`start_llama_cpp` / :func:`start_vllm`, or ``Server(cmd, port).start()``.
+    Use :func:`start_llama_cpp`, :func:`quantedu.vllm_engine.start_vllm`, or ``Server(cmd, port).start()``.
     """
 
     def __init__(self, cmd: list[str], port: int, name: str = "server", log_path=None,
@@ -329,28 +288,6 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def vllm_server(model, port: int | None = None, log_path=None, **kwargs) -> Server:
-    """A (not yet started) ``vllm serve`` server; refuses without a CUDA GPU or without vLLM installed."""
-    if not cuda_available():
-        raise GPURequiredError("vLLM serves on a CUDA GPU and none is visible here. On CPU, serve a GGUF "
-                               "file with llama_cpp_server(); for vLLM use a GPU runtime (e.g. Colab T4).")
-    if shutil.which("vllm") is None and _missing(("vllm",)):
-        raise MissingPackageError(f"vLLM is not installed. Run:\n    {VLLM_INSTALL}")
-    if port is None:
-        port = free_port()
-    cmd = vllm_command(model, port, **kwargs)
-    if shutil.which("vllm") is None:  # installed as a module but its script is not on PATH
-        cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", *cmd[1:]]
-    # vLLM has worker processes: SIGTERM lets it stop them (the group kill in stop() backs it up)
-    return Server(cmd, port, name=f"vllm[{Path(str(model)).name}]", log_path=log_path,
-                  health_path="/v1/models", death_signal=signal.SIGTERM)
-
-
-def start_vllm(model, port: int | None = None, timeout: float = 600.0, **kwargs) -> Server:
-    """Start ``vllm serve`` (loading + CUDA graph capture takes minutes) and wait until it answers."""
-    return vllm_server(model, port=port, **kwargs).start(timeout=timeout)
-
-
 def running_servers() -> list["Server"]:
     """The servers this process started and has not stopped yet."""
     with _LIVE_LOCK:
@@ -364,6 +301,6 @@ def models(server_or_url) -> list[str]:
         return [m["id"] for m in json.load(r)["data"]]
 
 
-__all__ = ["Server", "ServerError", "PortInUseError", "MissingPackageError", "GPURequiredError", "free_port",
-           "port_in_use", "llama_cpp_command", "vllm_command", "llama_cpp_server", "start_llama_cpp",
-           "vllm_server", "start_vllm", "stop_all", "running_servers", "models", "cuda_available"]
+__all__ = ["Server", "ServerError", "PortInUseError", "MissingPackageError", "free_port", "port_in_use",
+           "llama_cpp_command", "llama_cpp_server", "start_llama_cpp", "stop_all", "running_servers", "models",
+           "cuda_available"]

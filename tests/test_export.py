@@ -130,3 +130,90 @@ def test_writes_are_atomic(tiny_llama, tmp_path, monkeypatch):
     assert (target / "model.safetensors").read_bytes() == before  # the old checkpoint is intact
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary left behind
     assert hasattr(export, "save_compressed_tensors")
+
+
+def awq_copy(tiny_llama, sym=False, group_size=32):
+    from quantedu.awq import AWQConfig, awq_quantize_model
+
+    model = copy.deepcopy(tiny_llama)
+    calib = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
+    cfg = AWQConfig(bits=4, group_size=group_size, sym=sym, n_grid=4, clip_grid=4)
+    return model, awq_quantize_model(model, calib, cfg)["layers"], cfg
+
+
+@pytest.mark.parametrize("sym", [False, True], ids=["asym", "sym"])
+def test_awq_gemm_layout_round_trips(tiny_llama, tmp_path, sym):
+    """save_awq writes AutoAWQ's GEMM layout; our reader gives back the exact weights (fp16 scales)."""
+    from quantedu.export import load_awq_weights, load_quantized_model, save_awq
+
+    model, layers, cfg = awq_copy(tiny_llama, sym=sym)
+    path = save_awq(model, layers, cfg, tmp_path / "awq")
+    config = json.loads((path / "config.json").read_text())
+    qc = config["quantization_config"]
+    assert qc == {"quant_method": "awq", "version": "gemm", "bits": 4, "zero_point": True, "group_size": 32,
+                  "modules_to_not_convert": ["lm_head"]}
+    assert config["dtype"] == "float16"
+    weights = load_awq_weights(path)
+    assert set(weights) == set(layers)
+    for name, res in layers.items():
+        exact = (res.scales.half().float()[:, res.g_idx.long()]) * (res.codes.float() - res.zeros[:, res.g_idx.long()])
+        torch.testing.assert_close(weights[name], exact, rtol=0, atol=0)
+    torch.testing.assert_close(logits(load_quantized_model(path)), logits(model), rtol=0, atol=2e-2)
+
+
+def test_awq_gemm_bits_are_where_autoawq_puts_them(tiny_llama, tmp_path):
+    """qweight (in, out/8): nibble i of word w holds output 8w + [0,2,4,6,1,3,5,7][i]; qzeros the same."""
+    from safetensors.torch import load_file
+
+    from quantedu.export import save_awq
+
+    model, layers, cfg = awq_copy(tiny_llama)
+    sd = load_file(str(save_awq(model, layers, cfg, tmp_path / "a") / "model.safetensors"))
+    name = "model.layers.0.mlp.up_proj"
+    codes, zeros = layers[name].codes.long(), layers[name].zeros.long()  # (128 out, 64 in), (128, 2)
+    qweight, qzeros = sd[f"{name}.qweight"].long() & 0xFFFFFFFF, sd[f"{name}.qzeros"].long() & 0xFFFFFFFF
+    assert qweight.shape == (64, 16) and qzeros.shape == (2, 16) and sd[f"{name}.scales"].shape == (2, 128)
+    assert sd[f"{name}.scales"].dtype == torch.float16 and f"{name}.g_idx" not in sd
+    order = [0, 2, 4, 6, 1, 3, 5, 7]
+    for out in (0, 1, 5, 8, 77, 127):
+        nibble = order.index(out % 8)
+        assert torch.equal((qweight[:, out // 8] >> (4 * nibble)) & 0xF, codes[out, :])
+        assert torch.equal((qzeros[:, out // 8] >> (4 * nibble)) & 0xF, zeros[out, :])
+
+
+def test_awq_gemm_refuses_what_it_cannot_store(tiny_llama, tmp_path):
+    from quantedu.export import save_awq
+
+    model, results = quantized_copy(tiny_llama, GPTQConfig(bits=3, group_size=32, sym=False))
+    with pytest.raises(ValueError, match="4-bit"):
+        save_awq(model, results, GPTQConfig(bits=3, group_size=32, sym=False), tmp_path / "a")
+    cfg = GPTQConfig(bits=4, group_size=32, desc_act=True)  # dynamic act-order: permuted g_idx
+    model, results = quantized_copy(tiny_llama, cfg)
+    with pytest.raises(ValueError, match="permuted"):
+        save_awq(model, results, cfg, tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_static_groups_act_order_is_stored_as_natural_order(tiny_llama, tmp_path):
+    """Act-order with static groups keeps contiguous groups: desc_act false (what vLLM serves), same weights."""
+    cfg = GPTQConfig(bits=4, group_size=32, desc_act=True, static_groups=True)
+    model, results = quantized_copy(tiny_llama, cfg)
+    path = save_gptq(model, results, cfg, tmp_path / "static")
+    qc = json.loads((path / "config.json").read_text())["quantization_config"]
+    assert (qc["desc_act"], qc["static_groups"]) == (False, True)
+    for name, w in load_gptq_weights(path).items():
+        torch.testing.assert_close(w, results[name].weight, rtol=0, atol=1e-6)
+    dynamic = GPTQConfig(bits=4, group_size=32, desc_act=True)
+    model, results = quantized_copy(tiny_llama, dynamic)
+    path = save_gptq(model, results, dynamic.quant_config(), tmp_path / "dynamic")  # desc_act from the g_idx
+    assert json.loads((path / "config.json").read_text())["quantization_config"]["desc_act"] is True
+
+
+def test_compressed_tensors_reader_matches_the_records(tiny_llama, tmp_path, ct):
+    from quantedu.export import load_quantized_weights
+
+    for cfg in (GPTQConfig(bits=4, group_size=32), GPTQConfig(bits=4, group_size=32, sym=False)):
+        model, results = quantized_copy(tiny_llama, cfg)
+        weights = load_quantized_weights(save_compressed_tensors(model, results, cfg, tmp_path / cfg.label()))
+        for name, res in results.items():
+            torch.testing.assert_close(weights[name], res.weight, rtol=0, atol=1e-6)

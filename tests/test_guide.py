@@ -36,7 +36,8 @@ def test_table_orders_rows_and_marks_missing_speeds():
 
 def test_cpu_only_offers_formats_with_a_cpu_kernel_and_ranks_by_measured_speed():
     rec = guide.recommend(_table(), "cpu", accuracy="any")
-    assert set(rec.candidates.format) <= {"gguf", "fp16"}
+    assert set(rec.candidates[rec.candidates.engine == "llama.cpp"].format) <= {"gguf", "fp16"}
+    assert set(rec.candidates[rec.candidates.engine == "vllm"].format) == {"gptq", "awq", "fp16"}  # vLLM's CPU backend
     # 28 vs 30 tokens/s is a tie (within 15%): the lower perplexity wins
     assert rec.choice == "GGUF Q4_K_M" and rec.engine == "llama.cpp"
     # make Q5_K_M clearly faster: the choice follows the measurement
@@ -63,9 +64,9 @@ def test_gpu_prefers_measured_speed_then_accuracy_and_marks_experimental_gguf():
     assert rec.choice == "AWQ-4bit" and rec.engine == "vllm"
     t2 = _table(**{"GPTQ-4bit": {"gpu_tok_s": 500.0}})
     assert guide.recommend(t2, "gpu", 125, "moderate", "vllm").choice == "GPTQ-4bit"
-    # only GGUF fits 106 MB: vLLM may serve it, with the experimental note
+    # only GGUF fits 106 MB: vLLM may serve it on a GPU, with the plugin note
     rec = guide.recommend(t, "gpu", 106, "moderate", "vllm")
-    assert rec.choice == "GGUF Q4_K_M" and any("experimental" in r for r in rec.reasons)
+    assert rec.choice == "GGUF Q4_K_M" and any("plugin" in r for r in rec.reasons)
 
 
 def test_bad_arguments_are_explained():
@@ -78,7 +79,7 @@ def test_bad_arguments_are_explained():
         guide.recommend(t, "cpu", engine="ollama")
     with pytest.raises(ValueError, match="columns"):
         guide.recommend(pd.DataFrame({"variant": ["x"]}), "cpu")
-    rec = guide.recommend(t, "cpu", engine="vllm")
+    rec = guide.recommend(t[t.format == "gguf"], "cpu", engine="vllm")  # vLLM's GGUF plugin needs CUDA
     assert rec.choice is None and "vllm" in rec.reasons[0]
 
 

