@@ -14,8 +14,8 @@ quantized more finely. Per block and per group of layers sharing one input:
 
 1. statistics: ``s_x[c] = mean |x_c|`` over the calibration tokens;
 2. scale search: ``s = s_x ** alpha`` (normalized so ``sqrt(max(s) * min(s)) = 1``), ``alpha`` on a
-   grid of ``n_grid`` values in ``[0, 1)``; keep the ``alpha`` whose quantized block output
-   ``Q(W * s) (x / s)`` has the smallest mean squared error to the full-precision output;
+   grid of ``n_grid`` values in ``[0, 1)``; keep the ``alpha`` whose quantized output of the inspected
+   module (attention, MLP or single layer) ``Q(W * s) (x / s)`` has the smallest mean squared error to the full-precision output;
 3. fold ``1/s`` into the previous op and ``s`` into the layers (the function is unchanged);
 4. clipping search: per output row and group, shrink the weight range to ``±max|w| * r`` with ``r``
    in ``[1 - max_shrink, 1]``, keeping the ``r`` whose layer output error is smallest (not for
@@ -315,7 +315,8 @@ def awq_block(block: nn.Module, inputs: list[torch.Tensor], kwargs: dict, config
 
 
 @torch.no_grad()
-def awq_quantize_model(model: nn.Module, batches: torch.Tensor, config: AWQConfig = AWQConfig()) -> dict:
+def awq_quantize_model(model: nn.Module, batches: torch.Tensor, config: AWQConfig = AWQConfig(),
+                       progress: bool = True) -> dict:
     """AWQ every decoder block of ``model`` in place (weights become dequantized AWQ weights).
 
     ``batches``: calibration token ids ``(n_samples, seq_len)``. One block, its calibration inputs,
@@ -324,10 +325,10 @@ def awq_quantize_model(model: nn.Module, batches: torch.Tensor, config: AWQConfi
     "alpha": {...}, "scales": {...}, "seconds": wall time}``.
     """
     with in_place(model, config.label()):
-        return _awq_model(model, batches, config)
+        return _awq_model(model, batches, config, progress)
 
 
-def _awq_model(model: nn.Module, batches: torch.Tensor, config: AWQConfig) -> dict:
+def _awq_model(model: nn.Module, batches: torch.Tensor, config: AWQConfig, progress: bool) -> dict:
     layers = decoder_layers(model)
     prefix = next(name for name, m in model.named_modules() if m is layers)
     result: dict = {"layers": {}, "alpha": {}, "scales": {}}
@@ -341,6 +342,7 @@ def _awq_model(model: nn.Module, batches: torch.Tensor, config: AWQConfig) -> di
             result["alpha"][f"{prefix}.{index}.{prev}"] = a
             result["scales"][f"{prefix}.{index}.{prev}"] = res["scales"][prev]
 
-    sequential_blocks(model, batches, process, quantized_inputs=config.quantized_inputs, desc=config.label())
+    sequential_blocks(model, batches, process, quantized_inputs=config.quantized_inputs, desc=config.label(),
+                      progress=progress)
     result["seconds"] = time.perf_counter() - t0
     return result

@@ -223,7 +223,9 @@ def table(rows: list[dict]):
     """The rows as a DataFrame in the seed's order, with 'n/a on this hardware' shown for missing speeds."""
     import pandas as pd
 
-    df = pd.DataFrame(rows).set_index("variant").reindex([v for v in VARIANTS if v in {r["variant"] for r in rows}])
+    names = [r["variant"] for r in rows]  # the seed's variants in its order, any others after them
+    order = [v for v in VARIANTS if v in names] + [v for v in names if v not in VARIANTS]
+    df = pd.DataFrame(rows).set_index("variant").reindex(order)
     for col in ("cpu_tok_s", "gpu_tok_s"):
         if col not in df:
             df[col] = math.nan

@@ -299,7 +299,8 @@ def _train_blockwise(model, data, config, p: QATPlan, seed: int, progress: bool,
         per_block.append({"block": index, "mse before": before, "mse after": after})
         losses.extend(block_losses)
 
-    sequential_blocks(model, data, process, quantized_inputs=True, desc=f"QAT blocks {config.label()}")
+    sequential_blocks(model, data, process, quantized_inputs=True, desc=f"QAT blocks {config.label()}",
+                      progress=progress)
     for prm in model.parameters():
         prm.requires_grad_(False)
     steps = p.steps * n_blocks

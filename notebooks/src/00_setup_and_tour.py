@@ -15,7 +15,9 @@
 # local path to try another model.
 
 # %%
-MODEL = "auto"
+from quantedu.course import parameter
+
+MODEL = parameter("MODEL", "auto")  # or "smollm2-135m", a hub id, a local path (env: QUANTEDU_MODEL)
 N_WINDOWS = 4      # perplexity windows of SEQ_LEN tokens (more = slower, steadier)
 SEQ_LEN = 512
 NEW_TOKENS = 32    # tokens generated for the speed measurement
@@ -35,8 +37,11 @@ print_report()
 # `start` loads the model and tokenizer, and the course corpus. It prints which model it took and why.
 
 # %%
+from transformers.utils import logging as hf_logging
+
 from quantedu.course import start
 
+hf_logging.disable_progress_bar()  # transformers' loading bars would stay in the saved notebook as fragments
 session = start(MODEL)
 model, tokenizer, corpus = session.model, session.tokenizer, session.corpus
 n_params = sum(p.numel() for p in model.parameters())
@@ -93,7 +98,7 @@ log_probs = F.log_softmax(logits[:-1], dim=-1)                       # predictio
 nll = -log_probs.gather(1, window[0, 1:, None].to(session.device)).mean()
 ppl_by_hand = math.exp(nll.item())
 
-ppl_package = perplexity(model, tokenizer, corpus, n_windows=1, seq_len=SEQ_LEN)
+ppl_package = perplexity(model, tokenizer, corpus, n_windows=1, seq_len=SEQ_LEN, progress=False)
 assert abs(ppl_by_hand - ppl_package) < 1e-3 * ppl_package
 print(f"one window: by hand {ppl_by_hand:.4f}, package {ppl_package:.4f}")
 
@@ -103,7 +108,7 @@ print(f"one window: by hand {ppl_by_hand:.4f}, package {ppl_package:.4f}")
 # %%
 from quantedu.evaluate import generation_speed, memory_footprint, results_table
 
-baseline_ppl = perplexity(model, tokenizer, corpus, n_windows=N_WINDOWS, seq_len=SEQ_LEN)
+baseline_ppl = perplexity(model, tokenizer, corpus, n_windows=N_WINDOWS, seq_len=SEQ_LEN, progress=False)
 speed = generation_speed(model, tokenizer, new_tokens=NEW_TOKENS)
 memory = memory_footprint(model)
 baseline = results_table([{
@@ -116,11 +121,51 @@ baseline = results_table([{
 baseline
 
 # %% [markdown]
-# The weights take 4 bytes per parameter in fp32: the memory above is the parameter count times 4
-# (the tied input/output embedding counted once). Notebook 01 predicts these numbers before loading.
+# The weights take the bytes of their dtype per parameter: the memory above is the parameter count
+# times that (the tied input/output embedding counted once). Notebook 01 predicts these numbers
+# before loading.
 
 # %%
-print(f"{n_params:,} parameters x 4 bytes = {n_params * 4 / 2**20:.1f} MiB; measured {memory['weight_MiB']:.1f} MiB")
+nbytes = next(model.parameters()).element_size()
+print(f"{n_params:,} parameters x {nbytes} bytes ({session.dtype}) = {n_params * nbytes / 2**20:.1f} MiB; "
+      f"measured {memory['weight_MiB']:.1f} MiB (parameters and buffers)")
+
+# %% [markdown]
+# ## One model, several baselines
+# A perplexity is only comparable with another measured on the same windows: it depends on *which*
+# tokens are scored and on *how much context* each one has (a token at position `t` of a window sees
+# the `t` tokens before it, no more). The course uses three window sets, and every notebook prints
+# the baseline on its own: this notebook `N_WINDOWS x SEQ_LEN`; notebooks 02-04 on a CPU `2 x 256`
+# (they evaluate dozens of models); 03-04 with `FAST = False` (a GPU) `8 x 512`. The windows are the
+# first tokens of the same evaluation text, so the differences can be taken apart:
+
+# %%
+from quantedu.evaluate import window_nll
+
+
+def ppl_first(nll, n, seq_len):
+    """Perplexity of the first n windows, from their summed NLLs."""
+    return math.exp(nll[:n].sum().item() / (n * (seq_len - 1)))
+
+
+nll_256 = window_nll(model, evaluation_windows(tokenizer, corpus, n_windows=2, seq_len=256), progress=False)
+nll_512 = window_nll(model, evaluation_windows(tokenizer, corpus, n_windows=8, seq_len=512), progress=False)
+if SEQ_LEN == 512 and N_WINDOWS <= 8:  # the 4 x 512 windows are the first 4 of the 8 x 512 ones
+    assert abs(ppl_first(nll_512, N_WINDOWS, 512) - baseline_ppl) < 1e-4 * baseline_ppl
+p_2x256, p_1x512 = ppl_first(nll_256, 2, 256), ppl_first(nll_512, 1, 512)
+p_4x512, p_8x512 = ppl_first(nll_512, 4, 512), ppl_first(nll_512, 8, 512)
+per_window = [math.exp(v / 511) for v in nll_512.tolist()]
+print(f"2 x 256 tokens (02-04 on a CPU):       {p_2x256:.3f}")
+print(f"1 x 512, the same first 512 tokens:    {p_1x512:.3f}  ({p_1x512 / p_2x256 - 1:+.1%}: the same text, twice the context)")
+print(f"4 x 512 (this notebook's default):     {p_4x512:.3f}  ({p_4x512 / p_1x512 - 1:+.1%}: three more passages of text)")
+print(f"8 x 512 (03-04 with FAST = False):     {p_8x512:.3f}")
+print("the 8 windows of 512 one by one:       " + ", ".join(f"{v:.1f}" for v in per_window))
+
+# %% [markdown]
+# The first two lines score (almost) the same tokens, so their ratio is the effect of context alone;
+# the last line shows how much one passage of text differs from another. Neither is a property of
+# the model: a baseline belongs to its windows. That is why notebooks 02-04 print their own and never
+# compare a quantized model with a baseline measured on other windows.
 
 # %% [markdown]
 # ## The course map
@@ -143,6 +188,12 @@ quiz = Quiz.load("warmup")
 quiz.show()
 
 # %%
-# The quiz logic, checked: a wrong and a right answer to the first question.
-# NBVAL_CHECK_OUTPUT
-print(quiz.answer(0, 7).correct, quiz.answer(0, 14).correct, quiz.score_text())
+# The quiz keys, checked against what this notebook computed: Q1 with the size formula of notebook 01
+# (and a wrong answer, half of it), Q3 with the tensor types of the shipped file read above.
+from quantedu import memory as memory_math
+
+fp16_7b_gb = memory_math.naive_bytes(7e9, 16) / 1e9
+assert not quiz.answer(0, fp16_7b_gb / 2).correct and quiz.answer(0, fp16_7b_gb).correct
+linear_type = max(types, key=types.get)        # the type most tensors of the shipped file have
+assert quiz.answer(2, 2 if linear_type == "Q4_1" else 0).correct, f"the shipped file is mostly {linear_type}"
+print(f"Q1: 7e9 x 2 bytes = {fp16_7b_gb:g} GB; Q3: the shipped file is mostly {linear_type}; {quiz.score_text()}")

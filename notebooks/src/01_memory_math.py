@@ -11,7 +11,9 @@
 # ## Parameters
 
 # %%
-MODEL = "auto"
+from quantedu.course import parameter
+
+MODEL = parameter("MODEL", "auto")  # or "smollm2-135m", a hub id, a local path (env: QUANTEDU_MODEL)
 CONTEXT = 8192     # tokens of context for the KV cache
 BATCH = 1          # sequences served at once
 
@@ -72,36 +74,69 @@ plt.show()
 
 # %% [markdown]
 # ## The seed's table
-# The classic back-of-the-envelope table: parameters x bits / 8, in GB (10^9 bytes).
+# A popular comparison post (the "seed" this course answers) gives the classic back-of-the-envelope
+# table of weight memory by bit width. Its figures are quoted, with their source, in
+# `data/seed_memory.csv` of the repository; here they are, and the arithmetic that produces them:
+# nominal parameters x bits / 8, in GB (10^9 bytes).
 
 # %%
 # NBVAL_CHECK_OUTPUT
+from pathlib import Path
+
+import numpy as np
+
+import quantedu
 from quantedu import memory
 
-seed = memory.naive_table()
-print(seed.to_string(float_format=lambda x: f"{x:.1f}"))
+
+def seed_numbers() -> pd.DataFrame:
+    """The seed post's figures as quoted (not measured) in the repository's data/seed_memory.csv."""
+    local = Path(quantedu.__file__).resolve().parents[1] / "data" / "seed_memory.csv"
+    if local.is_file():
+        return pd.read_csv(local)
+    from importlib.metadata import metadata  # installed without the repository (Colab): read it from there
+    repo = next(u.split(", ", 1)[1] for u in metadata("quantedu").get_all("Project-URL") if u.startswith("Repository"))
+    return pd.read_csv(f"{repo}/raw/main/data/seed_memory.csv")
+
+
+seed = seed_numbers()
+seed_mem = seed[seed.table == "memory"].pivot(index="model", columns="item", values="value")
+naive = memory.naive_table()                       # parameters x bits / 8, in GB
+seed_mem = seed_mem.loc[naive.index, naive.columns]
+assert np.allclose(seed_mem.values, naive.values)  # the seed's table is exactly this arithmetic
+print("the seed's table (GB), quoted:")
+print(seed_mem.to_string(float_format=lambda x: f"{x:g}"))
+print(f"source: {seed[seed.table == 'memory'].source.iloc[0]}")
 
 # %% [markdown]
 # It is right as arithmetic, and wrong as a plan, for three reasons that the rest of this notebook
 # computes: (1) a "4-bit" checkpoint stores more than 4 bits per weight, (2) not every tensor is
-# quantized, (3) weights are not the only thing in memory.
+# quantized, (3) weights are not the only thing in memory. Section 2 puts the corrected numbers next
+# to the seed's.
 
 # %% [markdown]
 # ## 1. Bits per weight, overhead included
-# GPTQ and AWQ checkpoints keep, for every group of `group_size` weights in a row, an fp16 scale and
-# an integer zero point packed at the same bit width as the weights. From scratch:
+# **The one formula.** A group of `group_size` consecutive weights of a row shares one scale of
+# `scale_bits` bits and, in an asymmetric format, one integer zero point of `zero_bits` bits. Each
+# weight therefore costs
+#
+# $$\text{bits per weight} = \text{bits} + \frac{\text{scale bits} + \text{zero-point bits}}{\text{group size}} .$$
+#
+# GPTQ and AWQ checkpoints store an fp16 scale and pack the zero point at the weights' own width
+# (`zero_bits = bits`); a symmetric compressed-tensors checkpoint stores no zero point
+# (`zero_bits = 0`); a format that kept the zero point in fp16 would pay `zero_bits = 16`.
+# `quantedu.memory.GroupFormat(bits, group_size, scale_bits, zero_bits).bits_per_weight()` is this
+# formula, and every bits-per-weight figure in the course (notebooks and quizzes) comes from it.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-def bits_per_weight(bits, group_size, scale_bits=16, zero_bits=None):
-    zero_bits = bits if zero_bits is None else zero_bits
-    return bits + (scale_bits + zero_bits) / group_size
-
-for g in (32, 64, 128):
-    ours = bits_per_weight(4, g)
-    assert ours == memory.bits_per_weight(f"int4-g{g}")
-    print(f"int4, group {g:>3}: {ours:.5f} bits/weight ({(ours / 4 - 1) * 100:.1f}% over 4)")
-print(f"per-channel int8: {memory.bits_per_weight('int8-channel', cols=4096):.5f} bits/weight at 4096 columns")
+assert memory.GroupFormat(4, 128).bits_per_weight() == 4 + (16 + 4) / 128   # the formula, by hand once
+zero_points = {"no zero point (sym)": 0, "4-bit zero (GPTQ/AWQ)": None, "fp16 zero": 16}
+overhead = pd.DataFrame({f"int4, group {g}": {name: memory.GroupFormat(4, g, zero_bits=z).bits_per_weight()
+                                             for name, z in zero_points.items()} for g in (32, 64, 128)}).T
+print(overhead.to_string(float_format=lambda x: f"{x:.5f}"))
+print(f"int8 per channel (one group per row): {memory.GroupFormat(8, None).bits_per_weight(cols=4096):.5f} "
+      f"bits/weight at 4096 columns")
 
 # %% [markdown]
 # GGUF formats are fixed-size blocks. Their bits per weight follow from the block structs of
@@ -120,6 +155,21 @@ for name in ("Q4_0", "Q4_K"):
 gguf_bpw = pd.Series({n: memory.bits_per_weight(n) for n in ("Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q4_1", "Q4_0",
                                                             "IQ4_XS", "Q3_K", "Q2_K")}, name="bits/weight")
 print(gguf_bpw.to_string())
+
+# %% [markdown]
+# The seed also lists bits per weight of GGUF types. Next to what their block structs give
+# (`Q4_K_M` and `Q5_K_M` are not block types but *mixes* of types chosen per tensor, so their average
+# depends on the model: notebook 05 measures it on this one):
+
+# %%
+seed_gguf = seed[seed.table == "gguf_bits"].set_index("item")["value"]
+gguf_check = pd.DataFrame({"seed says": seed_gguf,
+                           "block layout": [memory.bits_per_weight(t) if "_K_" not in t else np.nan for t in seed_gguf.index]})
+gguf_check["difference"] = gguf_check["seed says"] - gguf_check["block layout"]
+print(gguf_check.to_string(float_format=lambda x: f"{x:.4g}", na_rep="a mix (notebook 05)"))
+q8 = layout("Q8_0")
+print(f"Q8_0 is not 8 bits per weight: a block holds {q8.block_size} one-byte codes and an fp16 scale, "
+      f"{q8.type_size} bytes = {8 * q8.type_size / q8.block_size:g} bits per weight.")
 
 # %% [markdown]
 # ### Exercise 01.weight_bytes: bytes of a quantized model's weights
@@ -196,12 +246,40 @@ check("01.kv_cache", kv_cache_bytes)
 corrected = memory.corrected_table("llama-2-7b", context=CONTEXT, batch=BATCH)
 corrected.round(3)
 
+# %% [markdown]
+# ### The seed's table, corrected
+# The same four rows for real models of those sizes (Llama-2-7B and Llama-2-70B, their published
+# shapes): the linear layers in each format with its overhead (INT8 per channel, INT4 in groups of
+# 128 with fp16 scales and 4-bit zeros), embeddings and head in fp16 (fp32 in the FP32 row), and the
+# fp16 KV cache of `CONTEXT` tokens x `BATCH` sequences on top. In GB (10^9 bytes), as the seed.
+
 # %%
-row = corrected.loc["int4-g128"]
-print(f"'7B at INT4 = 3.5 GB': the {llama7.n_params() / 1e9:.2f} B parameters of Llama-2-7B at 4 bits are "
-      f"{row['naive GiB (params x nominal bits)']:.2f} GiB; with group-128 scales/zeros and fp16 embeddings "
-      f"and head the weights are {row['weights GiB']:.2f} GiB, and with the KV cache of {CONTEXT} tokens "
-      f"the total is {row['total GiB']:.2f} GiB: {row['total GiB'] / row['naive GiB (params x nominal bits)']:.1f}x the naive number.")
+specs = {"FP32": "fp32", "FP16": "fp16", "INT8": "int8-channel", "INT4": "int4-g128"}
+fixed = []
+for label, preset in (("7B", "llama-2-7b"), ("70B", "llama-2-70b")):
+    s = memory.model_shape(preset)
+    kv = memory.kv_cache_bytes(s, CONTEXT, BATCH)
+    for prec, spec in specs.items():
+        w = memory.weight_bytes(s, spec, embed_spec="fp32" if spec == "fp32" else "fp16")
+        fixed.append({"model": f"{label} ({preset}, {s.n_params() / 1e9:.2f} B params)", "format": prec,
+                      "seed GB": seed_mem.loc[label, prec],
+                      "linear bits/weight": 8 * w["linear"] / s.params()["linear"],
+                      "weights GB": w["total"] / 1e9, "+ KV cache GB": kv / 1e9,
+                      "total GB": (w["total"] + kv) / 1e9})
+fixed = pd.DataFrame(fixed).set_index(["model", "format"])
+fixed["total / seed"] = fixed["total GB"] / fixed["seed GB"]
+fixed.round(3)
+
+# %%
+r7 = fixed.xs("INT4", level="format").iloc[0]
+w16 = fixed.xs("FP16", level="format").iloc[0]["weights GB"]
+claim = seed[seed.item == "FP16->INT4"].value.iloc[0]
+print(f"INT4 7B: the seed says {r7['seed GB']:g} GB. Llama-2-7B's linear layers cost {r7['linear bits/weight']:.3f} bits per "
+      f"weight, not 4; with its fp16 embedding and head the weights are {r7['weights GB']:.2f} GB, and serving {CONTEXT} "
+      f"tokens adds {r7['+ KV cache GB']:.2f} GB of KV cache: {r7['total GB']:.2f} GB, {r7['total / seed']:.1f}x the seed's figure.")
+print(f"'FP16 -> INT4 saves about {claim:g}x': the weights shrink {w16 / r7['weights GB']:.2f}x, the memory with the KV cache "
+      f"{fixed.xs('FP16', level='format').iloc[0]['total GB'] / r7['total GB']:.2f}x.")
+print(f"(GB here; in GiB, what memory tools report, every figure is {1e9 / 2**30:.3f}x smaller.)")
 
 # %% [markdown]
 # At long context the KV cache of a small model can exceed its weights. Stacked, per component:
@@ -223,14 +301,19 @@ plt.show()
 # Now the course model. First the prediction, from its config alone.
 
 # %%
+from transformers.utils import logging as hf_logging
+
 from quantedu.course import start
 
+hf_logging.disable_progress_bar()  # transformers' loading bars would stay in the saved notebook as fragments
 session = start(MODEL)
 model = session.model
 shape = memory.model_shape(model)
 print(shape)
-pred32 = memory.weight_bytes(shape, "fp32", embed_spec="fp32")
-print({k: f"{v / 2**20:.2f} MiB" for k, v in pred32.items()})
+# The model is in memory in its session dtype (fp32 on a CPU, bf16/fp16 on a GPU): predict for that.
+in_memory = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[session.dtype]
+pred_mem = memory.weight_bytes(shape, in_memory, embed_spec=in_memory)
+print(f"in {in_memory}:", {k: f"{v / 2**20:.2f} MiB" for k, v in pred_mem.items()})
 
 # %% [markdown]
 # Measured: the bytes of every parameter tensor in memory (a tied head shares the embedding's
@@ -242,9 +325,9 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 measured = memory.measured_tensor_bytes(model)
-print(f"parameters in memory: measured {measured['parameters']:,} B, predicted {int(pred32['total']):,} B "
+print(f"parameters in memory: measured {measured['parameters']:,} B, predicted {int(pred_mem['total']):,} B "
       f"(buffers such as RoPE frequencies: {measured['buffers']:,} B)")
-assert measured["parameters"] == pred32["total"]
+assert measured["parameters"] == pred_mem["total"]
 
 tmp = Path(tempfile.mkdtemp())
 state16 = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()
@@ -257,8 +340,9 @@ print(f"fp16 safetensors file: {size16:,} B; predicted tensors {int(pred16):,} B
 
 # %% [markdown]
 # A real 4-bit checkpoint: every linear layer packed in the GPTQ layout (int32 words of eight 4-bit
-# codes, fp16 scales, packed zero points), groups of 128 (SmolLM2's 576 columns end in a ragged
-# group of 64, which still pays a whole scale and zero), embeddings and norms in fp16.
+# codes, fp16 scales, packed zero points), groups of 128, embeddings and norms in fp16. Where a row's
+# length is not a multiple of 128, its last group is shorter and still pays a whole scale and zero
+# (`GroupFormat.bits_per_weight(cols)` counts it so); the cell prints this model's case.
 
 # %%
 from quantedu.export import gptq_state_dict
@@ -280,6 +364,10 @@ print(f"int4-g128 file: {size4 / 2**20:.2f} MiB; predicted {pred4['total'] / 2**
       f"(linear layers {pred4['linear'] / 2**20:.2f} MiB, embedding {pred4['embedding'] / 2**20:.2f} MiB); "
       f"naive 'params x 4 bits' {naive4 / 2**20:.2f} MiB")
 print(f"in this small model the fp16 embedding is {pred4['embedding'] / pred4['total']:.0%} of the 4-bit checkpoint")
+ragged = shape.hidden % 128
+print(f"rows of {shape.hidden} columns: {shape.hidden // 128} groups of 128" + (f" + one of {ragged}" if ragged else "")
+      + f" -> {memory.GroupFormat(4, 128).bits_per_weight(cols=shape.hidden):.4f} bits/weight "
+      f"(whole groups: {memory.GroupFormat(4, 128).bits_per_weight():.4f})")
 
 # %% [markdown]
 # The shipped GGUF file of the offline model, predicted from block layouts and checked tensor by
@@ -298,9 +386,29 @@ except ModelError as exc:
     print(f"offline GGUF not installed: {exc}")
 
 # %% [markdown]
-# The Q4_1 file keeps its token embedding (shared with the output head) in Q8_0: like GPTQ/AWQ
-# checkpoints, GGUF quantizers leave the embedding at higher precision.
-#
+# One tensor of the file is not Q4_1. llama.cpp's quantizer (`llama_tensor_get_type` in
+# `src/llama-quant.cpp`, read in the copy that llama-cpp-python 0.3.36 vendors) raises the **output**
+# tensor above the mix: to Q6_K, or to Q8_0 when its rows are not a multiple of 256 (Q6_K's block). A
+# `token_embd` that is *tied* to the output is the output, so it gets the same treatment; an untied
+# `token_embd` keeps the mix's type (only the lowest-bit IQ mixes change it). Which case this file is:
+
+# %%
+import gguf
+
+try:
+    tensors = {t.name: t for t in gguf.GGUFReader(offline_gguf_path()).tensors}
+    embd = tensors["token_embd.weight"]
+    tied, cols = "output.weight" not in tensors, int(embd.shape[0])
+    rule = "Q6_K" if cols % 256 == 0 else "Q8_0"
+    print(f"token_embd.weight: {embd.tensor_type.name}, rows of {cols} values; "
+          + ("no output.weight: the embedding is tied and serves as the output, "
+             f"so the rule gives {rule} ({cols} % 256 = {cols % 256})" if tied else "an untied embedding: the mix's type"))
+    if tied:
+        assert embd.tensor_type.name == rule
+except ModelError as exc:
+    print(f"offline GGUF not installed: {exc}")
+
+# %% [markdown]
 # **KV cache and activations, measured.** On a GPU the allocator's peak shows them directly; on a CPU
 # there is no comparable counter, so the cell only predicts there.
 
@@ -352,11 +460,19 @@ print(f"{'total':>26}: {sum(fp.values()) / 2**30:7.3f} GiB")
 # %%
 from quantedu.quiz import Quiz
 
-quiz = Quiz.load("memory")
+w7 = memory.weight_bytes(llama7, "int4-g128")
+quiz = Quiz.load("memory", values={
+    "bpw_g32": memory.GroupFormat(4, 32).bits_per_weight(), "w4_gib": w7["total"] / 2**30,
+    "g128_over": memory.GroupFormat(4, 128).bits_per_weight() - 4,
+    "embed_head_gib": (w7["embedding"] + w7["lm_head"]) / 2**30,
+    "embed_head_naive_gib": memory.naive_bytes(llama7.params()["embedding"] + llama7.params()["lm_head"], 4) / 2**30,
+    "kv_mib_per_token": memory.kv_bytes_per_token(llama7) / 2**20})
 quiz.show()
 
 # %%
-# The quiz answers, checked against this notebook's numbers.
+# The quiz's numeric answers, checked against this notebook's formulas.
 # NBVAL_CHECK_OUTPUT
-print(quiz.answer(0, memory.bits_per_weight("int4-g128")).correct,
+ok = (quiz.answer(0, memory.bits_per_weight("int4-g128")).correct,
       quiz.answer(1, memory.kv_cache_bytes("llama-2-7b", 4096) / 2**30).correct)
+assert all(ok)
+print(*ok)

@@ -12,45 +12,93 @@
 # 3. run AWQ's scale search step by step on one block, then check the package's version against it;
 # 4. compare RTN, AWQ and GPTQ on the whole model at 4 and 3 bits, two group sizes, and with fewer
 #    calibration samples;
-# 5. meet the real tools (AutoAWQ, archived; llm-compressor, maintained) and their speed next to ours.
+# 5. meet the real tools (AutoAWQ, deprecated; llm-compressor, maintained) and run llm-compressor
+#    beside ours, live, on the same settings.
 
 # %% [markdown]
 # ## Parameters
 # `FAST = True` keeps the notebook to a few minutes on a laptop CPU: fewer and shorter calibration
-# samples, a coarser search grid, short perplexity windows. The numbers move a little with these
-# knobs, the conclusions do not; set `FAST = False` on a GPU (or with time to spare) for the
-# reference settings (8 x 512 calibration tokens, a 20-point grid, 8 x 512 evaluation tokens).
+# samples, a coarser search grid, short perplexity windows; set `FAST = False` on a GPU (or with time
+# to spare) for the reference settings (8 x 512 calibration tokens, a 20-point grid, 8 x 512
+# evaluation tokens). The live side-by-side run with llm-compressor calibrates both libraries on
+# `LIB_SAMPLES x LIB_LEN` tokens: fewer on a CPU, where llm-compressor's AWQ is slow, so that both
+# runs fit the notebook's few minutes.
 
 # %%
-MODEL = "auto"
-FAST = True
+from quantedu.course import fast_default, parameter
+
+MODEL = parameter("MODEL", "auto")  # or "smollm2-135m", a hub id, a local path (env: QUANTEDU_MODEL)
+FAST = fast_default()              # True on a CPU, False on a GPU (env: QUANTEDU_FAST)
 CALIB_SAMPLES = 4 if FAST else 8     # calibration sequences (AWQ is cheap on samples, see below)
 CALIB_LEN = 256 if FAST else 512     # tokens per calibration sequence
 N_GRID = 6 if FAST else 20           # points of the alpha grid and of the clip grid (20 in the AWQ reference)
 N_WINDOWS = 2 if FAST else 8         # perplexity windows ...
 SEQ_LEN = 256 if FAST else 512       # ... of this many tokens
-RUN_LLM_COMPRESSOR = False           # True: run llm-compressor's AWQ live (minutes on a GPU; ~5+ on a CPU)
+LIB_SAMPLES, LIB_LEN = (2, 128) if FAST else (CALIB_SAMPLES, CALIB_LEN)  # quantedu vs llm-compressor, live
 
 # %%
+import contextlib
 import copy
-import time
+import io
+import logging
+import math
+import os
 
 import torch
+from transformers.utils import logging as hf_logging
 
+from quantedu.benchmark import timed
 from quantedu.course import start
-from quantedu.evaluate import results_table, torch_threads
+from quantedu.evaluate import evaluation_windows, results_table, torch_threads, window_nll
 
-# Quantization runs are timed with one torch thread on a CPU (a busy 2-core CPU is steadier with one
-# thread than with two fighting for cores); everything else keeps torch's default.
+# Every quantization run is timed the same way: quantedu.benchmark.timed (wall seconds and this
+# process's CPU seconds), the model already in memory, with QUANT_THREADS torch threads: one on a CPU,
+# where a shared 2-core machine is steadier with one thread than with two fighting for the cores,
+# torch's default on a GPU.
 QUANT_THREADS = 1 if not torch.cuda.is_available() else None
+
+
+@contextlib.contextmanager
+def no_bars():
+    """llm-compressor draws tqdm bars on stderr, with no switch to turn them off: keep them out of the
+    saved notebook (errors still raise)."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+hf_logging.disable_progress_bar()  # transformers' loading bars would stay in the saved notebook as fragments
+os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "ERROR")  # llm-compressor logs with timestamps from its import on
+logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)  # a timestamped notice when llm-compressor traces
 session = start(MODEL, n_windows=N_WINDOWS, seq_len=SEQ_LEN)
 model, tokenizer, corpus = session.model, session.tokenizer, session.corpus
+THREADS = f"{QUANT_THREADS or torch.get_num_threads()} torch thread(s)"
+BASE = "fp32" if session.dtype == torch.float32 else str(session.dtype).removeprefix("torch.")
 batches = session.calibration(CALIB_SAMPLES, CALIB_LEN, seed=0)
 ppl = session.perplexity  # perplexity on the N_WINDOWS x SEQ_LEN evaluation windows
+# The same windows, split in two halves, are two pieces of text: every comparison is read on both, to
+# see how much a difference moves when the text changes (one that flips is not a result). Free: the
+# forward pass that gives the perplexity gives each window's loss.
+windows = evaluation_windows(tokenizer, corpus, N_WINDOWS, SEQ_LEN)  # the windows session.perplexity uses
+HALF = N_WINDOWS // 2
+TEXTS = f"text A = window{'s' * (HALF > 1)} 1{f'-{HALF}' * (HALF > 1)}, text B = the other {N_WINDOWS - HALF}"
 
 
-fp_ppl = ppl(model)
-print(f"fp32 perplexity ({N_WINDOWS} x {SEQ_LEN} tokens): {fp_ppl:.3f}")
+def scored(m, **record):
+    """record + the perplexity of m on the evaluation windows, and on each half of them."""
+    nll = window_nll(m, windows, progress=False)
+    of = lambda part: math.exp(part.sum().item() / (len(part) * (SEQ_LEN - 1)))  # noqa: E731
+    return {**record, "ppl": of(nll), "ppl, text A": of(nll[:HALF]), "ppl, text B": of(nll[HALF:])}
+
+
+def better(a, b):
+    """a's perplexity is lower than b's on both halves of the text."""
+    return a["ppl, text A"] < b["ppl, text A"] and a["ppl, text B"] < b["ppl, text B"]
+
+
+fp = scored(model, method=BASE)
+fp_ppl = fp["ppl"]
+print(f"{BASE} perplexity on {N_WINDOWS} x {SEQ_LEN} evaluation tokens: {fp_ppl:.3f}; {TEXTS}: {fp['ppl, text A']:.3f} "
+      f"and {fp['ppl, text B']:.3f} (notebook 00 shows why a baseline belongs to its windows)")
 
 # %% [markdown]
 # ## 1. Salient weights: 1% of the channels
@@ -77,12 +125,13 @@ def accumulate(name, x):
     act_count[name] = act_count.get(name, 0) + x.shape[0]
 
 
-with torch.no_grad(), observe_linear_inputs(model.model.layers, accumulate):
+with torch.no_grad(), observe_linear_inputs(decoder_layers(model), accumulate):
     for row in batches:
         model(row[None].to(session.device))
 act_mean = {name: act_sum[name] / act_count[name] for name in act_sum}
-x = act_mean["0.self_attn.q_proj"]
-print(f"{len(act_mean)} linear layers observed; block 0 q_proj input: mean |x| per channel from "
+first_q = next(name for name in act_mean if name.endswith("q_proj"))
+x = act_mean[first_q]
+print(f"{len(act_mean)} linear layers observed; the input of {first_q}: mean |x| per channel from "
       f"{x.min():.3f} to {x.max():.3f}, top 1% of channels carry {x.topk(max(1, len(x) // 100)).values.sum() / x.sum():.1%} of the mass")
 
 # %%
@@ -90,7 +139,7 @@ def keep_fp(m, how: str, frac: float = 0.01, scale: float | None = None, seed: i
     """3-bit RTN everywhere; the chosen 1% of input channels kept in fp (or, with ``scale``, scaled by it)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, layer in linear_layers(m.model.layers).items():
+        for name, layer in linear_layers(decoder_layers(m)).items():
             W = layer.weight.data
             k = max(1, int(frac * W.shape[1]))
             if how == "activation":
@@ -98,34 +147,40 @@ def keep_fp(m, how: str, frac: float = 0.01, scale: float | None = None, seed: i
             elif how == "weight":
                 keep = W.abs().mean(0).topk(k).indices
             elif how == "random":
-                keep = torch.randperm(W.shape[1], generator=gen)[:k]
+                keep = torch.randperm(W.shape[1], generator=gen)[:k].to(W.device)
             else:  # "none": plain RTN
-                keep = torch.tensor([], dtype=torch.long)
+                keep = torch.tensor([], dtype=torch.long, device=W.device)
             if scale is None:
                 Wq = fake_quantize(W, W3)
-                Wq[:, keep] = W[:, keep]                   # mixed precision: those columns stay fp32
+                Wq[:, keep] = W[:, keep]                   # mixed precision: those columns stay in full precision
             else:
-                s = torch.ones(W.shape[1], device=W.device)
+                s = torch.ones(W.shape[1], device=W.device, dtype=W.dtype)
                 s[keep] = scale
                 Wq = fake_quantize(W * s, W3) / s          # AWQ's idea: scale up, round, scale back
             layer.weight.data = Wq
     return m
 
 
-salience = [{"keep 1% in fp32 chosen by": how, "ppl": ppl(keep_fp(copy.deepcopy(model), how))}
+salience = [scored(keep_fp(copy.deepcopy(model), how), **{"keep 1% in full precision chosen by": how})
             for how in ("none", "random", "weight", "activation")]
-salience_df = results_table(salience, index="keep 1% in fp32 chosen by")
+salience_df = results_table(salience, index="keep 1% in full precision chosen by")
 salience_df
 
 # %%
+sal = {r["keep 1% in full precision chosen by"]: r for r in salience}
 by = salience_df["ppl"]
-print(f"fp32 {fp_ppl:.2f}; 3-bit RTN {by['none']:.2f}; keeping 1% by activation: {by['activation']:.2f}, "
-      f"by weight: {by['weight']:.2f}, random: {by['random']:.2f}")
-assert by["activation"] < by["none"], "activation-chosen channels should matter"
+ranked = sorted(("random", "weight", "activation"), key=lambda h: by[h])
+print(f"{BASE} {fp_ppl:.2f}; 3-bit RTN {by['none']:.2f}; keeping 1% by activation: {by['activation']:.2f}, "
+      f"by weight: {by['weight']:.2f}, random: {by['random']:.2f} (best to worst: {', '.join(ranked)}; "
+      + ("the same order on text A and on text B)" if ranked == sorted(ranked, key=lambda h: sal[h]["ppl, text A"])
+         == sorted(ranked, key=lambda h: sal[h]["ppl, text B"]) else "another order on one of the two halves of the text)"))
+session.claim(better(sal["activation"], sal["none"]) and better(sal["activation"], sal["weight"])
+              and better(sal["activation"], sal["random"]),
+              "keeping the activation-chosen 1% beats plain RTN, weight-chosen and random channels on both halves of the text")
 
 # %% [markdown]
-# The activation-chosen 1% recovers most of what the other choices do not: weight magnitude is a
-# poor guide to importance, the data flowing through the weight is a good one.
+# Where the claim above holds, weight magnitude is a poor guide to importance and the data flowing
+# through the weight a good one (the printed numbers say by how much, on this model).
 #
 # ## 2. Why scale instead of keeping fp16?
 # Mixed precision is awkward for hardware: a kernel that multiplies 4-bit weights cannot also hold a
@@ -137,34 +192,52 @@ assert by["activation"] < by["none"], "activation-chosen channels should matter"
 # salient columns (by activation) **scaled** instead of kept:
 
 # %%
-scaling = [{"scale s of the 1% salient channels": s, "ppl": ppl(keep_fp(copy.deepcopy(model), "activation", scale=s))}
-           for s in (1.0, 1.5, 2.0, 4.0)]
+scaling = [{"scale s of the 1% salient channels": 1.0,  # s = 1 is plain RTN, measured above
+            **{k: sal["none"][k] for k in ("ppl", "ppl, text A", "ppl, text B")}}]
+scaling += [scored(keep_fp(copy.deepcopy(model), "activation", scale=s), **{"scale s of the 1% salient channels": s})
+            for s in (1.5, 2.0, 4.0)]
 scaling_df = results_table(scaling, index="scale s of the 1% salient channels")
 scaling_df
 
 # %%
 best_s = scaling_df["ppl"].idxmin()
+best_ab = {scaling_df["ppl, text A"].idxmin(), scaling_df["ppl, text B"].idxmin()}
 print(f"best s = {best_s}: ppl {scaling_df['ppl'].min():.2f} (s = 1 is plain RTN: {scaling_df['ppl'][1.0]:.2f}; "
-      f"keeping them in fp32: {by['activation']:.2f})")
+      f"keeping them in full precision: {by['activation']:.2f}); best on text A and on text B: "
+      + (f"{best_s} on both" if best_ab == {best_s} else " and ".join(map(str, sorted(best_ab)))))
+largest = max(scaling_df.index)
+print(f"the largest scale, s = {largest}: ppl {scaling_df['ppl'][largest]:.2f}, "
+      + ("worse than the best" if scaling_df["ppl"][largest] > scaling_df["ppl"].min() else "the best here"))
 
 # %% [markdown]
-# A moderate scale helps; too large a scale makes the scaled column the group's maximum, which widens
-# the step for every *other* weight of the group. So the scale has to be searched — per channel, from
-# the data. That is AWQ: `s = s_x ** alpha` with `s_x` the mean |activation| of each channel and one
-# exponent `alpha` in [0, 1) per group of layers, chosen by the error of the block's output.
+# A scale that is too large makes the scaled column the group's maximum, which widens the step for
+# every *other* weight of the group (the largest scale above shows whether that happens here). So the
+# scale has to be searched — per channel, from the data. That is AWQ: `s = s_x ** alpha` with `s_x`
+# the mean |activation| of each channel and one exponent `alpha` in [0, 1) per group of layers that
+# read the same input, chosen by the error of the **inspected module's output**: the attention block
+# (for q/k/v_proj), the MLP (for gate/up_proj), or the layer itself (o_proj, down_proj).
 #
 # The division by `s` is free: it is folded into the operation that produces the input —
 # the RMSNorm weight in front of q/k/v_proj and in front of gate/up_proj, the rows of up_proj in front of
-# down_proj, and the rows of v_proj in front of o_proj (skipped with grouped-query attention, where
-# one v channel feeds several o_proj inputs; this model has 3 KV heads for 9 query heads).
-#
+# down_proj, and the rows of v_proj in front of o_proj. That last pair is skipped with grouped-query
+# attention, where one v channel feeds several o_proj inputs. This model:
+
+# %%
+from quantedu import awq
+
+cfg_model = model.config
+groups0 = awq.llama_scale_groups(decoder_layers(model)[0])
+print(f"{cfg_model.num_attention_heads} query heads, {cfg_model.num_key_value_heads} KV heads: "
+      f"{len(groups0)} scale groups per block: " + "; ".join(f"{g.prev} -> {', '.join(g.layers)} (scored on {g.inspect})"
+                                                          for g in groups0))
+
+# %% [markdown]
 # ## 3. The scale search, step by step, on one block
 # The MLP of one block: `mlp(x) = down(silu(gate(x)) * up(x))`, its input `x` the output of
 # `post_attention_layernorm`. From scratch: for every `alpha` on the grid, scale, quantize gate and
 # up, measure the MLP output error.
 
 # %%
-from quantedu import awq
 from quantedu.calibration import capture_block_inputs, run_block
 
 BLOCK = 0
@@ -178,17 +251,17 @@ captured = []
 with torch.no_grad(), observe_linear_inputs(block, lambda n, x: captured.append(x), names={"mlp.gate_proj"}):
     for h in inputs:
         block(h, **kwargs)
-X = torch.cat(captured)                                    # (tokens, 576): the MLP's input
+X = torch.cat(captured)                                    # (tokens, hidden): the MLP's input
 W4 = QuantConfig(bits=4, group_size=128)
 mlp = block.mlp
 gate_w, up_w = mlp.gate_proj.weight.data.clone(), mlp.up_proj.weight.data.clone()
-s_x = X.abs().mean(0)                                       # mean |activation| per input channel
+s_x = X.abs().float().mean(0)                               # mean |activation| per input channel
 with torch.no_grad():
     reference = mlp(X)
     losses = []
     for alpha in [i / N_GRID for i in range(N_GRID)]:
         s = s_x.pow(alpha).clamp(min=1e-4)
-        s = s / (s.max() * s.min()).sqrt()                  # keep the scales centred around 1
+        s = (s / (s.max() * s.min()).sqrt()).to(gate_w.dtype)  # centred around 1, in the weights' dtype
         mlp.gate_proj.weight.data = fake_quantize(gate_w * s, W4) / s
         mlp.up_proj.weight.data = fake_quantize(up_w * s, W4) / s
         losses.append(((mlp(X) - reference) ** 2).mean().item())
@@ -279,35 +352,38 @@ def fold_into_norm(norm, linears, s):
 check("04.awq_fold", fold_into_norm)
 
 # %% [markdown]
-# The full method does this for the four groups of every block (q/k/v, o, gate/up, down), then a
-# second small search: per output row and group, clip the weight range to `±max|w| * r` with `r` in
-# [0.5, 1], keeping the `r` that minimizes the layer's output error (outliers cost every other weight
-# a coarser step). Finally it rounds with an integer zero point. `quantedu.awq.awq_quantize_model`
-# runs it block by block (memory: one block and its calibration inputs).
+# The full method does this for every scale group of every block (printed in section 2: their number
+# depends on the model), then a second small search: per output row and group, clip the weight range
+# to `±max|w| * r` with `r` in [0.5, 1], keeping the `r` that minimizes the layer's output error
+# (outliers cost every other weight a coarser step). Finally it rounds with an integer zero point.
+# `quantedu.awq.awq_quantize_model` runs it block by block (memory: one block and its calibration
+# inputs).
 #
 # ## 4. The whole model: RTN vs AWQ vs GPTQ
-# Same calibration batches for AWQ and GPTQ; all asymmetric with integer zero points.
+# Same calibration batches for AWQ and GPTQ; all asymmetric with integer zero points; every run timed
+# the same way (set-up cell). With `FAST` our AWQ searches `N_GRID`-point grids and scores `alpha` of
+# the attention and MLP groups on one calibration sequence (`search_samples`).
 
 # %%
 from quantedu.gptq import GPTQConfig, gptq_quantize_model
 from quantedu.rtn import quantize_model_rtn
 
 
+def awq_config(bits, group):
+    return awq.AWQConfig(bits=bits, group_size=group, n_grid=N_GRID, clip_grid=N_GRID, search_samples=1 if FAST else None)
+
+
 def run(method: str, bits: int, group: int, n_samples: int = CALIB_SAMPLES) -> dict:
     m = copy.deepcopy(model)
     calib = batches[:n_samples]
+    quantize = {"RTN": lambda: quantize_model_rtn(m, QuantConfig(bits=bits, group_size=group), progress=False),
+                "AWQ": lambda: awq.awq_quantize_model(m, calib, awq_config(bits, group), progress=False),
+                "GPTQ": lambda: gptq_quantize_model(m, calib, GPTQConfig(bits=bits, group_size=group, sym=False),
+                                                    progress=False)}[method]
     with torch_threads(QUANT_THREADS):
-        t0 = time.perf_counter()
-        if method == "RTN":
-            quantize_model_rtn(m, QuantConfig(bits=bits, group_size=group), progress=False)
-        elif method == "AWQ":
-            awq.awq_quantize_model(m, calib, awq.AWQConfig(bits=bits, group_size=group, n_grid=N_GRID,
-                                                           clip_grid=N_GRID, search_samples=1 if FAST else None))
-        elif method == "GPTQ":
-            gptq_quantize_model(m, calib, GPTQConfig(bits=bits, group_size=group, sym=False), progress=False)
-        seconds = time.perf_counter() - t0
-    return {"method": method, "bits": bits, "group": group, "samples": n_samples if method != "RTN" else 0,
-            "ppl": ppl(m), "seconds": seconds}
+        _, wall, cpu = timed(quantize)
+    return scored(m, method=method, bits=bits, group=group, samples=n_samples if method != "RTN" else 0,
+                  **{"wall s": wall, "CPU s": cpu})
 
 
 records = [run(method, bits, 128) for bits in (4, 3) for method in ("RTN", "AWQ", "GPTQ")]
@@ -316,23 +392,32 @@ whole = results_table(records)
 whole
 
 # %%
+from quantedu import memory
+
+
+def rec(method, bits, group=128, samples=None):
+    return next(r for r in records if r["method"] == method and r["bits"] == bits and r["group"] == group
+                and (samples is None or r["samples"] == samples))
+
+
 def pick(method, bits, group=128, samples=None):
-    rows = [r for r in records if r["method"] == method and r["bits"] == bits and r["group"] == group
-            and (samples is None or r["samples"] == samples)]
-    return rows[0]["ppl"]
+    return rec(method, bits, group, samples)["ppl"]
 
 
-print(f"fp32 {fp_ppl:.2f} | W4 g128: RTN {pick('RTN', 4):.2f}, AWQ {pick('AWQ', 4):.2f}, GPTQ {pick('GPTQ', 4):.2f}"
-      f" | W3 g128: RTN {pick('RTN', 3):.2f}, AWQ {pick('AWQ', 3):.2f}, GPTQ {pick('GPTQ', 3):.2f}"
-      f" | W3 g64: RTN {pick('RTN', 3, 64):.2f}" + ("" if FAST else f", AWQ {pick('AWQ', 3, 64):.2f}"))
-assert pick("AWQ", 3) < pick("RTN", 3)
+for bits in (4, 3):
+    line = ", ".join(f"{m} {pick(m, bits):.2f}" for m in ("RTN", "AWQ", "GPTQ"))
+    nxt = "; ".join(f"text {t}: " + ", ".join(f"{m} {rec(m, bits)['ppl, text ' + t]:.2f}" for m in ("RTN", "AWQ", "GPTQ"))
+                    for t in "AB")
+    calibrated = [m for m in ("AWQ", "GPTQ") if better(rec(m, bits), rec("RTN", bits))]
+    order = ("AWQ ahead of GPTQ" if better(rec("AWQ", bits), rec("GPTQ", bits)) else
+             "GPTQ ahead of AWQ" if better(rec("GPTQ", bits), rec("AWQ", bits)) else "AWQ and GPTQ swap places between the two texts")
+    print(f"W{bits} g128: {line} ({nxt}); beating RTN on both texts: {', '.join(calibrated) or 'neither'}; {order}")
+print(f"W3 g64: RTN {pick('RTN', 3, 64):.2f}" + ("" if FAST else f", AWQ {pick('AWQ', 3, 64):.2f}")
+      + f" at {memory.GroupFormat(3, 64).bits_per_weight():.3f} bits/weight, vs g128's "
+      f"{memory.GroupFormat(3, 128).bits_per_weight():.3f} (fp16 scale and 3-bit zero per group: notebook 01's formula)")
+session.claim(better(rec("AWQ", 3), rec("RTN", 3)), "AWQ beats RTN at 3 bits on both halves of the text")
 
 # %% [markdown]
-# Smaller groups help (more scales, more bits per weight: 3 + 32/64 bits instead of 3 + 32/128 with
-# fp16 scale and zero); AWQ at groups of 64 vs 128 is in the recorded benchmark of section 5 (and runs
-# live here with `FAST = False`). At 4 bits both calibrated methods clearly beat RTN; at 3 bits RTN
-# collapses and both recover a large part of the gap (which one wins depends on bits and settings).
-#
 # ### How many calibration samples?
 # AWQ fits one exponent per group of layers (plus clip ratios); GPTQ fits every weight to a Hessian
 # estimated from the samples. The AWQ paper claims it needs fewer samples. Tested: one calibration
@@ -342,13 +427,20 @@ assert pick("AWQ", 3) < pick("RTN", 3)
 few = [run(method, 3, 128, n_samples=1) for method in ("AWQ", "GPTQ")]
 records += few
 sens = results_table([{"method": m, f"ppl, {CALIB_SAMPLES} samples": pick(m, 3, 128, CALIB_SAMPLES),
-                       "ppl, 1 sample": pick(m, 3, 128, 1)} for m in ("AWQ", "GPTQ")], index="method")
-sens["worse by"] = sens["ppl, 1 sample"] / sens[f"ppl, {CALIB_SAMPLES} samples"] - 1
+                       "ppl, 1 sample": pick(m, 3, 128, 1),
+                       **{f"change, text {t}": rec(m, 3, 128, 1)[f"ppl, text {t}"] / rec(m, 3, 128, CALIB_SAMPLES)[f"ppl, text {t}"] - 1
+                          for t in "AB"}}
+                      for m in ("AWQ", "GPTQ")], index="method")
+sens["change"] = sens["ppl, 1 sample"] / sens[f"ppl, {CALIB_SAMPLES} samples"] - 1
 sens
 
 # %%
-print(f"with 1 calibration sequence of {CALIB_LEN} tokens: AWQ {sens['worse by']['AWQ']:+.1%}, "
-      f"GPTQ {sens['worse by']['GPTQ']:+.1%} perplexity vs {CALIB_SAMPLES} sequences")
+def moved(m):
+    a, b = sens["change, text A"][m], sens["change, text B"][m]
+    return f"{sens['change'][m]:+.1%} (text A {a:+.1%}, text B {b:+.1%})" + ("" if a * b > 0 else ": the two texts disagree, within the noise")
+
+
+print(f"with 1 calibration sequence of {CALIB_LEN} tokens instead of {CALIB_SAMPLES}: AWQ {moved('AWQ')}, GPTQ {moved('GPTQ')}")
 
 # %% [markdown]
 # ## 5. The real tools
@@ -364,11 +456,11 @@ print(f"with 1 calibration sequence of {CALIB_LEN} tokens: AWQ {sens['worse by']
 #
 # `zero_point=True` is the asymmetric integer zero point used above, `q_group_size=128` the group,
 # `w_bit=4` the bits, and `version="GEMM"` the packed layout its CUDA GEMM kernel reads (vLLM and
-# transformers load that "AWQ GEMM" layout too). AutoAWQ is **archived** upstream: its last release
-# (0.2.9) was tested with transformers 4.51, and it is not maintained for transformers 5. On a CPU it
-# also has a bug measured on this course's machine: it backs up weights with `v.cpu()`, which on a CPU
-# returns the *same* tensor, so the in-place scale search corrupts its own backup (perplexity in the
-# hundreds of thousands; `.detach().clone()` fixes it). Its maintained successor is llm-compressor.
+# transformers load that "AWQ GEMM" layout too). AutoAWQ declared itself deprecated in spring 2025
+# (its README: last tested with torch 2.6.0 and transformers 4.51.3; its AWQ was adopted by the vLLM
+# project's llm-compressor), and transformers dropped its AutoAWQ code paths in December 2025 (PR
+# #41567). On a CPU its scale search also backs up weights with `v.cpu()`, which on a CPU returns the
+# *same* tensor, so the in-place search overwrites its own backup (`.detach().clone()` fixes it).
 #
 # ### llm-compressor's `AWQModifier` — the maintained path
 # ```python
@@ -380,80 +472,67 @@ print(f"with 1 calibration sequence of {CALIB_LEN} tokens: AWQ {sens['worse by']
 # ```
 # Its defaults differ from the paper in two ways: "duo scaling" (`s = s_x^a / s_w^(1-a)`,
 # `AWQConfig(duo_scaling=True)` here) and no clipping search. The test suite checks that with the
-# paper's settings it picks exactly our scales on the same block and data. It refuses groups of 128
-# on this model (576 columns is not a multiple of 128); ours handles the short last group. On a
-# machine without a GPU it needs one patch (`IntermediatesCache.pin_memory` asks for an accelerator).
+# paper's settings it picks exactly our scales on the same block and data. It refuses groups that do
+# not divide a layer's columns; ours handles the short last group. On a machine without a GPU it
+# needs one patch (`IntermediatesCache.pin_memory` asks for an accelerator), which
+# `quantedu.reference.run_oneshot` applies.
 #
-# Its whole-model run takes minutes on a CPU, so by default this notebook shows the result that
-# `benchmarks/bench_awq.py` recorded (set `RUN_LLM_COMPRESSOR = True` to run it here).
+# **Live, on the same settings.** One `AWQConfig` drives both: llm-compressor's method (duo scaling,
+# no clipping) with section 4's `N_GRID`-point grid (llm-compressor's default is 20 points), 4 bits
+# asymmetric, groups of 64 (which divide this model's columns), the same `LIB_SAMPLES x LIB_LEN`
+# calibration windows, the same threads and timer. One difference remains: llm-compressor's grid is
+# `i / (n_grid - 1)`, ours the reference's `i / n_grid`. The full-size comparison is
+# `benchmarks/bench_awq.py`.
 
 # %%
-import importlib.util
-import json
-from pathlib import Path
-
-import quantedu
 from quantedu import reference
 
-if RUN_LLM_COMPRESSOR and reference.available():
-    lib = copy.deepcopy(model)  # reference.run_oneshot applies the CPU-only patch described above
-    lib_seconds = reference.run_oneshot(lib, batches, reference.awq_recipe(awq.AWQConfig(4, 64)), tokenizer)
-    ours_g64 = run("AWQ", 4, 64)
-    print(f"live, this machine: llm-compressor AWQ W4 g64 {lib_seconds:.0f} s, ppl {ppl(lib):.2f}; "
-          f"quantedu AWQ W4 g64 {ours_g64['seconds']:.0f} s, ppl {ours_g64['ppl']:.2f}")
+if reference.available():
+    lib_cfg = awq.AWQConfig(bits=4, group_size=64, duo_scaling=True, clip=False, n_grid=N_GRID)
+    lib_batches = session.calibration(LIB_SAMPLES, LIB_LEN, seed=0)
+    ours_m, lib = copy.deepcopy(model), copy.deepcopy(model)
+    with torch_threads(QUANT_THREADS):
+        _, ours_wall, ours_cpu = timed(lambda: awq.awq_quantize_model(ours_m, lib_batches, lib_cfg, progress=False))
+        recipe = reference.awq_recipe(lib_cfg, duo_scaling=lib_cfg.duo_scaling, n_grid=lib_cfg.n_grid)
+        with no_bars():
+            _, lib_wall, lib_cpu = timed(lambda: reference.run_oneshot(lib, lib_batches, recipe, tokenizer))
+    live_df = results_table([scored(ours_m, library="quantedu AWQ", **{"wall s": ours_wall, "CPU s": ours_cpu}),
+                             scored(lib, library="llm-compressor AWQ", **{"wall s": lib_wall, "CPU s": lib_cpu})],
+                            index="library")
+    q, l = live_df.iloc[0], live_df.iloc[1]
+    print(f"W4 g64, duo scaling, no clipping, {lib_cfg.n_grid}-point grid, {LIB_SAMPLES} x {LIB_LEN} calibration tokens, {THREADS}: "
+          f"quantedu {q['wall s']:.0f} s wall / {q['CPU s']:.0f} s CPU, llm-compressor {l['wall s']:.0f} s / {l['CPU s']:.0f} s "
+          f"(CPU time {l['CPU s'] / q['CPU s']:.2f}x ours); perplexity {q['ppl']:.2f} vs {l['ppl']:.2f}, text A "
+          f"{q['ppl, text A']:.2f} vs {l['ppl, text A']:.2f}, text B {q['ppl, text B']:.2f} vs {l['ppl, text B']:.2f}"
+          + (f": {'quantedu' if better(q, l) else 'llm-compressor'} ahead on both texts" if better(q, l) or better(l, q)
+             else ": the same quality within the noise (they swap places between the two texts)"))
+    display(live_df)
 else:
-    print("llm-compressor not run live (RUN_LLM_COMPRESSOR = False or not installed).")
-
-candidates = [Path.cwd() / "benchmarks" / "results" / "awq.json", Path.cwd().parent / "benchmarks" / "results" / "awq.json",
-              Path(next(iter(quantedu.__path__))).resolve().parent / "benchmarks" / "results" / "awq.json"]
-recorded = next((p for p in candidates if p.is_file()), None)
-if recorded is None:
-    print("No recorded benchmark found (run: python benchmarks/bench_awq.py).")
-    bench = None
-else:
-    bench = json.loads(recorded.read_text())
-    meta = bench["meta"]
-    print(f"RECORDED, not measured now: benchmarks/bench_awq.py on {meta['date']}, {meta['samples']} x "
-          f"{meta['seq_len']} calibration tokens, ppl on {meta['windows']} x {meta['seq_len']} tokens, "
-          f"{meta['threads']} thread(s), torch {meta['torch']}")
-    bench_df = results_table(bench["rows"])
-    display(bench_df)
-
-# %% [markdown]
-# ### Quantization time: ours vs the library
-# From the same recorded run (one process, one machine, the same calibration data): the wall time and
-# the CPU time of each quantizer. Ours is a few hundred lines with two exact shortcuts: single-layer
-# groups (o_proj, down_proj) and the clipping search score candidates from the Gram matrix `X^T X`
-# of their inputs instead of re-running the layer on every token, and the alpha search of the
-# attention and MLP groups can run on a subset of the calibration sequences (`search_samples`).
-
-# %%
-if bench is not None:
-    rows = [r for r in bench["rows"] if r["method"] != "fp32" and r["group"] == 64]
-    for r in rows:
-        if r["wall_s"] is not None:
-            print(f"{r['method']:>20} W4 g64 ({r['note']}): {r['wall_s']:.0f} s wall, "
-                  f"{r.get('cpu_s') or float('nan'):.0f} s CPU, ppl {r['ppl']:.2f}")
-    refused = [r for r in bench["rows"] if r["wall_s"] is None]
-    for r in refused:
-        print(f"{r['method']} W4 g{r['group']}: {r['note'][:120]}")
-print(f"this notebook, live: AWQ W4 g128 on {CALIB_SAMPLES} x {CALIB_LEN} tokens took "
-      f"{[r for r in records if r['method'] == 'AWQ' and r['bits'] == 4][0]['seconds']:.0f} s")
+    print(f"llm-compressor is not installed: {reference.INSTALL}")
 
 # %% [markdown]
 # ## GPTQ or AWQ for vLLM?
 # The seed's question. In current vLLM both 4-bit formats (GPTQ, AWQ, and compressed-tensors W4A16,
 # which llm-compressor writes for either algorithm) run on NVIDIA GPUs from Ampere on through the same
 # Marlin mixed-precision kernels, so serving speed is not the difference. The choice is about accuracy
-# on your model and data, and the cost of calibration. This notebook's numbers:
+# on your model and data, and the cost of calibration. This notebook's numbers, all timed the same way:
 
 # %%
-print(f"W4 g128: AWQ {pick('AWQ', 4):.2f} vs GPTQ {pick('GPTQ', 4):.2f} (fp32 {fp_ppl:.2f}); "
-      f"W3 g128: AWQ {pick('AWQ', 3):.2f} vs GPTQ {pick('GPTQ', 3):.2f}")
-t_awq = [r["seconds"] for r in records if r["method"] == "AWQ" and r["bits"] == 4 and r["group"] == 128][0]
-t_gptq = [r["seconds"] for r in records if r["method"] == "GPTQ" and r["bits"] == 4][0]
-print(f"quantization time here: AWQ {t_awq:.0f} s, GPTQ {t_gptq:.0f} s; "
-      f"1-sample sensitivity: AWQ {sens['worse by']['AWQ']:+.1%}, GPTQ {sens['worse by']['GPTQ']:+.1%}")
+a4, g4 = rec("AWQ", 4, samples=CALIB_SAMPLES), rec("GPTQ", 4, samples=CALIB_SAMPLES)
+a3, g3 = rec("AWQ", 3, samples=CALIB_SAMPLES), rec("GPTQ", 3, samples=CALIB_SAMPLES)
+
+
+def verdict(a, g):
+    return "AWQ ahead on both texts" if better(a, g) else "GPTQ ahead on both texts" if better(g, a) else "a tie within the noise"
+
+
+print(f"W4 g128: AWQ {a4['ppl']:.2f} vs GPTQ {g4['ppl']:.2f} ({verdict(a4, g4)}); W3 g128: AWQ {a3['ppl']:.2f} vs GPTQ "
+      f"{g3['ppl']:.2f} ({verdict(a3, g3)}); {BASE} {fp_ppl:.2f}")
+faster = "AWQ" if a4["CPU s"] < g4["CPU s"] else "GPTQ"
+print(f"quantization time, W4 g128 on {CALIB_SAMPLES} x {CALIB_LEN} tokens, {THREADS}: AWQ {a4['wall s']:.0f} s wall / "
+      f"{a4['CPU s']:.0f} s CPU ({N_GRID}-point grids" + (", alpha scored on 1 sequence" if FAST else "") + f"), GPTQ "
+      f"{g4['wall s']:.0f} s / {g4['CPU s']:.0f} s: {faster} was faster here; 1-sample sensitivity: AWQ "
+      f"{sens['change']['AWQ']:+.1%}, GPTQ {sens['change']['GPTQ']:+.1%}")
 
 # %% [markdown]
 # ## Quiz
@@ -461,11 +540,24 @@ print(f"quantization time here: AWQ {t_awq:.0f} s, GPTQ {t_gptq:.0f} s; "
 # %%
 from quantedu.quiz import Quiz
 
-quiz = Quiz.load("awq")
+quiz = Quiz.load("awq", values={
+    "fp": fp_ppl, "rtn": by["none"], "random": by["random"], "weight": by["weight"], "activation": by["activation"],
+    "calib": f"{CALIB_SAMPLES} x {CALIB_LEN}", "awq_w4": a4["ppl"], "gptq_w4": g4["ppl"],
+    "awq_cpu": a4["CPU s"], "gptq_cpu": g4["CPU s"]})
 quiz.show()
 
 # %% [markdown]
-# The quiz logic, checked on the first question.
+# Four keys, checked against this notebook: Q1 with the salience experiment of section 1, Q3 with the
+# package's scale groups, Q5 and Q6 with its scale formula.
 
 # %%
-print(quiz.answer(0, 0).correct, quiz.answer(0, quiz.questions[0].answer).correct, quiz.score_text())
+at = {q.id: i for i, q in enumerate(quiz.questions)}
+best_choice = min(("random", "weight", "activation"), key=lambda h: by[h])
+session.claim(quiz.answer(at["awq-salience"], {"random": 0, "weight": 1, "activation": 2}[best_choice]).correct,
+              f"the activation-chosen 1% recovers the most (here: {best_choice})")
+gate_up = next(g for g in groups0 if "mlp.gate_proj" in g.layers)
+assert quiz.answer(at["awq-fold"], 0 if gate_up.prev == "post_attention_layernorm" else 1).correct
+assert quiz.answer(at["awq-scale-normalization"], awq.candidate_scales(torch.tensor([1.0, 4.0, 16.0]), 1.0).max().item()).correct
+alpha0_is_rtn = torch.equal(awq.candidate_scales(s_x, 0.0), torch.ones_like(s_x))
+assert quiz.answer(at["awq-alpha-zero"], 0 if alpha0_is_rtn else 2).correct
+print(quiz.score_text())

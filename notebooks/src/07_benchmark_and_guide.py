@@ -139,29 +139,46 @@ else:
 # The next cell puts numbers on the reasons; they are computed from the table above.
 
 # %%
+import torch
+
+from quantedu import memory
+from quantedu.gguf import mixes
+
 by = table.set_index("variant")
 fp16 = by.loc["FP16"]
 q4 = by.loc["GGUF Q4_K_M"]
-print(f"* Model size: 135M parameters instead of 7B. FP16 weights are {fp16.memory_mb:.0f} MB, and the "
-      f"token embedding alone (49152 x 576) is {49152 * 576 * 2 / 1e6:.0f} MB of them in fp16. A 4-bit "
-      f"file keeps {q4.memory_mb / fp16.memory_mb:.0%} of the FP16 size here, not the ~30% of a 7B model, "
-      f"because embeddings and norms weigh more in a small model.")
+cfg = session.model.config
+shape = memory.model_shape(session.model)
+seed7 = memory.model_shape("llama-2-7b")  # the seed's "7B": the same ratio on a 7B shape, computed
+embed_mb = cfg.vocab_size * cfg.hidden_size * 2 / 1e6
+q4_7b = memory.weight_bytes(seed7, "Q4_K", embed_spec="fp16")["total"] / memory.weight_bytes(seed7, "fp16")["total"]
+print(f"* Model size: {shape.n_params() / 1e6:.0f}M parameters instead of the seed's 7B. FP16 weights are "
+      f"{fp16.memory_mb:.0f} MB, and the token embedding alone ({cfg.vocab_size} x {cfg.hidden_size}) is "
+      f"{embed_mb:.0f} MB of them in fp16. A 4-bit file keeps {q4.memory_mb / fp16.memory_mb:.0%} of the FP16 "
+      f"size here; on Llama-2-7B's shape Q4_K weights with an fp16 embedding keep {q4_7b:.0%}: embeddings and "
+      f"norms weigh more in a small model.")
 f16_llama = fp16.get("llama_cpp_tok_s")
 f16_llama = fp16.cpu_tok_s if f16_llama is None or f16_llama != f16_llama else f16_llama
-print(f"* Hardware: one CPU thread instead of a 4090. In llama.cpp Q4_K_M decodes at {q4.cpu_tok_s:.0f} tokens/s "
-      f"vs {f16_llama:.0f} for F16: x{q4.cpu_tok_s / f16_llama:.2f}. Decode reads every weight "
+hardware = torch.cuda.get_device_name() if torch.cuda.is_available() else "one CPU thread per engine"
+print(f"* Hardware: {hardware} here, an RTX 4090 in the seed. In llama.cpp Q4_K_M decodes at {q4.cpu_tok_s:.0f} "
+      f"tokens/s vs {f16_llama:.0f} for F16: x{q4.cpu_tok_s / f16_llama:.2f}. Decode reads every weight "
       f"once per token, so fewer bytes per weight help, but each type's kernel has its own cost too.")
 if by.get("engine") is not None and (by.engine == "vllm").any():
     g, a = by.loc["GPTQ-4bit"], by.loc["AWQ-4bit"]
     print(f"* In vLLM (1 thread): FP16 {fp16.cpu_tok_s:.0f}, GPTQ {g.cpu_tok_s:.0f}, AWQ {a.cpu_tok_s:.0f} tokens/s "
           f"with kernels {g.kernel} / {a.kernel}; weights loaded {fp16.memory_mb:.0f} / {g.memory_mb:.0f} / "
           f"{a.memory_mb:.0f} MB.")
-print(f"* Baseline: the course model was already Q4_1. Q4_K_M perplexity {q4.ppl:.2f} vs FP16 {fp16.ppl:.2f} "
-      f"(+{100 * (q4.ppl / fp16.ppl - 1):.1f}%), Q5_K_M {by.loc['GGUF Q5_K_M'].ppl:.2f}: no format lines up "
-      f"with the Q4_1 grid the weights already sit on, so more bits need not mean a smaller error here.")
-types = describe(llama.gguf_file("Q4_K_M")).type_counts().tensors.to_dict()
-print(f"* Row width {session.model.config.hidden_size} is not a multiple of 256, so llama.cpp falls back from "
-      f"K-quants for most tensors. Tensors per type inside our 'Q4_K_M' file: {types} (notebook 05).")
+q5 = by.loc["GGUF Q5_K_M"]
+print(f"* Baseline: Q4_K_M perplexity {q4.ppl:.2f} vs FP16 {fp16.ppl:.2f} (+{100 * (q4.ppl / fp16.ppl - 1):.1f}%), "
+      f"Q5_K_M {q5.ppl:.2f}: " + ("Q5_K_M is worse than Q4_K_M here. " if q5.ppl > q4.ppl else "") +
+      ("The offline model's weights were already Q4_1, and no K-quant lines up with that grid, so more bits need "
+       "not mean a smaller error." if session.is_offline_file else "the weights are this model's own."))
+types = describe(llama.gguf_file("Q4_K_M")).type_counts().tensors.to_dict() if session.is_offline_file else {}
+not256 = [n for n in (cfg.hidden_size, cfg.intermediate_size) if n % 256]
+print(f"* Row widths {cfg.hidden_size} / {cfg.intermediate_size}: "
+      + (f"{' and '.join(map(str, not256))} not a multiple of 256, so llama.cpp falls back from K-quants for "
+         "those tensors" if not256 else "multiples of 256, so every tensor gets its K-quant")
+      + (f". Tensors per type inside the 'Q4_K_M' file: {types} (notebook 05)." if types else "."))
 print(f"* GPTQ/AWQ calibrated on {CALIB[0]} x {CALIB[1]} tokens (FAST={FAST}); quantization times "
       f"(GPTQ {by.loc['GPTQ-4bit'].quant_s:.0f} s, AWQ {by.loc['AWQ-4bit'].quant_s:.0f} s, llama.cpp "
       f"{q4.quant_s:.0f} s) are from a shared 2-core CPU, not a GPU: compare them with each other only.")
@@ -186,7 +203,9 @@ rules = [
      q5.ppl < q4.ppl and q5.memory_mb > q4.memory_mb,
      f"Q5_K_M {q5.ppl:.2f} vs Q4_K_M {q4.ppl:.2f}, {q5.memory_mb:.0f} vs {q4.memory_mb:.0f} MB"),
     ("AWQ is more accurate than GPTQ at 4 bits",
-     awq.ppl < gptq.ppl, f"AWQ {awq.ppl:.2f} vs GPTQ {gptq.ppl:.2f}"),
+     awq.ppl < gptq.ppl, f"AWQ {awq.ppl:.2f} ({awq.get('label', '?')}) vs GPTQ {gptq.ppl:.2f} ({gptq.get('label', '?')})"
+     + ("; not like with like: the grids differ, see notebook 04 for both on one grid"
+        if str(awq.get("label", "")).split()[2:3] != str(gptq.get("label", "")).split()[2:3] else "")),
     ("AWQ quantizes faster than GPTQ",
      awq.quant_s < gptq.quant_s, f"AWQ {awq.quant_s:.0f} s vs GPTQ {gptq.quant_s:.0f} s"),
 ]

@@ -48,6 +48,10 @@ def example_table(**changes) -> pd.DataFrame:
          "cpu_tok_s": 28.0},
         {"variant": "GGUF Q5_K_M", "format": "gguf", "memory_mb": 112.0, "ppl": 14.0, "quant_s": 6.0,
          "cpu_tok_s": 30.0},
+        # A format no engine of quantedu.guide.ENGINES runs (ExLlamaV2's): its speed is another engine's
+        # claim, so a choice that skips the hardware filter picks it.
+        {"variant": "EXL2-4bit", "format": "exl2", "memory_mb": 100.0, "ppl": 13.2, "quant_s": NAN,
+         "cpu_tok_s": 45.0},
     ]
     for r in rows:
         r.update(changes.get(r["variant"], {}))
