@@ -17,6 +17,11 @@ import math
 import sys
 import time
 import traceback
+from pathlib import Path
+
+# Run as a script from quantedu/, Python puts this folder first on sys.path, where quantedu/gguf would
+# shadow the real gguf package (vLLM's GGUF plugin imports it). Only the vLLM env's packages belong here.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 
 def _write(path, data):

@@ -36,19 +36,13 @@ WHOLE_MODEL_SWEEPS = not FAST        # group size / act-order / damping / sample
 LIB_SAMPLES, LIB_LEN = (2, 128) if FAST else (CALIB_SAMPLES, CALIB_LEN)  # quantedu vs llm-compressor, live
 
 # %%
-import contextlib
 import copy
-import io
-import logging
-import math
-import os
 
 import torch
-from transformers.utils import logging as hf_logging
 
 from quantedu.benchmark import timed
-from quantedu.course import start
-from quantedu.evaluate import evaluation_windows, results_table, torch_threads, window_nll
+from quantedu.course import no_bars, quiet_libraries, start
+from quantedu.evaluate import results_table, torch_threads
 
 # Every quantization run is timed the same way: quantedu.benchmark.timed (wall seconds and this
 # process's CPU seconds), the model already in memory, with QUANT_THREADS torch threads: one on a CPU,
@@ -57,17 +51,7 @@ from quantedu.evaluate import evaluation_windows, results_table, torch_threads, 
 QUANT_THREADS = 1 if not torch.cuda.is_available() else None
 
 
-@contextlib.contextmanager
-def no_bars():
-    """llm-compressor and compressed-tensors draw tqdm bars on stderr, with no switch to turn them off:
-    keep them out of the saved notebook (errors still raise)."""
-    with contextlib.redirect_stderr(io.StringIO()):
-        yield
-
-
-hf_logging.disable_progress_bar()  # transformers' loading bars would stay in the saved notebook as fragments
-os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "ERROR")  # llm-compressor logs with timestamps from its import on
-logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)  # a timestamped notice when llm-compressor traces
+quiet_libraries()  # no loading bars or timestamped library logs in the saved notebook (no_bars(): llm-compressor's)
 session = start(MODEL, n_windows=N_WINDOWS, seq_len=SEQ_LEN)
 model, tokenizer, corpus = session.model, session.tokenizer, session.corpus
 THREADS = f"{QUANT_THREADS or torch.get_num_threads()} torch thread(s)"
@@ -76,24 +60,8 @@ batches = session.calibration(CALIB_SAMPLES, CALIB_LEN, seed=0)
 ppl = session.perplexity  # perplexity on the N_WINDOWS x SEQ_LEN evaluation windows
 # The same windows, split in two halves, are two pieces of text: every comparison is read on both, to
 # see how much a difference moves when the text changes (one that flips is not a result). Free: the
-# forward pass that gives the perplexity gives each window's loss.
-windows = evaluation_windows(tokenizer, corpus, N_WINDOWS, SEQ_LEN)  # the windows session.perplexity uses
-HALF = N_WINDOWS // 2
-TEXTS = f"text A = window{'s' * (HALF > 1)} 1{f'-{HALF}' * (HALF > 1)}, text B = the other {N_WINDOWS - HALF}"
-
-
-def scored(m, **record):
-    """record + the perplexity of m on the evaluation windows, and on each half of them."""
-    nll = window_nll(m, windows, progress=False)
-    of = lambda part: math.exp(part.sum().item() / (len(part) * (SEQ_LEN - 1)))  # noqa: E731
-    return {**record, "ppl": of(nll), "ppl, text A": of(nll[:HALF]), "ppl, text B": of(nll[HALF:])}
-
-
-def better(a, b):
-    """a's perplexity is lower than b's on both halves of the text."""
-    return a["ppl, text A"] < b["ppl, text A"] and a["ppl, text B"] < b["ppl, text B"]
-
-
+# forward pass that gives the perplexity gives each window's loss (Session.scored).
+scored, better, TEXTS = session.scored, session.better, session.halves
 fp = scored(model, method=BASE)
 fp_ppl = fp["ppl"]
 print(f"{BASE} perplexity on {N_WINDOWS} x {SEQ_LEN} evaluation tokens: {fp_ppl:.3f}; {TEXTS}: {fp['ppl, text A']:.3f} "
