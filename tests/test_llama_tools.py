@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from helpers import gone
 
 from quantedu import llama_tools as lt
 from quantedu.llama_tools import builder as lt_build
@@ -41,18 +42,6 @@ def tools():
 def gguf():
     from quantedu.models import offline_gguf_path
     return offline_gguf_path()
-
-
-def _gone(pid: int, within: float = 10.0) -> bool:
-    deadline = time.time() + within
-    while time.time() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.1)
-    return False
 
 
 # ------------------------------------------------------------------------------- finding and building
@@ -153,7 +142,7 @@ def test_an_interrupted_build_step_leaves_no_process(tmp_path):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
-    assert _gone(int(pidfile.read_text()), 5), "a build step's child survived the interrupt"
+    assert gone(int(pidfile.read_text()), 5), "a build step's child survived the interrupt"
 
 
 def test_no_cmake_says_what_to_install(tmp_path, monkeypatch):
@@ -223,7 +212,7 @@ def test_stop_ends_the_process_and_frees_the_port(tools, gguf):
     s = lt.start_llama_server(gguf, ctx=256)
     pid, port = s.pid, s.port
     s.stop()
-    assert _gone(pid, 5) and not s.running
+    assert gone(pid, 5) and not s.running
     assert not serving.port_in_use(port)
     assert s not in serving.running_servers()
 
@@ -264,7 +253,7 @@ def test_no_server_outlives_a_killed_python(tools, gguf, tmp_path):
         assert psutil.Process(pid).is_running() and "llama-server" in psutil.Process(pid).name()
         child.kill()  # SIGKILL
         child.wait(10)
-        assert _gone(pid, 5), "llama-server outlived the Python process that started it"
+        assert gone(pid, 5), "llama-server outlived the Python process that started it"
     finally:
         if child.poll() is None:
             child.kill()

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from quantedu.primitives import QuantConfig, dequantize, fake_quantize, unpack_int32
+from quantedu.packing import unpack_int32
+from quantedu.primitives import QuantConfig, dequantize, fake_quantize
 from quantedu.rtn import quantize_model_rtn, rtn_layers, replace_linear, rtn_fn, summarize
 
 

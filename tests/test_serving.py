@@ -6,6 +6,7 @@ import time
 
 import psutil
 import pytest
+from helpers import gone
 
 from quantedu import serving
 from quantedu import serving_bench as sb
@@ -29,19 +30,6 @@ def server(gguf):
     with serving.start_llama_cpp(gguf, n_ctx=512) as s:
         yield s
     assert not s.running
-
-
-def _gone(pid: int, within: float = 15.0) -> bool:
-    """True once ``pid`` has exited (a zombie waiting for its reaper counts as gone)."""
-    deadline = time.time() + within
-    while time.time() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_server_is_loopback_only_and_answers(server, gguf):
@@ -161,10 +149,10 @@ def test_kernel_interrupted_or_killed_mid_request_leaves_no_server(tmp_path, ggu
                 reply = kc.get_shell_msg(timeout=60)
             assert reply["content"]["status"] == "error"
             assert reply["content"]["ename"] == "KeyboardInterrupt"
-            assert _gone(pid), "the server survived the interrupted cell"
+            assert gone(pid, 15.0), "the server survived the interrupted cell"
         else:
             km.shutdown_kernel(now=True)  # SIGKILL: no atexit, no __exit__
-            assert _gone(pid), "the server survived its kernel"
+            assert gone(pid, 15.0), "the server survived its kernel"
     finally:
         kc.stop_channels()
         if km.is_alive():
@@ -186,7 +174,7 @@ def test_server_left_running_is_stopped_when_python_exits(gguf):
     assert out.returncode == 0, out.stderr[-2000:]
     pid = int(out.stdout.split()[-1])
     try:
-        assert _gone(pid, within=5.0), "a server outlived the Python process that started it"
+        assert gone(pid, within=5.0), "a server outlived the Python process that started it"
     finally:
         if psutil.pid_exists(pid):
             psutil.Process(pid).kill()

@@ -42,21 +42,19 @@ import copy
 import torch
 
 from quantedu.benchmark import timed
-from quantedu.course import no_bars, quiet_libraries, start
+from quantedu.course import no_bars, start  # start(): no loading bars or library logs (no_bars(): llm-compressor's)
 from quantedu.evaluate import results_table, torch_threads
 
 # Every quantization run is timed the same way: quantedu.benchmark.timed (wall seconds and this
 # process's CPU seconds), the model already in memory, with QUANT_THREADS torch threads: one on a CPU,
 # where a shared 2-core machine is steadier with one thread than with two fighting for the cores,
 # torch's default on a GPU.
-QUANT_THREADS = 1 if not torch.cuda.is_available() else None
 
 
-quiet_libraries()  # no loading bars or timestamped library logs in the saved notebook (no_bars(): llm-compressor's)
 session = start(MODEL, n_windows=N_WINDOWS, seq_len=SEQ_LEN)
 model, tokenizer, corpus = session.model, session.tokenizer, session.corpus
+QUANT_THREADS, BASE = session.quant_threads, session.dtype_name  # 1 thread on a CPU; "fp32" or e.g. "bfloat16"
 THREADS = f"{QUANT_THREADS or torch.get_num_threads()} torch thread(s)"
-BASE = "fp32" if session.dtype == torch.float32 else str(session.dtype).removeprefix("torch.")
 batches = session.calibration(CALIB_SAMPLES, CALIB_LEN, seed=0)
 ppl = session.perplexity  # perplexity on the N_WINDOWS x SEQ_LEN evaluation windows
 # The same windows, split in two halves, are two pieces of text: every comparison is read on both, to

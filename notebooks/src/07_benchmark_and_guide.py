@@ -45,29 +45,30 @@ from quantedu.gguf.io import describe
 
 session = start(MODEL)
 text = evaluation_text(session.corpus)
-print("GGUF rows: the offline SmolLM2 file; GPTQ/AWQ rows and the fp32 reference:", session.model.name_or_path)
+GGUF_SRC = session.gguf_source()  # every row is this one model: llama.cpp's files start from its GGUF
+print(f"model: {session.model.name_or_path} ({session.dtype_name}); GGUF source: {GGUF_SRC.name}")
 
 # %% [markdown]
 # ## One check before the table
 # The GGUF rows measure perplexity with llama.cpp's logits, the GPTQ/AWQ rows with transformers. Both
-# must give the same number for the same weights: the baseline in transformers (fp32) against its F16
-# GGUF file in llama.cpp.
+# must give the same number for the same weights: the model in transformers against its F16 GGUF file in
+# llama.cpp.
 
 # %%
 ppl_hf, ppl_llama = comparison.fp16_agreement(session, text, N_WINDOWS, SEQ_LEN)
-print(f"transformers fp32: {ppl_hf:.4f}   llama.cpp F16: {ppl_llama:.4f}   "
+print(f"transformers {session.dtype_name}: {ppl_hf:.4f}   llama.cpp F16: {ppl_llama:.4f}   "
       f"difference {100 * abs(ppl_llama / ppl_hf - 1):.3f}%")
 assert abs(ppl_llama / ppl_hf - 1) < 0.01
 
 # %% [markdown]
 # ## The measurements
-# GGUF rows: llama.cpp's quantizer makes the file from the shipped Q4_1 file (timed), then llama.cpp
+# GGUF rows: llama.cpp's quantizer makes the file from the model's GGUF (timed), then llama.cpp
 # measures perplexity and decode speed (1 thread). GPTQ/AWQ rows: the course's own implementations
 # (notebooks 03 and 04), 4 bits, groups of 64, exported in fp16 to the formats vLLM loads.
 
 # %%
 t0 = time.perf_counter()
-rows = [comparison.gguf_row(mix, text, N_WINDOWS, SEQ_LEN) for mix in ("F16", "Q4_K_M", "Q5_K_M")]
+rows = [comparison.gguf_row(mix, text, N_WINDOWS, SEQ_LEN, src=GGUF_SRC) for mix in ("F16", "Q4_K_M", "Q5_K_M")]
 print(f"GGUF rows: {time.perf_counter() - t0:.0f} s (cached after the first run)")
 
 # %%
@@ -217,6 +218,42 @@ print(verdicts.to_string(index=False))
 # invert), tiny calibration sets (`FAST`), or the CPU (AWQ's grid search runs many more forward passes
 # than GPTQ's single pass per block, which a GPU hides and a 2-core CPU does not).
 #
+# ## The comparison post's selection guide, rule by rule
+# The post this course answers ends with five rules (quoted in `data/seed_rules.csv`). Each one below gets a
+# verdict computed by `quantedu.seed_check` from this run's measurements: **holds here**, **does not hold
+# here** (with the number), or **cannot be tested here** (with the reason). Two rules need rows the table
+# lacks, measured now with the table's settings: GPTQ in activation order (`desc_act=True`, the post's pick
+# "for accuracy") and IQ4_XS quantized with an importance matrix (`compute_imatrix`, notebook 05), beside Q2_K
+# with the same imatrix, the smallest file llama.cpp makes. A perplexity is called lower only when it is lower
+# on both halves of the evaluation text, where the rows have halves (the GPTQ/AWQ rows).
+
+# %%
+from quantedu import seed_check, vllm_formats
+from quantedu.gguf.imatrix import compute_imatrix
+
+t0 = time.perf_counter()
+act_order = comparison.torch_row("gptq", session, n_samples=CALIB[0], seq_len=CALIB[1], group_size=GROUP_SIZE,
+                                 n_windows=N_WINDOWS, eval_len=SEQ_LEN, desc_act=True)
+imatrix = compute_imatrix(session.model, session.calibration(*CALIB))
+im_rows = [comparison.gguf_row(mix, text, N_WINDOWS, SEQ_LEN, src=GGUF_SRC, imatrix=imatrix) for mix in ("IQ4_XS", "Q2_K")]
+formats = vllm_formats.served_formats(VLLM["python"], VLLM) if VLLM else None
+print(f"extra rows: {time.perf_counter() - t0:.0f} s (cached after the first run)")
+for r in [act_order, *im_rows]:
+    print(f"  {r['variant']:22s} {r['memory_mb']:6.1f} MB  perplexity {r['ppl']:.2f}")
+measured = seed_check.Measured(table, act_order, tuple(im_rows), formats, VLLM["device"] if VLLM else None,
+                               shape=session.model)
+verdicts = seed_check.rule_verdicts(measured)
+for v in verdicts.itertuples():
+    print(f"\n{v.rule}. {v.situation} -> {v.advice}\n   {v.verdict.upper()}: {v.evidence}")
+
+# %% [markdown]
+# ### The post's three quiz questions, answered with this run's numbers
+
+# %%
+for qa in seed_check.quiz_answers(measured):
+    print(f"Q: {qa['question']}\n   the post: {qa['the post']}\n   measured: {qa['measured here']}\n")
+
+# %% [markdown]
 # ## The decision helper
 # `quantedu.guide.recommend` filters the measured rows by what the hardware and engine can run, your
 # memory budget and the perplexity increase you accept, and ranks the rest by measured speed, then
@@ -263,7 +300,12 @@ check("07.pick_format", pick_format, table=table)
 # %%
 from quantedu.quiz import Quiz
 
-quiz = Quiz.load("final")
+infos = mixes.shape_tensor_infos(shape)
+plan = mixes.assign_types(infos, "Q4_K_M", shape.layers, shape.heads, shape.kv_heads)
+matrices = [i for i in infos if i.name.startswith("blk.") and len(i.shape) == 2]
+quiz = Quiz.load("final", values={"q4_ppl": q4.ppl, "q5_ppl": q5.ppl, "fp16_ppl": fp16.ppl, "hidden": cfg.hidden_size,
+                                  "fallback": sum(not plan[i.name].name.endswith("_K") for i in matrices),
+                                  "n_matrices": len(matrices)})
 quiz.show()
 
 # %% [markdown]

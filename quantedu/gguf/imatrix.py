@@ -93,3 +93,9 @@ def compute_imatrix(model, batches, include_output: bool = False) -> dict[str, n
         for b in batches:
             model(b.reshape(-1, b.shape[-1]).to(device))
     return col.result()
+
+
+def imatrix_digest(imatrix: dict[str, np.ndarray]) -> str:
+    """A short hash of an imatrix, for cache keys of files quantized with it."""
+    import hashlib
+    return hashlib.sha256(b"".join(k.encode() + imatrix[k].tobytes() for k in sorted(imatrix))).hexdigest()[:12]
