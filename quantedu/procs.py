@@ -94,3 +94,29 @@ def tail(path: Path | None, n_lines: int = 20) -> str:
     except (OSError, TypeError):
         return ""
     return "\n".join(lines[-n_lines:])
+
+
+def venv_python(venv: str, env_var: str, roots, missing: type[Exception], install: str) -> str | None:
+    """The python of the side environment ``venv`` (``.venv-vllm``, ``.venv-seed``): ``$env_var`` if set (it
+    must be an executable, else ``missing`` says what to do), else ``<root>/<venv>/bin/python`` for the first of
+    ``roots`` that has one, else None."""
+    chosen = os.environ.get(env_var)
+    if chosen:
+        if not (Path(chosen).is_file() and os.access(chosen, os.X_OK)):
+            raise missing(f"{env_var}={chosen} is not an executable Python interpreter. Point it at the python of "
+                          f"that environment, or unset it and run:\n    {install}")
+        return chosen
+    for folder in roots:
+        candidate = Path(folder) / venv / "bin" / "python"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def venv_unavailable(venv: str, roots) -> str | None:
+    """Why the make target of ``venv`` installed nothing on this platform (its ``UNAVAILABLE`` note), or None."""
+    for folder in roots:
+        note = Path(folder) / venv / "UNAVAILABLE"
+        if note.is_file():
+            return note.read_text().strip()
+    return None

@@ -68,26 +68,15 @@ def _imports_vllm(python: str) -> bool:
 
 def vllm_python() -> str | None:
     """The interpreter that runs vLLM here, or None (see the module docstring for the search order)."""
-    chosen = os.environ.get(ENV_VAR)
-    if chosen:
-        if not (Path(chosen).is_file() and os.access(chosen, os.X_OK)):
-            raise MissingVLLMError(f"{ENV_VAR}={chosen} is not an executable Python interpreter. Point it at the "
-                                   f"python of an environment with vLLM, or unset it and run:\n    {INSTALL}")
-        return chosen
-    for folder in (_ROOT, Path.cwd(), *Path.cwd().parents):
-        candidate = folder / VENV / "bin" / "python"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
+    python = procs.venv_python(VENV, ENV_VAR, (_ROOT, Path.cwd(), *Path.cwd().parents), MissingVLLMError, INSTALL)
+    if python is not None:
+        return python
     return sys.executable if _imports_vllm(sys.executable) else None
 
 
 def unavailable_reason() -> str | None:
     """Why `make vllm` installed nothing on this platform (it writes ``.venv-vllm/UNAVAILABLE``), or None."""
-    for folder in (_ROOT, Path.cwd()):
-        note = folder / VENV / "UNAVAILABLE"
-        if note.is_file():
-            return note.read_text().strip()
-    return None
+    return procs.venv_unavailable(VENV, (_ROOT, Path.cwd()))
 
 
 def require_python() -> str:

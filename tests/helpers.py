@@ -15,3 +15,17 @@ def gone(pid: int, within: float = 10.0) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def side_python(require, missing: type[Exception], unavailable, venv: str) -> str:
+    """The python of a side environment (``require()``), or skip; on CI (``$CI`` set), where ``make setup``
+    makes ``venv``, a missing one fails unless the platform has no build (``unavailable()`` says why)."""
+    import os
+
+    import pytest
+    try:
+        return require()
+    except missing as exc:
+        if os.environ.get("CI") and not unavailable():
+            pytest.fail(f"CI runs `make setup`, which makes {venv}: {exc}")
+        pytest.skip(str(exc).splitlines()[0])

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import side_python
 import torch
 
 from quantedu import serving
@@ -39,12 +40,7 @@ METHOD = {"GPTQ": "AutoGPTQLinearMethod", "compressed-tensors": "CompressedTenso
 
 @pytest.fixture(scope="module")
 def vllm_python():
-    try:
-        return ve.require_python()
-    except ve.MissingVLLMError as exc:
-        if os.environ.get("CI") and not ve.unavailable_reason():
-            pytest.fail(f"CI runs `make setup`, which makes .venv-vllm: {exc}")
-        pytest.skip(str(exc).splitlines()[0])
+    return side_python(ve.require_python, ve.MissingVLLMError, ve.unavailable_reason, ".venv-vllm")
 
 
 @pytest.fixture(scope="module")

@@ -565,23 +565,62 @@ else:
     print(f"llm-compressor is not installed: {reference.INSTALL}")
 
 # %% [markdown]
-# ### The seed's `optimum` snippet
-# `optimum.gptq.GPTQQuantizer` quantizes a transformers model with GPTQModel's kernels underneath. As
-# written in the seed (`desc_act=True`), current optimum rejects it with *"act_group_aware == True
-# requires desc_act == False"*: add `act_group_aware=False`. It needs GPTQModel, which declares
-# torch >= 2.14.1 (this course pins 2.13), so it runs on a GPU runtime such as Colab, not here.
+# ### The seed's `optimum` snippet, run as written
+# The seed quantizes with optimum's `GPTQQuantizer(bits=4, group_size=128, desc_act=True, damp_percent=0.01,
+# dataset=...)`. optimum 2.3 runs GPTQ through GPTQModel 7.7, whose pins clash with this course's (it wants a
+# newer transformers and declares torch >= 2.14.1), so both live in an environment of their own
+# (`make seed-libs`: `.venv-seed`) and `quantedu.seed_libs` runs them there in a subprocess, on this session's
+# model, with `LIB_SAMPLES x LIB_LEN` tokens of the course's calibration text. First the snippet as written,
+# then the smallest fix for each error it hits, then the working run beside the course's own GPTQ with the
+# seed's settings. The checkpoint optimum writes is read back with the course's own loader.
 
 # %%
-if torch.cuda.is_available() and importlib.util.find_spec("optimum") and importlib.util.find_spec("gptqmodel"):
-    from optimum.gptq import GPTQQuantizer
+import json
+from pathlib import Path
 
-    texts = [tokenizer.decode(row) for row in batches]
-    quantizer = GPTQQuantizer(bits=4, dataset=texts, group_size=GROUP, desc_act=True, act_group_aware=False,
-                              model_seqlen=CALIB_LEN)
-    opt_model, opt_wall, opt_cpu = timed(lambda: quantizer.quantize_model(copy.deepcopy(model), tokenizer))
-    print(f"optimum GPTQQuantizer W4 g{GROUP} desc_act: {opt_wall:.0f} s wall, {opt_cpu:.0f} s CPU, ppl {ppl(opt_model):.2f}")
+from quantedu import seed_libs
+
+SEED_DIR = session.model.name_or_path  # the checkpoint folder this session loaded: the libraries load it themselves
+seed_env = seed_libs.describe()
+if not seed_env["usable"]:
+    print(f"Skipped: {seed_env['why']}\n  {seed_env['install']}")
 else:
-    print("Skipped: the optimum/GPTQModel snippet needs a CUDA GPU with `pip install optimum gptqmodel` (e.g. Colab).")
+    for dist, lib in seed_env["libraries"].items():
+        print(f"{dist:10s} {lib['version']:8s} " + ("imports" if lib["imports"] else f"does not import: {lib['error']}"))
+    steps = {"as written": dict(fix=False), "+ act_group_aware=False": dict(fix=True)}
+    runs = {}
+    for step, kw in steps.items():
+        runs[step] = seed_libs.run_optimum_gptq(SEED_DIR, n_samples=LIB_SAMPLES, seq_len=LIB_LEN, **kw)
+    if not runs["+ act_group_aware=False"]["ok"]:  # e.g. GPTQModel's default CPU kernel and a ragged last group
+        runs["+ backend='torch'"] = seed_libs.run_optimum_gptq(SEED_DIR, n_samples=LIB_SAMPLES, seq_len=LIB_LEN,
+                                                               fix=True, backend="torch")
+    for step, r in runs.items():
+        print(f"{step:26s} " + (f"ran: {r['quantize_s']:.0f} s, kernel {r['kernel']}" if r["ok"]
+                                 else f"{r.get('stage', '')}: {seed_libs.first_line(r)}"))
+    opt = list(runs.values())[-1]
+    assert not runs["as written"]["ok"] and opt["ok"], "the snippet's outcome changed: read the lines above"
+
+# %% [markdown]
+# The working run beside the course's GPTQ with the seed's settings (4 bits, symmetric, groups of 128,
+# act-order, 1% damping) on the same calibration windows. optimum's time is its `quantize_model` call inside
+# its own process; ours is timed as everywhere in this notebook.
+
+# %%
+if seed_env["usable"]:
+    seed_cfg = GPTQConfig(bits=4, group_size=128, sym=True, desc_act=True, damp_percent=0.01)
+    ours_seed, ours_seed_t, _ = gptq_model(seed_cfg, session.calibration(LIB_SAMPLES, LIB_LEN, seed=0))
+    opt_model = seed_libs.load(opt, session.dtype).to(session.device)
+    seed_df = results_table([scored(ours_seed, library="quantedu GPTQ", **ours_seed_t),
+                             scored(opt_model, library="optimum + GPTQModel", **{"wall s": opt["quantize_s"]})],
+                            index="library")
+    o, c = seed_df.loc["optimum + GPTQModel"], seed_df.loc["quantedu GPTQ"]
+    qc = json.loads((Path(opt["out"]) / "config.json").read_text())["quantization_config"]
+    print(f"{seed_cfg.label()}, {LIB_SAMPLES} x {LIB_LEN} tokens: perplexity quantedu {c['ppl']:.2f}, optimum "
+          f"{o['ppl']:.2f} (" + ("quantedu" if better(c, o) else "optimum" if better(o, c) else "a tie within the noise")
+          + (" ahead on both texts)" if better(c, o) or better(o, c) else ")") + f"; {BASE} {fp_ppl:.2f}")
+    print(f"its config.json: format {qc.get('format', qc.get('checkpoint_format'))!r}, desc_act {qc.get('desc_act')}, "
+          f"and the calibration set stored in it: {len(json.dumps(qc.get('dataset', ''))):,} characters")
+    display(seed_df)
 
 # %% [markdown]
 # ## 6. Saving it so engines can load it

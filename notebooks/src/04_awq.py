@@ -410,24 +410,85 @@ print(f"with 1 calibration sequence of {CALIB_LEN} tokens instead of {CALIB_SAMP
 
 # %% [markdown]
 # ## 5. The real tools
-# ### AutoAWQ (the seed's snippet) — explained, not run
-# The course brief started from this snippet:
+# ### AutoAWQ (the seed's snippet), run as written
+# The seed quantizes with AutoAWQ: `AutoAWQForCausalLM.from_pretrained(path)`, then
+# `quantize(tokenizer, quant_config={"zero_point": True, "q_group_size": 128, "w_bit": 4, "version": "GEMM"})`
+# and `save_quantized`. `zero_point=True` is the asymmetric integer zero point used above, `q_group_size` the
+# group, `w_bit` the bits, `version="GEMM"` the packed layout its CUDA GEMM kernel reads (vLLM and
+# transformers load that "AWQ GEMM" layout too). AutoAWQ declared itself deprecated in spring 2025 (its README:
+# last tested with torch 2.6.0 and transformers 4.51.3; its AWQ was adopted by the vLLM project's
+# llm-compressor), and transformers dropped its AutoAWQ code paths in December 2025 (PR #41567).
 #
-# ```python
-# from awq import AutoAWQForCausalLM
-# model = AutoAWQForCausalLM.from_pretrained(model_path)
-# model.quantize(tokenizer, quant_config={"zero_point": True, "q_group_size": 128, "w_bit": 4, "version": "GEMM"})
-# model.save_quantized(quant_path)
-# ```
-#
-# `zero_point=True` is the asymmetric integer zero point used above, `q_group_size=128` the group,
-# `w_bit=4` the bits, and `version="GEMM"` the packed layout its CUDA GEMM kernel reads (vLLM and
-# transformers load that "AWQ GEMM" layout too). AutoAWQ declared itself deprecated in spring 2025
-# (its README: last tested with torch 2.6.0 and transformers 4.51.3; its AWQ was adopted by the vLLM
-# project's llm-compressor), and transformers dropped its AutoAWQ code paths in December 2025 (PR
-# #41567). On a CPU its scale search also backs up weights with `v.cpu()`, which on a CPU returns the
-# *same* tensor, so the in-place search overwrites its own backup (`.detach().clone()` fixes it).
-#
+# It lives in the seed libraries' own environment (`make seed-libs`), run by `quantedu.seed_libs` in a
+# subprocess, with `LIB_SAMPLES x LIB_LEN` calibration tokens: as written, then with the smallest fix for each
+# failure, and the checkpoint it writes read back by the course's own loader. AutoAWQ's search costs about the
+# same whatever the calibration size on this CPU (minutes per run for the whole model), so it runs on the
+# first `AWQ_BLOCKS` blocks of the session's model, saved as a checkpoint of their own: enough to see each
+# outcome, and every perplexity below is of that truncated model.
+
+# %%
+import tempfile
+
+from quantedu import seed_libs
+
+AWQ_BLOCKS = 2
+seed_env = seed_libs.describe()
+awq_runs = {}
+if not seed_env["usable"]:
+    print(f"Skipped: {seed_env['why']}\n  {seed_env['install']}")
+else:
+    small = copy.deepcopy(model)
+    small.model.layers = small.model.layers[:AWQ_BLOCKS]
+    small.config.num_hidden_layers = AWQ_BLOCKS
+    with tempfile.TemporaryDirectory() as seed_dir:
+        small.save_pretrained(seed_dir)
+        tokenizer.save_pretrained(seed_dir)
+        run = lambda **kw: seed_libs.run_autoawq(seed_dir, n_samples=LIB_SAMPLES, seq_len=LIB_LEN, **kw)  # noqa: E731
+        awq_runs["as written (group 128)"] = run(fix=False)
+        group = 128
+        if not awq_runs["as written (group 128)"]["ok"]:  # AutoAWQ has no short last group: 128 must divide the rows
+            shape = (model.config.hidden_size, model.config.intermediate_size)
+            group = next(g for g in (64, 32) if all(n % g == 0 for n in shape))
+            awq_runs[f"group {group}"] = run(fix=False, group_size=group)
+        awq_runs[f"group {group} + backup .detach().clone()"] = run(fix=True, group_size=group)
+    small_ppl = session.perplexity(small)
+    for step, r in awq_runs.items():
+        if r["ok"]:
+            r["ppl"] = session.perplexity(seed_libs.load(r, session.dtype).to(session.device))
+        print(f"{step:38s} " + (f"ran in {r['quantize_s']:.0f} s ({r['quantize_s'] / AWQ_BLOCKS:.0f} s per block): "
+                                 f"perplexity {r['ppl']:.2f}" if r["ok"]
+                                 else f"{r.get('stage', '')}: {seed_libs.first_line(r)}"))
+    print(f"(the {AWQ_BLOCKS}-block model unquantized, {BASE}: {small_ppl:.2f})")
+
+# %% [markdown]
+# On a CPU the run that completes without the one-line fix returns a broken model: AutoAWQ's scale search
+# backs the weights up with `v.cpu()`, which on a CPU is the *same* tensor, then scales the weights in place
+# for each candidate, so its "backup" drifts with them. `.detach().clone()` makes it a copy
+# (`quantedu.seed_libs` patches that one line of `AwqQuantizer._compute_best_scale`). Beside the course's AWQ
+# with AutoAWQ's settings (asymmetric, duo scaling, 20-point grids, clipping, the same group and calibration
+# windows) on the same truncated model:
+
+# %%
+if awq_runs:
+    fixed = list(awq_runs.values())[-1]
+    broken = list(awq_runs.values())[-2]
+    if session.real_model:
+        assert fixed["ok"] and broken["ok"] and broken["ppl"] > 2 * fixed["ppl"], "AutoAWQ's CPU outcome changed"
+    seed_awq_cfg = awq.AWQConfig(bits=4, group_size=group, duo_scaling=True)
+    ours_awq = copy.deepcopy(small)
+    with torch_threads(QUANT_THREADS):
+        _, seed_wall, seed_cpu = timed(lambda: awq.awq_quantize_model(
+            ours_awq, session.calibration(LIB_SAMPLES, LIB_LEN, seed=0), seed_awq_cfg, progress=False))
+    seed_df = results_table([scored(ours_awq, library="quantedu AWQ", **{"wall s": seed_wall, "CPU s": seed_cpu}),
+                             scored(seed_libs.load(fixed, session.dtype).to(session.device), library="AutoAWQ (fixed)",
+                                    **{"wall s": fixed["quantize_s"]})], index="library")
+    c, a = seed_df.loc["quantedu AWQ"], seed_df.loc["AutoAWQ (fixed)"]
+    print(f"{seed_awq_cfg.label()} duo scaling, {AWQ_BLOCKS} blocks, {LIB_SAMPLES} x {LIB_LEN} tokens: quantedu "
+          f"{c['ppl']:.2f} in {c['wall s']:.0f} s, AutoAWQ {a['ppl']:.2f} in {a['wall s']:.0f} s: "
+          + ("quantedu ahead on both texts" if better(c, a) else "AutoAWQ ahead on both texts" if better(a, c)
+             else "a tie within the noise"))
+    display(seed_df)
+
 # ### llm-compressor's `AWQModifier` — the maintained path
 # ```python
 # from llmcompressor import oneshot
