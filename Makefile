@@ -31,7 +31,7 @@ llama-tools: $(STAMP)
 # (seconds from pip's cache); prints its time. Where PyPI has no build for the platform it says so and succeeds.
 vllm: $(VLLM_STAMP)
 
-$(VLLM_STAMP): constraints-vllm.txt tools/build_vllm_env.sh
+$(VLLM_STAMP): constraints-vllm.txt tools/build_vllm_env.sh tools/side_env.sh
 	PYTHON=$(PYTHON) bash tools/build_vllm_env.sh $(VLLM_VENV)
 	@touch $@
 
@@ -41,7 +41,7 @@ $(VLLM_STAMP): constraints-vllm.txt tools/build_vllm_env.sh
 # it says so and succeeds.
 seed-libs: $(SEED_STAMP)
 
-$(SEED_STAMP): constraints-seed.txt tools/build_seed_env.sh
+$(SEED_STAMP): constraints-seed.txt tools/build_seed_env.sh tools/side_env.sh
 	PYTHON=$(PYTHON) bash tools/build_seed_env.sh $(SEED_VENV)
 	@touch $@
 

@@ -12,16 +12,9 @@ PY=${PYTHON:-python3}
 start=$(date +%s)
 step=$start
 lap() { local now; now=$(date +%s); echo "== seed-libs: $1 ($(( now - step )) s)"; step=$now; }
-os=$(uname -s)
-arch=$(uname -m)
-if [ "$os" != Linux ] || [ "$arch" != x86_64 ]; then
-  msg="the seed-libraries environment is pinned to Linux x86_64 builds (torch 2.13.0+cpu, AutoGPTQ 0.7.1's wheel), none for $os/$arch, so it is not installed here and the seed-library parts of the course skip. Elsewhere: pip install optimum gptqmodel autoawq"
-  echo "== seed-libs: $msg"
-  mkdir -p "$VENV"
-  echo "$msg" > "$VENV/UNAVAILABLE"
-  exit 0
-fi
-rm -f "$VENV/UNAVAILABLE"
+# shellcheck source=tools/side_env.sh
+. "$(dirname "$0")/side_env.sh"
+only_linux_x86_64 "$VENV" seed-libs "the seed-libraries environment is pinned to Linux x86_64 builds (torch 2.13.0+cpu, AutoGPTQ 0.7.1's wheel), none for $(uname -s)/$(uname -m), so it is not installed here and the seed-library parts of the course skip. Elsewhere: pip install optimum gptqmodel autoawq"
 test -x "$VENV/bin/python" || "$PY" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip install -q -c constraints-seed.txt)
 "$VENV/bin/python" -m pip install -q --upgrade pip

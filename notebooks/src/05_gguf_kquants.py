@@ -374,13 +374,13 @@ print(f"Q4_K_M: {n_k} of {n_lin} linear tensors get a K-quant; widths: hidden {c
 # importance matrix from section 3. Results are cached, so re-running the notebook is instant.
 
 # %%
-import hashlib
 from quantedu import artifacts
 from quantedu.data import evaluation_text
 from quantedu.gguf import llama
+from quantedu.gguf.imatrix import imatrix_digest
 
 text = evaluation_text(corpus)
-im_key = hashlib.sha256(b"".join(imatrix[k].tobytes() for k in sorted(imatrix))).hexdigest()[:10]
+im_key = imatrix_digest(imatrix)
 
 def row(mix, use_imatrix):
     compute = lambda: llama.quantize_and_measure(src, mix, text, N_WINDOWS, SEQ_LEN, n_threads=N_THREADS,
