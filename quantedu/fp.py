@@ -168,7 +168,7 @@ def ue4m3_encode(x, rounding: str = "nearest_even"):
 
     ``"nearest_even"`` (torch / OCP / NVIDIA's recipe), ``"up"`` (the smallest scale >= x: no element of the
     block clips), or ``"ggml"``: ``ggml_fp32_to_ue4m3`` bit for bit (:func:`quantedu.gguf.fp4.fp32_to_ue4m3`:
-    halves round up, 240 and above become 448, subnormals stop at code 7). ``x <= 0`` or NaN gives 0.
+    halves round up, whatever rounds to 256 or more becomes 448, subnormals stop at code 7). ``x <= 0`` or NaN gives 0.
     """
     xf = _np32(x)
     if rounding == "ggml":

@@ -60,7 +60,8 @@ def _mismatched_blocks(a: np.ndarray, b: np.ndarray, qtype) -> int:
 
 
 def _cols_for(qtype):
-    return (QK_K, 3 * QK_K) if gguf.layout(qtype).block_size == QK_K else (32, 96, 576)
+    bs = gguf.layout(qtype).block_size
+    return (QK_K, 3 * QK_K) if bs == QK_K else (bs, 3 * bs, 576)  # NVFP4's blocks are 64
 
 
 # ---------------------------------------------------------------- layouts (no llama.cpp needed)

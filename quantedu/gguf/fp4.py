@@ -67,8 +67,9 @@ def fp32_to_ue4m3(x: np.ndarray) -> np.ndarray:
     """``ggml_fp32_to_ue4m3`` (ggml-impl.h) bit for bit: codes 0..0x7E of positive scales.
 
     Unlike torch / OCP round-to-nearest-even it rounds mantissa halves *up* (adds the first dropped bit), returns
-    0x7E (448) for everything from 240 up (exponent 15 is treated as overflow), and caps subnormals at code 7
-    (``[7.5, 8) * 2**-9`` gives ``7 * 2**-9``, not 2**-6). ``x <= 0`` or NaN gives 0.
+    0x7E (448) for everything that rounds to 256 or more (x >= 248: E4M3's exponent 15, 256..448, is treated as
+    overflow), and caps subnormals at code 7 (``[7.5, 8) * 2**-9`` gives ``7 * 2**-9``, not 2**-6). ``x <= 0`` or
+    NaN gives 0.
     """
     v = np.asarray(x, dtype=F32)
     v = np.minimum(np.where(v > 0, v, F32(0)), F32(448))  # if (!(x > 0)) return 0; if (x > 448) x = 448

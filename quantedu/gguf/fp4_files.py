@@ -126,3 +126,19 @@ def compare_with_ggml(path, types=("MXFP4", "NVFP4")) -> dict[str, bool]:
             theirs = ggml_reference.dequantize(data, t.tensor_type.name)
             out[t.name] = bool(np.array_equal(ours.view(np.uint32), theirs.view(np.uint32)))
     return out
+
+
+LINEAR_KINDS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+
+
+def llama_quantize_fp4(src, dst, qtype: str = "MXFP4", other: str = "Q8_0", nthread: int = 1) -> Path:
+    """llama.cpp's own FP4 file from a GGUF ``src``: ``llama-quantize --tensor-type attn_q=<qtype> ... SRC DST
+    <other>`` over the seven linear kinds (the built tools, :mod:`quantedu.llama_tools`); everything else gets
+    ``other``'s type. Written atomically."""
+    from quantedu.artifacts import atomic_path
+    from quantedu.llama_tools import binary, run_tool  # the one import of llama_tools (engines/ after issue 20)
+
+    overrides = [a for kind in LINEAR_KINDS for a in ("--tensor-type", f"{kind}={qtype.lower()}")]
+    with atomic_path(Path(dst)) as tmp:
+        run_tool([binary("llama-quantize"), "--allow-requantize", *overrides, src, tmp, other.upper(), nthread])
+    return Path(dst)
