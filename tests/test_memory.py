@@ -7,7 +7,7 @@ import torch
 
 from quantedu import memory as M
 from quantedu.primitives import QuantConfig
-from quantedu.export import gptq_state_dict
+from quantedu.export.write import gptq_state_dict
 from quantedu.rtn import rtn_layers
 
 
