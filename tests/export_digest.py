@@ -40,7 +40,7 @@ def _problem():
 
 def export_digests() -> dict[str, str]:
     from quantedu import awq
-    from quantedu.export import write as export
+    from quantedu import export
     from quantedu.gptq import GPTQConfig, gptq_quantize_model
 
     base, _tok, calib = _problem()

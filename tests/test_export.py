@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from quantedu.export import write as export
+from quantedu import export
 from quantedu.export.read import load_gptq_model, load_gptq_weights
 from quantedu.export.write import save_compressed_tensors, save_gptq
 from quantedu.gptq import GPTQConfig, gptq_quantize_model

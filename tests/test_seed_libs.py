@@ -1,7 +1,7 @@
 """The comparison post's own libraries (issue 14), run in their environment (``.venv-seed``, ``make seed-libs``),
 checked against the course's readers and writer: interoperability both ways.
 
-Every run here is on a tiny random Llama (:func:`quantedu.engines.vllm_probe._tiny_model`: 2 blocks, hidden 128, vocab
+Every run here is on a tiny random Llama (``tiny_llama(**vllm_probe.PROBE_MODEL)``: 2 blocks, hidden 128, vocab
 512, so groups of 128 divide every layer), calibrated on 2 x 64 random tokens: seconds per library once GPTQModel's
 CPU kernels are compiled (``make seed-libs`` compiles them).
 
@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 
 from quantedu.engines import doctor
 from quantedu.engines import server as servers
-from quantedu.export import write as export
+from quantedu import export
 from quantedu.engines import seed_libs as sl
 from quantedu.evaluate import window_nll
 from quantedu.export.read import load_awq_layers, load_gptq_weights, load_quantized_model
@@ -47,10 +47,11 @@ def seed_python():
 @pytest.fixture(scope="module")
 def tiny(seed_python, tmp_path_factory):
     """(folder of the tiny fp32 checkpoint, calibration windows, evaluation windows)."""
-    from quantedu.engines.vllm_probe import _tiny_model
+    from quantedu.engines.vllm_probe import PROBE_MODEL
+    from quantedu.testmodel import tiny_llama
 
     folder = tmp_path_factory.mktemp("seed") / "tiny"
-    _tiny_model().save_pretrained(folder)
+    tiny_llama(**PROBE_MODEL).save_pretrained(folder)
     gen = torch.Generator().manual_seed(1)
     return folder, torch.randint(0, 512, (2, 64), generator=gen), torch.randint(0, 512, (2, 64), generator=gen)
 
@@ -93,7 +94,7 @@ def test_probe_shows_autogptq_real_import_failure(seed_python):
     ag = info["libraries"]["auto-gptq"]
     assert ag["version"] == "0.7.1" and not ag["imports"]
     plain = subprocess.run([seed_python, "-c", "import auto_gptq"], capture_output=True, text=True,
-                           env=sl._env(seed_python))
+                           env=sl.SIDE.env(seed_python))
     assert plain.returncode != 0 and plain.stderr.strip().splitlines()[-1] == ag["error"].splitlines()[-1]
     assert ag["error"].startswith("ImportError") and ag["where"].split(":")[0].endswith(".py")
     assert any(r.startswith("peft") for r in ag["unmet_requirements"])
@@ -114,7 +115,8 @@ def test_missing_env_says_make_seed_libs(monkeypatch, tmp_path):
     with pytest.raises(sl.MissingSeedLibsError, match="make seed-libs"):
         sl.run_autoawq(tmp_path)
     monkeypatch.delenv(sl.ENV_VAR)
-    monkeypatch.setattr(sl, "_ROOT", tmp_path)
+    import dataclasses
+    monkeypatch.setattr(sl, "SIDE", dataclasses.replace(sl.SIDE, roots=(tmp_path,)))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(sl.MissingSeedLibsError, match="make seed-libs"):
         sl.require_python()

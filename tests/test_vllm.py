@@ -46,7 +46,7 @@ def vllm_python():
 @pytest.fixture(scope="module")
 def full(vllm_python, course_model, tmp_path_factory):
     """The course model's GPTQ act-order + static groups export, its torch perplexity, the eval windows."""
-    from quantedu.export import write as export
+    from quantedu import export
     from quantedu.data import calibration_batches, load_corpus
     from quantedu.evaluate import evaluation_windows, window_nll
     from quantedu.runtime import torch_threads

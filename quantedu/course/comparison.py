@@ -137,9 +137,9 @@ def torch_row(method: str, session, n_samples: int = 4, seq_len: int = 256, grou
 def _torch_code(method: str) -> str:
     """Fingerprint of the code behind a GPTQ/AWQ row: a change to any of it recomputes the row."""
     from .. import calibration, evaluate
-    from ..export import write as export
+    from ..export import packing, write
     algo = importlib.import_module(f"quantedu.{method}")
-    return artifacts.code_fingerprint(algo, calibration, evaluate, export, torch_row)
+    return artifacts.code_fingerprint(algo, calibration, evaluate, packing, write, torch_row)
 
 
 def dense_target(session) -> str:

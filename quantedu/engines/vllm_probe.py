@@ -22,18 +22,20 @@ from ..testmodel import tiny_llama
 # costs < 0.5% while a zero point off by one (GPTQ v1 read as v2) moves perplexity by ~4%.
 TOLERANCE = 0.01
 _VERSION = 1
+# the probe's model (:func:`quantedu.testmodel.tiny_llama` with this): groups of 64 and 128 divide every layer
+PROBE_MODEL = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_attention_heads=2,
+                   num_key_value_heads=1, initializer_range=0.1)
 
 
 def format_exports(folder: Path) -> dict[str, dict]:
     """Tiny exports in every course layout: ``{label: {"model": path, "torch_ppl": ..., ...}}`` + windows."""
-    from ..export import write as export
+    from .. import export
     from ..evaluate import window_nll
     from ..gptq import GPTQConfig, gptq_quantize_model
     from ..primitives import QuantConfig
     from ..rtn import rtn_layers
 
-    base = tiny_llama(vocab_size=512, hidden_size=128, intermediate_size=256, num_attention_heads=2,
-                      num_key_value_heads=1, initializer_range=0.1)
+    base = tiny_llama(**PROBE_MODEL)
     gen = torch.Generator().manual_seed(1)
     windows = torch.randint(0, 512, (2, 128), generator=gen)
     calib = torch.randint(0, 512, (4, 64), generator=gen)
