@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+from helpers import require_module
 import torch
 from quantedu import awq, testmodel
 from quantedu.engines import llm_compressor
@@ -127,7 +128,7 @@ def test_whole_model_codes_reproduce_weights(bits, group):
 
 
 def test_export_reload_equality(tmp_path):
-    pytest.importorskip("compressed_tensors", reason="CI installs llmcompressor, which brings compressed-tensors")
+    require_module("compressed_tensors")
     from transformers import AutoModelForCausalLM, CompressedTensorsConfig
 
     from quantedu.export.write import save_compressed_tensors

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import require_module
 import torch
 
 from quantedu import artifacts, gguf
@@ -132,7 +133,7 @@ def test_write_gguf_metadata_comes_from_the_model_written(wide_vocab_llama, tiny
 
 
 def test_llama_cpp_loads_a_written_non_course_model(wide_vocab_llama, tmp_path):
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is part of the course install")
+    require_module("llama_cpp")
     from quantedu.gguf.io import write_gguf
     path = tmp_path / "tiny.gguf"
     write_gguf(wide_vocab_llama, path, "F16")

@@ -4,6 +4,7 @@ damaged checkpoints (a local folder, or the cache entry of the converted course 
 Every bad input must end in a ModelError that says what to do; the neighbouring good inputs must keep
 working. Tiny random Llama checkpoints stand in for real models (milliseconds, no download)."""
 import pytest
+from helpers import offline_gguf
 import torch
 
 from quantedu import artifacts, models
@@ -217,9 +218,6 @@ def test_unwritable_cache_is_a_model_error_naming_the_variable(tmp_path, monkeyp
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     monkeypatch.setenv("QUANTEDU_CACHE", str(blocker / "cache"))  # under a file: fails for root too
-    try:
-        models.offline_gguf_path()
-    except models.ModelError as exc:
-        pytest.skip(str(exc))
+    offline_gguf()
     with pytest.raises(models.ModelError, match="QUANTEDU_CACHE"):
         models.load_model(models.OFFLINE_NAME, device="cpu", verbose=False)

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import offline_gguf, require_module
 
 from quantedu.engines import llama_cpp as lt
 from quantedu.engines import procs
@@ -187,14 +188,9 @@ def test_a_log_path_you_pass_is_kept_good_before(tmp_path, no_log_left):
 # ------------------------------------------------------------------------------ real llama.cpp
 
 def test_llama_cpp_restarts_on_the_port_it_just_left():
-    pytest.importorskip("llama_cpp")
-    pytest.importorskip("uvicorn")
-    from quantedu.models import ModelError, offline_gguf_path
-
-    try:
-        gguf = offline_gguf_path()
-    except ModelError as exc:
-        pytest.skip(str(exc))
+    require_module("llama_cpp")
+    require_module("uvicorn")
+    gguf = offline_gguf()
     before = set(glob.glob(str(Path(tempfile.gettempdir()) / "quantedu-llama.cpp*.log")))
     with lt.start_llama_cpp(gguf, n_ctx=256) as first:
         assert servers.models(first)

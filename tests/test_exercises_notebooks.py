@@ -14,6 +14,7 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
+from helpers import missing
 import torch
 
 from quantedu import cli, gguf
@@ -116,7 +117,7 @@ def test_the_gguf_solutions_write_ggml_s_own_bytes():
     from quantedu.engines.llama_cpp import ggml as ggml_reference
 
     if not ggml_reference.is_available():
-        pytest.skip("ggml's C library (llama-cpp-python) is not installed")
+        missing("ggml's C library (llama-cpp-python) is not installed")
     x = inputs.course_tensor("blk.2.ffn_down.weight", 16)
     assert np.array_equal(gguf_blocks.q8_0(x.reshape(-1, 32)).reshape(16, -1), ggml_reference.quantize(x, "Q8_0"))
     theirs = gguf.layout("Q4_K").split(ggml_reference.quantize(x, "Q4_K"))

@@ -223,10 +223,7 @@ def test_vllm_serves_autoawq_and_refuses_optimums_act_order(gptq_run, awq_run, t
     from quantedu.engines import vllm as ve
     from quantedu.engines.vllm_probe import TOLERANCE
 
-    try:
-        ve.require_python()
-    except ve.MissingVLLMError as exc:
-        pytest.skip(str(exc).splitlines()[0])
+    side_python(ve.require_python, ve.MissingVLLMError, ve.unavailable_reason, ".venv-vllm")
     windows = tiny[2]
     runs = {name: {"model": r["out"], "skip_tokenizer_init": True, "max_model_len": 256}
             for name, r in (("optimum", gptq_run), ("autoawq", awq_run))}

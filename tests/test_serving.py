@@ -5,25 +5,20 @@ import time
 
 import psutil
 import pytest
-from helpers import gone
+from helpers import gone, offline_gguf, require_module
 
 from quantedu.engines import llama_cpp as lt
 from quantedu.engines import load as sb
 from quantedu.engines import procs
 from quantedu.engines import server as servers
 
-pytest.importorskip("llama_cpp")
-pytest.importorskip("uvicorn")
 
 
 @pytest.fixture(scope="module")
 def gguf():
-    from quantedu.models import ModelError, offline_gguf_path
-
-    try:
-        return offline_gguf_path()
-    except ModelError as exc:
-        pytest.skip(str(exc))
+    require_module("llama_cpp")
+    require_module("uvicorn")
+    return offline_gguf()
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +95,7 @@ def test_startup_failure_leaves_nothing_and_quotes_the_log(tmp_path):
 
 
 def _kernel_manager():
-    jupyter_client = pytest.importorskip("jupyter_client")
+    jupyter_client = require_module("jupyter_client")
     km = jupyter_client.KernelManager(kernel_name="python3")
     km.kernel_spec  # noqa: B018 - fail early if no kernel spec
     km.kernel_cmd = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
