@@ -36,7 +36,7 @@ $(VLLM_STAMP): constraints-vllm.txt tools/build_vllm_env.sh tools/side_env.sh
 	@touch $@
 
 # optimum 2.3 + GPTQModel 7.7, AutoAWQ 0.2.9 and AutoGPTQ 0.7.1 in .venv-seed, where the seed post's snippets run
-# (quantedu.seed_libs); re-runs when its pins change. About a minute from pip's cache, plus about a minute the first
+# (quantedu.engines.seed_libs); re-runs when its pins change. About a minute from pip's cache, plus about a minute the first
 # time on a machine while GPTQModel compiles its CPU kernels; prints its time. Where the pinned builds do not exist
 # it says so and succeeds.
 seed-libs: $(SEED_STAMP)

@@ -8,7 +8,7 @@ import sys
 def _prepare(args) -> int:
     from . import models
     from .data import load_corpus
-    from .doctor import cache_status
+    from .engines.doctor import cache_status
 
     if args.models is not None and not args.online:  # an instructor would reach the room without them
         wanted = " ".join(args.models) or models.HUB_ID
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return exercises_main(args)
     if args.command == "doctor":
-        from .doctor import print_report
+        from .engines.doctor import print_report
 
         print_report()
         return 0

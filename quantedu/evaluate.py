@@ -1,4 +1,4 @@
-"""Measuring a model: perplexity, generation speed, memory, and the tables/plots every notebook uses.
+"""Measuring a model: perplexity, generation speed, memory (tables and plots: :mod:`quantedu.course.views`).
 
 Perplexity uses the standard non-overlapping-window definition (as in the GPTQ and AWQ papers'
 wikitext2 evaluation): tokenize the evaluation text without special tokens, cut the first
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
-from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -27,18 +25,6 @@ def _text(text: str | Corpus) -> str:
 
 def model_device(model) -> torch.device:
     return next(model.parameters()).device
-
-
-@contextmanager
-def torch_threads(n: int | None):
-    """Run a block with ``n`` torch CPU threads (None: unchanged), restoring the setting afterwards."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @torch.no_grad()
@@ -127,49 +113,3 @@ def memory_footprint(model) -> dict:
     if device.type == "cuda":
         out["cuda_max_allocated_MiB"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
-
-
-def results_table(records: Iterable[dict], index: str | None = None, sort_by: str | None = None):
-    """A pandas DataFrame of result records (one dict per method/config), optionally indexed/sorted."""
-    import pandas as pd
-
-    df = pd.DataFrame(list(records))
-    if sort_by is not None:
-        df = df.sort_values(sort_by)
-    if index is not None:
-        df = df.set_index(index)
-    return df
-
-
-def plot_bars(df, x: str, y: str, title: str = "", log: bool = False, ax=None, reference: float | None = None):
-    """Bar chart of ``df[y]`` per ``df[x]``; ``reference`` draws a dashed baseline (e.g. fp32 ppl)."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(7, 3.2))[1]
-    ax.bar(df[x].astype(str), df[y], color="tab:blue")
-    if reference is not None:
-        ax.axhline(reference, color="k", ls="--", lw=1, label=f"baseline {reference:.2f}")
-        ax.legend()
-    ax.set_ylabel(y)
-    ax.set_title(title)
-    if log:
-        ax.set_yscale("log")
-    ax.tick_params(axis="x", rotation=30)
-    return ax
-
-
-def plot_tradeoff(df, x: str, y: str, label: str, title: str = "", log_y: bool = False, ax=None):
-    """Scatter of a size/quality trade-off (e.g. bits per weight vs perplexity), each point labelled."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(6, 4))[1]
-    ax.scatter(df[x], df[y])
-    for _, row in df.iterrows():
-        ax.annotate(str(row[label]), (row[x], row[y]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    ax.set_title(title)
-    if log_y:
-        ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    return ax

@@ -1,20 +1,13 @@
 """Shared fixtures: a tiny random Llama (fast) and the real course model (loaded once per session)."""
 import pytest
-import torch
 
 
 @pytest.fixture(scope="session")
 def tiny_llama():
     """A 2-layer Llama with hidden size 64 and random weights: the shape of the course model, in milliseconds."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from quantedu.testmodel import tiny_llama as build
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        tie_word_embeddings=True,
-    )
-    return LlamaForCausalLM(config).eval()
+    return build()
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,9 @@ unwritable cache is a line in ``doctor``'s report and a clear refusal from ``pre
 import numpy as np
 import pytest
 
-from quantedu import cli, doctor, models
-from quantedu.quiz import Question, Quiz
+from quantedu import cli, models
+from quantedu.engines import doctor
+from quantedu.course.quiz import Question, Quiz
 
 
 def single(answer=1, options=("3", "4")):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from quantedu import course
+from quantedu.course import session as course
 from quantedu.data import calibration_batches, load_corpus
 from quantedu.evaluate import perplexity
 
@@ -51,7 +51,8 @@ def test_scored_halves_and_claims(tiny_llama, capsys):
     assert s.better({"ppl, text A": 1, "ppl, text B": 1}, r) != s.better(r, r)
     assert "text A = windows 1-2" in s.halves
     assert s.real_model and s.dtype == torch.float32
-    with pytest.raises(AssertionError, match="GPTQ beats RTN"):
+    from quantedu.course.session import ClaimError
+    with pytest.raises(ClaimError, match="GPTQ beats RTN"):
         s.claim(False, "GPTQ beats RTN")
 
 

@@ -9,7 +9,7 @@ import torch
 
 from quantedu.exercises import FAILED, NOT_ATTEMPTED, PASSED, REGISTRY, grade
 from quantedu.exercises.choose_format import example_table
-from quantedu.guide import ACCURACY, ENGINES, SPEED_TIE
+from quantedu.course.guide import ACCURACY, ENGINES, SPEED_TIE
 from quantedu.primitives import QuantConfig, fake_quantize
 
 
@@ -111,18 +111,18 @@ def _hinv(damp="relative", dead=True, final="chol", inverse="cholesky"):
     return hinv
 
 
-def _block(feedback=True, divide=True, row=True, codes=False, keep_err=True):
-    def block(W1, Hinv1, scale, zero, maxq):
+def _block(feedback=True, divide=True, row=True, stale=False, keep_err=True):
+    def block(W1, Hinv1, quantize):
+        original = W1.clone()
         Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
         for i in range(W1.shape[1]):
             w = W1[:, i]
-            code = torch.clamp(torch.round(w / scale) + zero, 0, maxq)
-            q = scale * (code - zero)
+            q = quantize(i, original if stale else W1)
             err = (w - q) / Hinv1[i, i] if divide else w - q
             if feedback:
                 h = Hinv1[i, i:] if row else Hinv1[i:, i]
                 W1[:, i:] -= err[:, None] * h[None, :]
-            Q1[:, i] = code if codes else q
+            Q1[:, i] = q
             if keep_err:
                 Err1[:, i] = err
         return Q1, Err1
@@ -314,7 +314,7 @@ WRONG = [
     ("03.gptq_block", (_block(feedback=False),), "never update the columns still to quantize"),
     ("03.gptq_block", (_block(divide=False),), "divided by Hinv1[i, i]"),
     ("03.gptq_block", (_block(row=False),), "use row i"),
-    ("03.gptq_block", (_block(codes=True),), "not the codes q"),
+    ("03.gptq_block", (_block(stale=True),), "quantize the block as you update it"),
     ("03.gptq_block", (_block(keep_err=False),), "Err1[:, i] must hold err"),
     ("04.awq_search", (_search(normalize=False),), "normalize it so that sqrt(max(s) * min(s)) == 1"),
     ("04.awq_search", (_search(stat="max"),), "mean |x| of each input channel"),

@@ -14,6 +14,7 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
+from helpers import missing
 import torch
 
 from quantedu import cli, gguf
@@ -93,10 +94,13 @@ def test_the_solution_cell_is_self_contained_and_passes(ex_id):
 
 
 @pytest.mark.parametrize("index", range(4))
-def test_gptq_with_reference_pieces_is_the_package_code_for_code(index):
+def test_reference_pieces_inside_the_package_are_the_package_code_for_code(index):
     label, make = gptq_block._layers({})[index]
     W, H, config = make()
-    assert torch.equal(gptq_block.gptq_with(W, H, config), gptq_quantize_weight(W, H, config).weight), label
+    ours = gptq_quantize_weight(W, H, config)
+    for pieces in ({"hinv_fn": gptq_block.gptq_hinv}, {"block_fn": gptq_block.gptq_block}):
+        theirs = gptq_block.run_with(W, H, config, **pieces)
+        assert torch.equal(theirs.codes, ours.codes) and torch.equal(theirs.weight, ours.weight), (label, pieces)
 
 
 def test_q4k_scale_fields_are_the_bytes_of_gguf_quantize():
@@ -110,10 +114,10 @@ def test_q4k_scale_fields_are_the_bytes_of_gguf_quantize():
 
 
 def test_the_gguf_solutions_write_ggml_s_own_bytes():
-    from quantedu.gguf import ggml_reference
+    from quantedu.engines.llama_cpp import ggml as ggml_reference
 
     if not ggml_reference.is_available():
-        pytest.skip("ggml's C library (llama-cpp-python) is not installed")
+        missing("ggml's C library (llama-cpp-python) is not installed")
     x = inputs.course_tensor("blk.2.ffn_down.weight", 16)
     assert np.array_equal(gguf_blocks.q8_0(x.reshape(-1, 32)).reshape(16, -1), ggml_reference.quantize(x, "Q8_0"))
     theirs = gguf.layout("Q4_K").split(ggml_reference.quantize(x, "Q4_K"))

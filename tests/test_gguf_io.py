@@ -19,9 +19,9 @@ def llama_cpp():
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
-        from quantedu.gguf.ggml_reference import INSTALL_HINT
+        from quantedu.engines.llama_cpp.ggml import INSTALL_HINT
         pytest.fail(INSTALL_HINT)
-    from quantedu.gguf import llama
+    from quantedu.engines.llama_cpp import bindings as llama
     return llama
 
 
@@ -55,7 +55,7 @@ def _tiny_gguf(path, n=64):
 def test_describe_counts_bytes_and_bits(tmp_path):
     p = tmp_path / "tiny.gguf"
     _tiny_gguf(p)
-    d = io.describe(p)
+    d = io.contents(p)
     t = d.tensors.set_index("name")
     assert t.loc["blk.0.ffn_up.weight", "type"] == "Q4_K"
     assert t.loc["blk.0.ffn_up.weight", "bytes"] == 8 * 144
@@ -72,13 +72,13 @@ def test_truncated_or_corrupt_file_is_a_clear_error(tmp_path):
     data = p.read_bytes()
     (tmp_path / "cut.gguf").write_bytes(data[: len(data) - 100])
     with pytest.raises(io.GGUFError, match="truncated"):
-        io.describe(tmp_path / "cut.gguf")
+        io.contents(tmp_path / "cut.gguf")
     (tmp_path / "head.gguf").write_bytes(data[:40])
     with pytest.raises(io.GGUFError, match="truncated or corrupt"):
-        io.describe(tmp_path / "head.gguf")
+        io.contents(tmp_path / "head.gguf")
     (tmp_path / "junk.gguf").write_bytes(b"PK\x03\x04" + data[4:])
     with pytest.raises(io.GGUFError, match="not a GGUF file"):
-        io.describe(tmp_path / "junk.gguf")
+        io.contents(tmp_path / "junk.gguf")
 
 
 def test_use_more_bits_pattern():
@@ -96,11 +96,8 @@ def test_fallback_for_rows_not_multiple_of_256(source_infos):
 
 
 def test_imatrix_is_mean_square_of_inputs_keyed_by_gguf_name():
-    from transformers import LlamaConfig, LlamaForCausalLM
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).eval()
+    from quantedu.testmodel import tiny_llama
+    model = tiny_llama(vocab_size=64, hidden_size=32, intermediate_size=64)
     names = gguf_tensor_names(model)
     assert names["model.layers.1.mlp.down_proj"] == "blk.1.ffn_down.weight"
     seen = []

@@ -22,7 +22,7 @@ from gguf import GGML_QUANT_SIZES
 from gguf import quants as gguf_quants
 
 from quantedu import gguf
-from quantedu.gguf import ggml_reference
+from quantedu.engines.llama_cpp import ggml as ggml_reference
 from quantedu.gguf.layouts import QK_K
 
 K_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS")

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from quantedu.quiz import QUIZ_DIR, Question, Quiz, placeholders
+from quantedu.course.quiz import QUIZ_DIR, Question, Quiz, placeholders
 
 
 def single():
@@ -74,7 +74,7 @@ def test_text_mode_prints_questions(capsys):
 
 
 def test_widgets_build_and_check_answers():
-    from quantedu.quiz import _widgets
+    from quantedu.course.quiz import _widgets
 
     quiz = Quiz([single()])
     box = _widgets(quiz)
@@ -87,7 +87,7 @@ def test_widgets_build_and_check_answers():
 
 
 def write_quiz(tmp_path, monkeypatch, questions):
-    import quantedu.quiz as quiz_module
+    import quantedu.course.quiz as quiz_module
     (tmp_path / "t.json").write_text(json.dumps({"title": "T", "questions": questions}))
     monkeypatch.setattr(quiz_module, "QUIZ_DIR", tmp_path)
 

@@ -28,7 +28,7 @@ NEW_TOKENS = 32    # tokens generated for the speed measurement
 # tools (llama.cpp, llm-compressor, vLLM) this machine can run, and how to install the missing ones.
 
 # %%
-from quantedu.doctor import print_report
+from quantedu.engines.doctor import print_report
 
 print_report()
 
@@ -106,7 +106,8 @@ print(f"one window: by hand {ppl_by_hand:.4f}, package {ppl_package:.4f}")
 # ## The three baseline numbers
 
 # %%
-from quantedu.evaluate import generation_speed, memory_footprint, results_table
+from quantedu.evaluate import generation_speed, memory_footprint
+from quantedu.course.views import results_table
 
 baseline_ppl = perplexity(model, tokenizer, corpus, n_windows=N_WINDOWS, seq_len=SEQ_LEN, progress=False)
 speed = generation_speed(model, tokenizer, new_tokens=NEW_TOKENS)
@@ -182,7 +183,7 @@ course_map()
 # checks an answer.
 
 # %%
-from quantedu.quiz import Quiz
+from quantedu.course.quiz import Quiz
 
 quiz = Quiz.load("warmup")
 quiz.show()

@@ -7,7 +7,7 @@ learner's function(s) and compares the result with **the package's own code** (`
 or a sentence that says which element differs, expected vs got, and the likely cause when it recognises
 the mistake. :func:`grade` runs the cases and stops at the first difference; :func:`check` grades and
 shows the result (a small ipywidgets panel in Jupyter, printed text elsewhere or whenever
-``QUANTEDU_QUIZ_TEXT=1``, as :mod:`quantedu.quiz` does).
+``QUANTEDU_QUIZ_TEXT=1``, as :mod:`quantedu.course.quiz` does).
 
 A stub that was not filled in (its body is only ``...``, ``pass``, a docstring or ``raise
 NotImplementedError``) is reported as *not attempted yet*, never as an error, so the committed notebooks
@@ -217,7 +217,7 @@ def _learner_line(exc: BaseException) -> str:
 
 
 def _one_thread():
-    from ..evaluate import torch_threads
+    from ..runtime import torch_threads
 
     return torch_threads(1)
 
@@ -374,7 +374,7 @@ def first_difference(expected, got, what: str = "value", names: tuple[str, ...] 
     return f"{what}{at}: expected {fmt(exp[idx])}, got {fmt(val[idx])}{count}"
 
 
-def matches(value, candidates: Iterable[tuple[str, object]], rtol: float = 1e-9, atol: float = 0.0) -> str:
+def likely_cause(value, candidates: Iterable[tuple[str, object]], rtol: float = 1e-9, atol: float = 0.0) -> str:
     """The first cause whose predicted value equals ``value`` (``" Likely cause: ..."``), else ``""``."""
     try:
         v = as_array(value).astype(np.float64)
@@ -393,5 +393,5 @@ def case(label: str):
 
 
 __all__ = ["Case", "Exercise", "Result", "Skip", "REGISTRY", "RESULTS", "check", "grade", "hint", "is_stub",
-           "register", "get", "show", "panel", "first_difference", "matches", "case", "MARKER", "SOLUTIONS_ENV",
+           "register", "get", "show", "panel", "first_difference", "likely_cause", "case", "MARKER", "SOLUTIONS_ENV",
            "PASSED", "FAILED", "NOT_ATTEMPTED"]

@@ -6,10 +6,11 @@
 
 Modules: :mod:`~quantedu.gguf.layouts` (block structs), :mod:`~quantedu.gguf.legacy` (Q4_0 ... Q8_0),
 :mod:`~quantedu.gguf.kquants` (Q2_K ... Q6_K), :mod:`~quantedu.gguf.iquants` (IQ4_NL, IQ4_XS),
-:mod:`~quantedu.gguf.fp4` (MXFP4, NVFP4),
-:mod:`~quantedu.gguf.search` (llama.cpp's scale searches), :mod:`~quantedu.gguf.ggml_reference` (ggml's C
-quantizer through ctypes, the bit-exact reference), :mod:`~quantedu.gguf.imatrix`, :mod:`~quantedu.gguf.mixes`,
-:mod:`~quantedu.gguf.io`, :mod:`~quantedu.gguf.llama`.
+:mod:`~quantedu.gguf.fp4` (MXFP4, NVFP4), :mod:`~quantedu.gguf.fp4_files` (FP4 GGUF files),
+:mod:`~quantedu.gguf.search` (llama.cpp's scale searches), :mod:`~quantedu.gguf.imatrix`,
+:mod:`~quantedu.gguf.mixes` (the ``llama-quantize`` mixes), :mod:`~quantedu.gguf.io` (the file: header reader,
+writer). llama.cpp itself (its C quantizer, the bit-exact reference; its tools and servers) lives in
+:mod:`quantedu.engines.llama_cpp`.
 """
 from __future__ import annotations
 
