@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .checks import require_finite
-from .formats import FloatLayout  # the one import of formats.py (renamed number_formats.py by issue 20)
+from .number_formats import FloatLayout
 
 E4M3 = FloatLayout(4, 3, "fn")
 E5M2 = FloatLayout(5, 2)

@@ -1,13 +1,13 @@
 """MXFP4 / NVFP4 GGUF blocks: our numpy bytes equal ggml's C reference (and gguf-py's) on random, real and
 adversarial blocks, and llama.cpp loads and runs files the course writes with them.
 
-ggml's C comes from the libggml-base that llama-cpp-python ships (``quantedu.gguf.ggml_reference``); CI installs
+ggml's C comes from the libggml-base that llama-cpp-python ships (``quantedu.engines.llama_cpp.ggml``); CI installs
 it, so these tests FAIL without it. The ``test_llama_quantize_*`` test needs the built llama.cpp tools
-(``make llama-tools``): it fails on CI and skips elsewhere when they are missing.
+(``make llama-tools``): it fails on CI and skips elsewhere when they are missing (``helpers.missing``).
 """
 from __future__ import annotations
 
-import os
+import functools
 
 import numpy as np
 import pytest
@@ -17,7 +17,9 @@ from gguf import quants as gguf_quants
 
 from quantedu import gguf
 from quantedu.checks import NonFiniteError
-from quantedu.gguf import fp4, fp4_files, ggml_reference, io
+from quantedu.engines.llama_cpp import fp4 as llama_fp4
+from quantedu.engines.llama_cpp import ggml as ggml_reference
+from quantedu.gguf import fp4, fp4_files, io
 
 FP4_TYPES = ("MXFP4", "NVFP4")
 E2M1_MIDPOINTS = np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0], np.float32)
@@ -132,7 +134,10 @@ def test_e2m1_midpoints_go_toward_zero_in_ggml(ggml):
 @pytest.fixture(scope="module")
 def real_tensors():
     """Six tensors of the course model (first, middle, last layer; rows of 576 and 1536), from the offline file."""
+    from helpers import offline_gguf
+
     from quantedu.exercises.inputs import course_tensor
+    offline_gguf()
     names = ("blk.0.ffn_down.weight", "blk.15.ffn_down.weight", "blk.29.ffn_down.weight",
              "blk.0.attn_v.weight", "blk.14.attn_q.weight", "blk.29.ffn_up.weight")
     return {n: course_tensor(n) for n in names}
@@ -183,14 +188,11 @@ def test_rows_the_block_does_not_divide_are_refused():
 
 
 # ---------------------------------------------------------------- files llama.cpp runs
+@functools.lru_cache(maxsize=None)
 def _llama(hidden=64, inter=128, seed=0):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=True)
-    return LlamaForCausalLM(cfg).eval()
+    """A random Llama with the course vocabulary, so the offline GGUF's tokenizer fits it (write_gguf copies it)."""
+    from quantedu.testmodel import tiny_llama
+    return tiny_llama(seed, vocab_size=49152, hidden_size=hidden, intermediate_size=inter, max_position_embeddings=512)
 
 
 def test_plan_counts_fallbacks():
@@ -210,7 +212,7 @@ def test_llama_runs_our_fp4_file_and_ggml_dequantizes_it_to_our_values(ggml, qty
     """A random Llama with the course vocabulary whose shapes force fallbacks (rows of 96: NVFP4 -> MXFP4; rows of
     144: F16): the file's types are the plan, every FP4 tensor holds our quantizer's bytes, ggml's C dequantizer
     reads them as our dequantizer does, and llama.cpp loads the file and generates."""
-    from quantedu.gguf import llama
+    from quantedu.engines.llama_cpp import bindings as llama
     model = _llama(hidden=96, inter=144)
     out = fp4_files.write_fp4_gguf(model, tmp_path / f"{qtype}.gguf", qtype)
     expected_fallbacks = {"MXFP4": 2, "NVFP4": 14}[qtype]  # 2 ffn_down; + 6 more per layer for NVFP4's 96-row ones
@@ -225,7 +227,7 @@ def test_llama_runs_our_fp4_file_and_ggml_dequantizes_it_to_our_values(ggml, qty
                                   .reshape(-1)), name
             n_fp4 += 1
     assert n_fp4 == 12  # 14 linear tensors; NVFP4's 12 demoted ones are MXFP4
-    assert all(fp4_files.compare_with_ggml(out.path).values())
+    assert all(llama_fp4.compare_with_ggml(out.path).values())
     lin = [n for n in out.types if n.startswith("blk.") and tensors[n].ndim == 2]
     predicted = sum(gguf.layout(out.types[n]).row_size(tensors[n].shape[1]) * tensors[n].shape[0]
                     if out.types[n] not in ("F16", "F32") else tensors[n].size * 2 for n in lin)
@@ -242,11 +244,11 @@ def test_llama_runs_our_fp4_file_and_ggml_dequantizes_it_to_our_values(ggml, qty
 
 @pytest.fixture(scope="module")
 def llama_tools():
-    from quantedu import llama_tools as lt
+    from helpers import missing
+
+    from quantedu.engines import llama_cpp as lt
     if not lt.available():
-        if os.environ.get("CI"):
-            pytest.fail(f"CI runs `make setup`, which builds llama.cpp's tools: {lt.status()['why']}")
-        pytest.skip(f"llama.cpp's tools are not built ({lt.BUILD_COMMAND})")
+        missing(f"llama.cpp's tools are not built ({lt.BUILD_COMMAND}): {lt.status()['why']}")
     return lt
 
 
@@ -257,7 +259,7 @@ def test_llama_quantize_writes_our_bytes(llama_tools, qtype, tmp_path):
     model = _llama(seed=1)
     src = tmp_path / "f32.gguf"
     io.write_gguf(model, src, "F32")
-    theirs = fp4_files.llama_quantize_fp4(src, tmp_path / "theirs.gguf", qtype)
+    theirs = llama_fp4.llama_quantize_fp4(src, tmp_path / "theirs.gguf", qtype)
     ours = fp4_files.write_fp4_gguf(model, tmp_path / "ours.gguf", qtype).path
     a = {t.name: t for t in io.open_gguf(ours).tensors}
     b = {t.name: t for t in io.open_gguf(theirs).tensors}

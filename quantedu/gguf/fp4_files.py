@@ -10,6 +10,9 @@ fallback for NVFP4 (it throws); we demote NVFP4 to MXFP4 when 32 divides the row
 GGUF's NVFP4 has no per-tensor scale in its blocks (llama.cpp can multiply a separate ``<tensor>.scale`` after the
 matmul; we do not write one: on the course model the NVFP4 error with and without NVIDIA's per-tensor scale is
 the same to 3 digits, :func:`quantedu.microscaling.scale_rounding_effect`).
+
+llama.cpp's side (its own ``llama-quantize`` writing the same file, ggml's C dequantizer reading ours) is in
+:mod:`quantedu.engines.llama_cpp.fp4`.
 """
 from __future__ import annotations
 
@@ -18,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import dequantize, layout
-from . import ggml_reference
+from . import layout
 
 FP4_TYPES = ("MXFP4", "NVFP4")
 
@@ -111,34 +113,3 @@ def fp4_gguf(model, qtype: str = "MXFP4", other: str = "Q8_0") -> FP4File:
                                   meta={"model": label, "qtype": qtype})
     types, fallbacks = fp4_types(tensors, qtype, other)
     return FP4File(folder / fname, qtype.upper(), types, fallbacks, io.bits_summary(folder / fname))
-
-
-def compare_with_ggml(path, types=("MXFP4", "NVFP4")) -> dict[str, bool]:
-    """For every tensor of ``types`` in the GGUF file at ``path``: does ggml's C dequantizer (``to_float`` in
-    libggml-base) give the same float32 bits as :func:`quantedu.gguf.dequantize` on the file's bytes?"""
-    from .io import open_gguf
-
-    out = {}
-    for t in open_gguf(path).tensors:
-        if t.tensor_type.name in types:
-            data = np.asarray(t.data).reshape(int(t.shape[1]), -1)
-            ours = dequantize(data, t.tensor_type.name)
-            theirs = ggml_reference.dequantize(data, t.tensor_type.name)
-            out[t.name] = bool(np.array_equal(ours.view(np.uint32), theirs.view(np.uint32)))
-    return out
-
-
-LINEAR_KINDS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-
-
-def llama_quantize_fp4(src, dst, qtype: str = "MXFP4", other: str = "Q8_0", nthread: int = 1) -> Path:
-    """llama.cpp's own FP4 file from a GGUF ``src``: ``llama-quantize --tensor-type attn_q=<qtype> ... SRC DST
-    <other>`` over the seven linear kinds (the built tools, :mod:`quantedu.llama_tools`); everything else gets
-    ``other``'s type. Written atomically."""
-    from quantedu.artifacts import atomic_path
-    from quantedu.llama_tools import binary, run_tool  # the one import of llama_tools (engines/ after issue 20)
-
-    overrides = [a for kind in LINEAR_KINDS for a in ("--tensor-type", f"{kind}={qtype.lower()}")]
-    with atomic_path(Path(dst)) as tmp:
-        run_tool([binary("llama-quantize"), "--allow-requantize", *overrides, src, tmp, other.upper(), nthread])
-    return Path(dst)

@@ -18,7 +18,7 @@ FP8_DYNAMIC  ``float-quantized``       ``weight`` float8_e4m3fn ``(rows, cols)``
 llm-compressor gives q/k/v and gate/up one shared NVFP4 global scale (vLLM fuses those matmuls);
 :func:`fused_tensor_amax` reproduces that, and :func:`quantize_model_fp` uses it.
 The checkpoint stores codes and scales, so any scale rounding (:mod:`quantedu.microscaling`) or a GPTQ result
-on the FP4 grid reloads exactly; ``tests/test_fp_llmcompressor.py`` reloads them with transformers.
+on the FP4 grid reloads exactly; ``tests/test_export_fp.py`` reloads them with transformers.
 """
 from __future__ import annotations
 
@@ -27,9 +27,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import fp
-from . import microscaling as ms
-from .export import _base_state_dict, _write  # the one import of export.py (moving to export/ in issue 20)
+from .. import fp
+from .. import microscaling as ms
+from ..artifacts import check_target
+from .write import _base_state_dict, _write
 
 SCHEMES = {"MXFP4A16": ms.FP4Config("mxfp4"), "NVFP4A16": ms.FP4Config("nvfp4"), "FP8_DYNAMIC": "e4m3"}
 FORMATS = {"MXFP4A16": "mxfp4-pack-quantized", "NVFP4A16": "nvfp4-pack-quantized", "FP8_DYNAMIC": "float-quantized"}
@@ -113,7 +114,6 @@ def save_fp_checkpoint(model: nn.Module, records: dict, path, scheme: str = "NVF
     NVFP4 in bfloat16, see the module docstring of the test)."""
     from compressed_tensors.quantization import QuantizationConfig, preset_name_to_scheme
 
-    from .artifacts import check_target
     key = _scheme(scheme)
     check_target(path)
     if not records:
