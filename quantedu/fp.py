@@ -9,13 +9,11 @@ What happens outside the range is part of each format. ``tests/test_fp.py`` chec
 round trips against ``torch``'s casts (``x.to(torch.float8_e4m3fn / float8_e5m2)``, c10's
 ``fp8e4m3fn_from_fp32_value`` / ``fp8e5m2_from_fp32_value``):
 
-=========  ======  =================================================  ====================  ==========================
-format     max     ``|x| >= max + half a step``, ``saturate=False``     NaN input             torch 2.13's cast
-=========  ======  =================================================  ====================  ==========================
-E4M3FN     448     NaN (``0x7F``/``0xFF``: OCP's non-saturating mode)   NaN, sign kept        saturates: +-inf -> +-448
-E5M2       57344   +-inf (IEEE)                                       NaN, sign kept        does not: -> +-inf
-E2M1       6       no inf, no NaN: always clamps to +-6               refused (ValueError)  (torch has no E2M1 dtype)
-=========  ======  =================================================  ====================  ==========================
+* E4M3FN (max 448): ``|x| >= max + half a step`` with ``saturate=False`` is NaN (``0x7F``/``0xFF``, OCP's
+  non-saturating mode); NaN stays NaN, sign kept; torch 2.13's cast *saturates* (+-inf -> +-448).
+* E5M2 (max 57344): overflow is +-inf (IEEE); NaN stays NaN; torch's cast does not saturate either (-> +-inf).
+* E2M1 (max 6): no inf, no NaN: always clamps to +-6; a NaN or inf input is refused (ValueError). torch has no
+  E2M1 dtype.
 
 ``saturate=True`` clamps to +-max first (NaN stays NaN), which is what quantizers do (llm-compressor clamps to
 ``finfo.max`` before casting). torch's E4M3FN cast saturates on its own since c10 gained "finite overflow or
@@ -35,11 +33,9 @@ import numpy as np
 import torch
 
 from .checks import require_finite
-from .number_formats import FloatLayout
+from .number_formats import FLOAT_LAYOUTS, FloatLayout
 
-E4M3 = FloatLayout(4, 3, "fn")
-E5M2 = FloatLayout(5, 2)
-E2M1 = FloatLayout(2, 1, "none")
+E4M3, E5M2, E2M1 = (FLOAT_LAYOUTS[n][0] for n in ("fp8_e4m3", "fp8_e5m2", "fp4_e2m1"))  # notebook 01's layouts
 FP8 = {"e4m3": E4M3, "e5m2": E5M2}
 TORCH_SATURATES = {"e4m3": True, "e5m2": False}  # measured: torch 2.13's x.to(float8_*) on CPU
 ROUNDINGS = ("nearest_even", "up")
@@ -89,7 +85,8 @@ def encode(x, layout: FloatLayout, saturate: bool = False, rounding: str = "near
     if layout.special == "none":
         require_finite(xf, f"E{layout.exp_bits}M{layout.man_bits} input (the format has no NaN or inf)")
     vals = _positive_values(layout)
-    a = np.abs(xf.astype(np.float64))  # exact: comparisons below are against exact midpoints
+    with np.errstate(invalid="ignore"):  # signalling NaNs among arbitrary bit patterns
+        a = np.abs(xf.astype(np.float64))  # exact: comparisons below are against exact midpoints
     if rounding == "up":
         k = np.searchsorted(vals, a, side="left")
     else:
@@ -136,7 +133,8 @@ def decode(codes, layout: FloatLayout):
 def e8m0_decode(e):
     """``2**(e - 127)`` as float32 (0 -> 2**-127, a float32 subnormal); ``0xFF`` -> NaN."""
     c = (e.cpu().numpy() if isinstance(e, torch.Tensor) else np.asarray(e)).astype(np.int64)
-    out = np.where(c == 255, np.float32(np.nan), np.ldexp(np.float32(1), c - 127)).astype(np.float32)
+    with np.errstate(over="ignore"):  # code 255 (NaN) would be 2**128
+        out = np.where(c == 255, np.float32(np.nan), np.ldexp(np.float32(1), c - 127)).astype(np.float32)
     return _like(out, e)
 
 

@@ -6,20 +6,17 @@ shared by a small group of consecutive weights of a row (``w`` is ``(out_feature
 * **MXFP4** (OCP Microscaling Formats v1.0): groups of 32, scale ``2**E`` stored as one E8M0 byte.
 * **NVFP4** (NVIDIA): groups of 16, scale ``s`` stored as FP8 E4M3, divided by one fp32 *global* scale per tensor
   ``g = 448 * 6 / amax(w)`` that lifts the block scales into E4M3's range (without it the ``amax / 6`` of a
-  typical LLM weight group, ~0.01, lands among E4M3's coarse subnormals). Value = ``E2M1 * s / g``.
+  typical LLM weight group, ~0.01, lands among E4M3's subnormals, which have fewer significant bits: ggml's GGUF
+  NVFP4 has no global scale). Value = ``E2M1 * s / g``.
 
 The scale of a group is chosen from its largest magnitude ``amax``, and *how it is rounded* is a real choice
-(:data:`SCALE_ROUNDINGS`, measured by :func:`scale_rounding_effect`):
+(:data:`SCALE_ROUNDINGS`, measured by :func:`scale_rounding_effect`). For MXFP4:
 
-================  =====================================================  ==============================================
-MXFP4             E                                                      who
-================  =====================================================  ==============================================
-``"floor"``       ``floor(log2 amax) - 2``: amax lands in [4, 8) x 2**E;   OCP MX spec, ggml/llama.cpp, gguf-py
-                  everything above 6 x 2**E clips to 6 (up to 25 % off)
-``"round"``       as floor, one higher when amax's mantissa >= 1.75:     llm-compressor / compressed-tensors 0.19,
-                  amax rounded to 1 mantissa bit first; clips in (6, 7)  vLLM's reference
-``"ceil"``        ``ceil(log2(amax / 6))``: nothing clips, steps ~2x     "round-up" variant (no saturation)
-================  =====================================================  ==============================================
+* ``"floor"``: ``E = floor(log2 amax) - 2``, so amax lands in [4, 8) x 2**E and everything above 6 x 2**E clips
+  to 6 (up to 25 % off). The OCP MX spec, ggml / llama.cpp, gguf-py.
+* ``"round"``: as floor, one higher when amax's mantissa is >= 1.75 (amax rounded to one mantissa bit first);
+  clips only in (6, 7) x 2**E. llm-compressor / compressed-tensors 0.19 and vLLM's reference.
+* ``"ceil"``: ``E = ceil(log2(amax / 6))``: nothing clips, but the step is up to 2x coarser ("round-up").
 
 NVFP4 block scales ``amax / 6 * g`` are rounded to E4M3 ``"nearest_even"`` (NVIDIA, llm-compressor), ``"up"``
 (nothing clips) or ``"ggml"`` (ggml's UE4M3 rounding, :func:`quantedu.gguf.fp4.fp32_to_ue4m3`). E2M1 values round to
