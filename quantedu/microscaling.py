@@ -148,13 +148,19 @@ def group_scales(scale_codes: torch.Tensor, global_scale: torch.Tensor, cfg: FP4
     return fp.ue4m3_decode(scale_codes, ggml=cfg.scale_rounding == "ggml") / global_scale.float()
 
 
+def round_to_fp4(x: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(codes, dequantized)`` of ``x`` on the E2M1 grid times ``scale`` (broadcast): ``x / scale`` rounded to
+    nearest, ties to even, clamped to +-6. A zero scale (an all-zero group, or an NVFP4 group far below the
+    tensor's largest) gives code 0."""
+    x, scale = x.detach().float(), scale.float()
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    codes = fp.encode(torch.where(scale > 0, x / safe, torch.zeros_like(x)), fp.E2M1)
+    return codes, fp.decode(codes, fp.E2M1) * scale
+
+
 def quantize(w: torch.Tensor, scales: torch.Tensor, cfg: FP4Config = MXFP4) -> torch.Tensor:
-    """E2M1 codes ``(rows, cols)`` of ``w / scale`` (nearest, ties to even, clamped to +-6). A zero scale (an
-    all-zero group, or an NVFP4 group far below the tensor's largest) gives code 0."""
-    wg = _groups(w.detach().float(), cfg)
-    x = scales.float()[..., None]
-    safe = torch.where(x > 0, x, torch.ones_like(x))
-    return fp.encode(torch.where(x > 0, wg / safe, torch.zeros_like(wg)), fp.E2M1).reshape(w.shape)
+    """E2M1 codes ``(rows, cols)`` of ``w`` with one scale per group (``scales`` ``(rows, groups)``)."""
+    return round_to_fp4(_groups(w, cfg), scales[..., None])[0].reshape(w.shape)
 
 
 def dequantize(codes: torch.Tensor, scales: torch.Tensor, cfg: FP4Config = MXFP4) -> torch.Tensor:
