@@ -18,20 +18,11 @@ from gguf import quants as gguf_quants
 from quantedu import gguf
 from quantedu.checks import NonFiniteError
 from quantedu.engines.llama_cpp import fp4 as llama_fp4
-from quantedu.engines.llama_cpp import ggml as ggml_reference
 from quantedu.gguf import fp4, fp4_files, io
+from test_gguf_quants import ggml  # noqa: F401 - the C reference fixture (fails, not skips, without llama-cpp-python)
 
 FP4_TYPES = ("MXFP4", "NVFP4")
 E2M1_MIDPOINTS = np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0], np.float32)
-
-
-@pytest.fixture(scope="module")
-def ggml():
-    try:
-        ggml_reference.lib()
-    except (ImportError, OSError) as exc:
-        pytest.fail(f"ggml reference unavailable: {exc}\n{ggml_reference.INSTALL_HINT}")
-    return ggml_reference
 
 
 def _mismatched(ours, theirs, qtype) -> int:
@@ -252,15 +243,19 @@ def llama_tools():
     return lt
 
 
+@pytest.fixture(scope="module")
+def f32_source(llama_tools, tmp_path_factory):
+    path = tmp_path_factory.mktemp("fp4-src") / "f32.gguf"
+    io.write_gguf(_llama(seed=1), path, "F32")
+    return path
+
+
 @pytest.mark.parametrize("qtype", FP4_TYPES)
-def test_llama_quantize_writes_our_bytes(llama_tools, qtype, tmp_path):
+def test_llama_quantize_writes_our_bytes(f32_source, qtype, tmp_path):
     """``llama-quantize --tensor-type attn_q=<fp4> ... F32.gguf OUT Q8_0`` (llama.cpp's own code path) and our
     writer give the same type and bytes for every tensor of the file."""
-    model = _llama(seed=1)
-    src = tmp_path / "f32.gguf"
-    io.write_gguf(model, src, "F32")
-    theirs = llama_fp4.llama_quantize_fp4(src, tmp_path / "theirs.gguf", qtype)
-    ours = fp4_files.write_fp4_gguf(model, tmp_path / "ours.gguf", qtype).path
+    theirs = llama_fp4.llama_quantize_fp4(f32_source, tmp_path / "theirs.gguf", qtype)
+    ours = fp4_files.write_fp4_gguf(_llama(seed=1), tmp_path / "ours.gguf", qtype).path
     a = {t.name: t for t in io.open_gguf(ours).tensors}
     b = {t.name: t for t in io.open_gguf(theirs).tensors}
     assert set(a) == set(b)

@@ -105,11 +105,7 @@ def mxfp4_exponent(amax: np.ndarray) -> np.ndarray:
 class MXFP4(BlockQuant):
     """32 E2M1 values + one E8M0 power-of-two scale (``quantize_row_mxfp4_ref``)."""
 
-    qtype = T.MXFP4
-
-    @classmethod
-    def layout(cls) -> BlockLayout:
-        return LAYOUTS[cls.qtype]
+    qtype = T.MXFP4  # its layout: LAYOUTS above, registered in quantedu.gguf.LAYOUTS
 
     @classmethod
     def quantize_blocks(cls, xb, qw=None, row_sigma2=None):
@@ -128,10 +124,6 @@ class NVFP4(BlockQuant):
     """4 x (16 E2M1 values + one UE4M3 scale) (``quantize_row_nvfp4_ref``)."""
 
     qtype = T.NVFP4
-
-    @classmethod
-    def layout(cls) -> BlockLayout:
-        return LAYOUTS[cls.qtype]
 
     @staticmethod
     def half_scale(d: np.ndarray) -> np.ndarray:
