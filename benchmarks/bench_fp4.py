@@ -9,8 +9,8 @@
 * ``gptq``: :func:`quantedu.fp_grids.grid_comparison` (RTN vs GPTQ, layer-output error) on six real layers, with
   Hessians from 16 x 512 calibration tokens.
 * ``llama``: the course's MXFP4 / NVFP4 GGUF files (:func:`quantedu.gguf.fp4_files.fp4_gguf`) beside llama.cpp's
-  Q4_0 / IQ4_NL / Q4_K_M (and the shipped Q4_1 they all come from) of the same model: size, bits/weight, perplexity (4 x 512 tokens) and decode tokens/s in
-  llama.cpp (1 thread).
+  Q4_0 / IQ4_NL / Q4_K_M (and the shipped Q4_1 they all come from) of the same model: size, bits/weight,
+  perplexity (4 x 512 tokens) and decode tokens/s in llama.cpp (1 thread).
 """
 from __future__ import annotations
 

@@ -19,7 +19,6 @@ from quantedu import gguf
 from quantedu.checks import NonFiniteError
 from quantedu.engines.llama_cpp import fp4 as llama_fp4
 from quantedu.gguf import fp4, fp4_files, io
-from test_gguf_quants import ggml  # noqa: F401 - the C reference fixture (fails, not skips, without llama-cpp-python)
 
 FP4_TYPES = ("MXFP4", "NVFP4")
 E2M1_MIDPOINTS = np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0], np.float32)

@@ -246,7 +246,8 @@ def _nv_case(label, make):
                 continue
             if (torch.equal(vc, codes) and not torch.equal(vc, exp_codes)) or (
                     g_diff and torch.allclose(vg, g, rtol=1e-6, atol=0)):
-                where = g_diff or first_difference(exp_codes.numpy(), codes.numpy(), "scale code", names=("row", "group"))
+                where = g_diff or first_difference(exp_codes.numpy(), codes.numpy(), "scale code",
+                                                   names=("row", "group"))
                 return f"{where}. Likely cause: {cause}"
         if g_diff:
             return g_diff
@@ -300,7 +301,8 @@ def nvfp4_scales(w):
     ],
     hints=(
         "g = 448 * 6 / w.abs().max(): one number. The groups: w.reshape(rows, cols // 16, 16).abs().amax(dim=-1).",
-        "s = g * (amax16 / 6); torch rounds to the nearest E4M3 value for you: s.clamp(max=448).to(torch.float8_e4m3fn).",
+        "s = g * (amax16 / 6); torch rounds to the nearest E4M3 value for you: "
+        "s.clamp(max=448).to(torch.float8_e4m3fn).",
         "The codes are the bit patterns: .view(torch.uint8).",
     ),
 ))
