@@ -36,6 +36,7 @@ from .locate import (BUILD_COMMAND, CACHE_ENV_VAR, CMAKE_FLAGS, DEFAULT_VERSION,
 from .server import llama_server, llama_server_command, start_llama_server
 from .tools import (PerplexityResult, ToolRun, convert_hf_to_gguf, imatrix, perplexity, perplexity_tool_protocol,
                     quantize, run_tool)
+from .tools import KLDivergenceBase, KLDivergenceResult, kl_divergence, kl_divergence_base, read_kl_divergence_base
 
 __all__ = [
     "BUILD_COMMAND", "CACHE_ENV_VAR", "CMAKE_FLAGS", "DEFAULT_VERSION", "ENV_VAR", "INSTALL_CMAKE",
@@ -45,6 +46,7 @@ __all__ = [
     "status", "tools_dir", "version",
     "PerplexityResult", "ToolRun", "convert_hf_to_gguf", "imatrix", "perplexity", "perplexity_tool_protocol",
     "quantize", "run_tool",
+    "KLDivergenceBase", "KLDivergenceResult", "kl_divergence", "kl_divergence_base", "read_kl_divergence_base",
     "checkpoint_with_gguf_tokenizer", "convertible_checkpoint",
     "compare_tensors", "metadata_differences", "read_header", "read_imatrix", "tensor_bytes",
     "llama_server", "llama_server_command", "start_llama_server",
