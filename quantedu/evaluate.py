@@ -182,6 +182,7 @@ from dataclasses import dataclass  # noqa: E402 - this section's imports, kept w
 
 import numpy as np  # noqa: E402
 
+
 def _vocabulary_digest(tokenizer) -> str | None:
     if tokenizer is None:
         return None
@@ -237,6 +238,9 @@ class Baseline:
         self.logprobs = torch.stack([_window_logprobs(model, row, score_from)
                                      for row in tqdm(self.windows, desc=name, disable=not progress, leave=False)])
         self.vocab_size = self.logprobs.shape[-1]
+        import hashlib  # what pairs two reports: these windows, scored from here, by this baseline model
+        digest = hashlib.sha256(self.windows.numpy().tobytes() + self.logprobs[:, :4].numpy().tobytes())
+        self.id = (name, score_from, digest.hexdigest()[:16])
 
     @property
     def nbytes(self) -> int:
@@ -252,8 +256,8 @@ class Baseline:
             raise ValueError("this model's tokenizer has another vocabulary than the baseline's: the same windows "
                              "mean different text to the two models, so KL divergence and perplexity cannot be "
                              "compared. Compare quantized versions of the same model (same tokenizer).")
-        width = getattr(model.get_output_embeddings(), "out_features", None) if hasattr(
-            model, "get_output_embeddings") and model.get_output_embeddings() is not None else None
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        width = getattr(head, "out_features", None)  # checked before the forward passes, not after
         if width is not None and width != self.vocab_size:
             raise ValueError(f"the model predicts over {width} tokens, the baseline over {self.vocab_size}: another "
                              "vocabulary, so the two cannot be compared token by token. Use a quantized version "
@@ -267,13 +271,8 @@ class Baseline:
                 for base, row, target in tqdm(list(zip(self.logprobs, self.windows, self.targets)), desc=name,
                                               disable=not progress, leave=False)]
         per_token = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-        return QualityReport(name, self.name, self.windows.shape[1], self.score_from, _windows_id(self),
+        return QualityReport(name, self.name, self.windows.shape[1], self.score_from, self.id,
                              time.perf_counter() - t0, per_token)
-
-
-def _windows_id(baseline: Baseline) -> tuple:
-    return (baseline.score_from, tuple(baseline.windows.shape), int(baseline.windows.sum()),
-            int((baseline.windows * torch.arange(1, baseline.windows.shape[1] + 1)).sum()), baseline.name)
 
 
 def compare(base_model, model, windows: torch.Tensor, tokenizer=None, name: str = "quantized",
@@ -294,7 +293,7 @@ class QualityReport:
     baseline: str
     seq_len: int
     score_from: int
-    windows_id: tuple
+    baseline_id: tuple       # Baseline.id: reports with the same one are paired token by token
     seconds: float
     per_token: dict
 
@@ -355,7 +354,7 @@ class QualityReport:
             return verdict(self.per_token["nll"] - self.per_token["nll_base"], self.name, self.baseline)
         if not isinstance(other, QualityReport):
             raise TypeError(f"compare with another QualityReport, got {type(other).__name__}")
-        if other.windows_id != self.windows_id:
+        if other.baseline_id != self.baseline_id:
             raise ValueError(f"{self.name!r} and {other.name!r} were not scored on the same tokens against the same "
                              "baseline: compare both with one Baseline(...).compare(...)")
         what = "negative log-likelihood per token" if metric == "nll" else "KL divergence from the baseline"

@@ -117,5 +117,14 @@ def test_reports_on_different_tokens_cannot_be_paired(tiny_llama):
     b = evaluate.compare(tiny_llama, tiny_llama, torch.randint(0, 256, (2, 32)), name="b")
     with pytest.raises(ValueError, match="same tokens"):
         a.verdict(b)
+    other_base = copy.deepcopy(tiny_llama)
+    with torch.no_grad():
+        other_base.lm_head.weight.mul_(1.5)
+    windows = torch.randint(0, 256, (2, 32))
+    c = evaluate.compare(tiny_llama, tiny_llama, windows, name="c")
+    d = evaluate.compare(other_base, tiny_llama, windows, name="d")  # same windows, another baseline model
+    with pytest.raises(ValueError, match="same baseline"):
+        c.verdict(d)
+    assert c.verdict(evaluate.compare(tiny_llama, other_base, windows, name="e"), metric="kld").winner == "c"
     with pytest.raises(ValueError, match="'nll' or 'kld'"):
         a.verdict(a, metric="ppl")

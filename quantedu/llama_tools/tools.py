@@ -141,6 +141,18 @@ def quantize(src, dst, mix: str, imatrix_file=None, nthread: int = 1, allow_requ
         return run_tool([*cmd, src, tmp, mix.upper(), nthread], timeout=timeout, env=_tool_env(nthread))
 
 
+def _text_command(tool: str, model_gguf, text_file, ctx: int, chunks: int | None, n_threads: int,
+                  batch: int | None = None) -> list:
+    """``TOOL -m MODEL -f TEXT -c CTX -b BATCH -t N -tb N [--chunks N]``, the files checked first: how every
+    tool here that reads a text starts."""
+    for f, what in ((model_gguf, "model"), (text_file, "text")):
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"{what} file {f} does not exist")
+    cmd = [binary(tool), "-m", model_gguf, "-f", text_file, "-c", ctx, "-b", batch or ctx, "-t", n_threads,
+           "-tb", n_threads]
+    return cmd + ["--chunks", chunks] if chunks is not None else cmd
+
+
 def imatrix(model_gguf, text_file, out, ctx: int = 512, chunks: int | None = None, n_threads: int = 1,
             compute_ppl: bool = False, overwrite: bool = False, extra=(), timeout: float = 900.0) -> ToolRun:
     """``llama-imatrix -m MODEL -f TEXT -o OUT -c CTX [--chunks N] -t N``: the importance matrix file.
@@ -151,13 +163,7 @@ def imatrix(model_gguf, text_file, out, ctx: int = 512, chunks: int | None = Non
     llama.cpp would otherwise write GGUF under the ``.dat`` name, with a warning). Read either back with
     :func:`read_imatrix`.
     """
-    for f, what in ((model_gguf, "model"), (text_file, "text")):
-        if not Path(f).is_file():
-            raise FileNotFoundError(f"{what} file {f} does not exist")
-    cmd = [binary("llama-imatrix"), "-m", model_gguf, "-f", text_file, "-c", ctx, "-b", ctx, "-t", n_threads,
-           "-tb", n_threads]
-    if chunks is not None:
-        cmd += ["--chunks", chunks]
+    cmd = _text_command("llama-imatrix", model_gguf, text_file, ctx, chunks, n_threads)
     if not compute_ppl:
         cmd.append("--no-ppl")
     fmt = "dat" if Path(out).suffix.lower() == ".dat" else "gguf"  # the seed's `-o imatrix.dat` means legacy
@@ -188,13 +194,7 @@ def perplexity(model_gguf, text_file, ctx: int = 512, chunks: int | None = None,
     sees at least ``ctx/2`` tokens of context). The course's :func:`quantedu.gguf.llama.perplexity`
     scores every position of each window, so its numbers are higher on the same text.
     """
-    for f, what in ((model_gguf, "model"), (text_file, "text")):
-        if not Path(f).is_file():
-            raise FileNotFoundError(f"{what} file {f} does not exist")
-    cmd = [binary("llama-perplexity"), "-m", model_gguf, "-f", text_file, "-c", ctx, "-t", n_threads,
-           "-tb", n_threads, "-b", batch or ctx]
-    if chunks is not None:
-        cmd += ["--chunks", chunks]
+    cmd = _text_command("llama-perplexity", model_gguf, text_file, ctx, chunks, n_threads, batch)
     run = run_tool([*cmd, *extra], timeout=timeout, env=_tool_env(n_threads))
     m = _PPL.search(run.output)
     if not m:
@@ -275,13 +275,7 @@ def kl_divergence_base(model_gguf, text_file, base_file, ctx: int = 512, chunks:
     """``llama-perplexity -m BASE -f TEXT -c CTX --kl-divergence-base FILE``: the base model's perplexity run
     that saves, for every scored token (the second half of each chunk, as :func:`perplexity`), its whole
     log-probability distribution, 16 bits per value (:func:`read_kl_divergence_base`), and the tokens."""
-    for f, what in ((model_gguf, "model"), (text_file, "text")):
-        if not Path(f).is_file():
-            raise FileNotFoundError(f"{what} file {f} does not exist")
-    cmd = [binary("llama-perplexity"), "-m", model_gguf, "-f", text_file, "-c", ctx, "-b", ctx, "-t", n_threads,
-           "-tb", n_threads]
-    if chunks is not None:
-        cmd += ["--chunks", chunks]
+    cmd = _text_command("llama-perplexity", model_gguf, text_file, ctx, chunks, n_threads)
     with _atomic_output(base_file, overwrite) as tmp:
         return run_tool([*cmd, *extra, "--kl-divergence-base", tmp], timeout=timeout, env=_tool_env(n_threads))
 
