@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from statistics import NormalDist
 
 import numpy as np
@@ -32,6 +33,7 @@ CONFIDENCE = 0.95
 __all__ = ["BLOCK", "CONFIDENCE", "Interval", "Verdict", "paired_interval", "t_quantile", "verdict"]
 
 
+@lru_cache(maxsize=256)
 def t_quantile(p: float, df: float) -> float:
     """Quantile ``p`` of Student's t with ``df`` degrees of freedom (no SciPy: the density, integrated
     with Simpson's rule, and bisection; 1e-6 accurate, which is plenty for an interval)."""
