@@ -16,6 +16,7 @@ Which inputs feed block ``i+1`` is a real choice:
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -194,3 +195,52 @@ def sequential_blocks(
         inputs = run_block(block, inputs, kwargs) if quantized_inputs else original_outputs
         if device is not None:
             block.to(home)
+
+
+# --- is the calibration enough? ---------------------------------------------------------------------
+
+FACTOR = 2  # calibration tokens per input of the widest linear layer
+
+@dataclass(frozen=True)
+class CalibrationBudget:
+    """Calibration tokens against the widest linear input they have to describe.
+
+    A layer with ``d`` inputs is calibrated through ``X X^T`` (GPTQ's Hessian, AWQ's and the imatrix's
+    statistics), a ``d x d`` matrix of rank at most the number of tokens: with fewer than ``d`` tokens it is
+    singular (only GPTQ's damping keeps it invertible), and with about ``d`` it is still dominated by
+    noise. The course asks for at least ``FACTOR = 2`` tokens per input of the widest layer.
+    """
+
+    tokens: int
+    widest_input: int
+    widest_layer: str
+    minimum: int
+
+    @property
+    def enough(self) -> bool:
+        return self.tokens >= self.minimum
+
+    def __str__(self) -> str:
+        verdict = "enough" if self.enough else "too few: results are inconclusive"
+        return (f"{self.tokens:,} calibration tokens for {self.widest_layer} ({self.widest_input:,} inputs, "
+                f"the widest): {verdict} (minimum {self.minimum:,} = {FACTOR} x inputs)")
+
+
+def budget(model, batches) -> CalibrationBudget:
+    """Calibration tokens (``n_samples * seq_len`` of ``batches``; every linear layer sees them all) against
+    the widest input of a linear layer in the decoder blocks; ``.minimum`` is ``FACTOR x`` that width."""
+    batches = check_batches(batches)
+    name, width = max(((f"{i}.{n}", m.in_features) for i, block in enumerate(decoder_layers(model))
+                       for n, m in linear_layers(block).items()), key=lambda item: item[1])
+    kind = name.split(".", 1)[1]
+    return CalibrationBudget(batches.numel(), width, kind, FACTOR * width)
+
+
+def warn_if_starved(model, batches, method: str) -> CalibrationBudget:
+    """``budget(model, batches)``, with a ``UserWarning`` saying "inconclusive" when it is not enough."""
+    import warnings
+    b = budget(model, batches)
+    if not b.enough:
+        warnings.warn(f"{method}: {b}. Use more calibration samples or longer ones (e.g. "
+                      f"{-(-b.minimum // 512)} x 512 tokens) before comparing methods.", UserWarning, stacklevel=3)
+    return b
