@@ -236,11 +236,41 @@ def budget(model, batches) -> CalibrationBudget:
     return CalibrationBudget(batches.numel(), width, kind, FACTOR * width)
 
 
+STRICT_ENV = "QUANTEDU_STRICT_CALIBRATION"  # set (CI's notebook runs): starved calibration is an error
+_INCONCLUSIVE: list[str] = []  # reasons a notebook gave for calibrating short on purpose (innermost last)
+
+
+class CalibrationBudgetError(ValueError):
+    """Too few calibration tokens for the widest layer, where a result on them would be presented as one."""
+
+
+@contextmanager
+def inconclusive(reason: str):
+    """Calibrate short on purpose (a lesson about starvation, a sweep that only ranks settings): inside, a
+    starved run prints that its result is inconclusive, and why, instead of warning (or failing under
+    ``QUANTEDU_STRICT_CALIBRATION``)."""
+    _INCONCLUSIVE.append(reason)
+    try:
+        yield
+    finally:
+        _INCONCLUSIVE.pop()
+
+
 def warn_if_starved(model, batches, method: str) -> CalibrationBudget:
-    """``budget(model, batches)``, with a ``UserWarning`` saying "inconclusive" when it is not enough."""
+    """``budget(model, batches)``; when it is not enough: inside :func:`inconclusive`, a printed line saying
+    the result is inconclusive; else a ``UserWarning`` (a :class:`CalibrationBudgetError` when
+    ``QUANTEDU_STRICT_CALIBRATION`` is set, as CI sets it for the notebooks)."""
+    import os
     import warnings
     b = budget(model, batches)
-    if not b.enough:
-        warnings.warn(f"{method}: {b}. Use more calibration samples or longer ones (e.g. "
-                      f"{-(-b.minimum // 512)} x 512 tokens) before comparing methods.", UserWarning, stacklevel=3)
+    if b.enough:
+        return b
+    if _INCONCLUSIVE:
+        print(f"{method}: {b} - {_INCONCLUSIVE[-1]}")
+        return b
+    message = (f"{method}: {b}. Use more calibration samples or longer ones (e.g. {-(-b.minimum // 512)} x 512 "
+               "tokens) before comparing methods, or say why not with quantedu.calibration.inconclusive(reason).")
+    if os.environ.get(STRICT_ENV):
+        raise CalibrationBudgetError(message)
+    warnings.warn(message, UserWarning, stacklevel=3)
     return b

@@ -40,3 +40,21 @@ def test_a_starved_calibration_warns_inconclusive_and_enough_stays_quiet(tiny_ll
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         quantize(copy.deepcopy(tiny_llama), fed)
+
+
+def test_strict_mode_refuses_starved_calibration_unless_the_notebook_says_why(tiny_llama, monkeypatch, capsys):
+    """What CI's notebook runs see (conftest sets QUANTEDU_STRICT_CALIBRATION): an error, or a printed
+    'inconclusive' with the reason the notebook gave."""
+    import torch
+
+    from quantedu import calibration
+
+    short = torch.randint(0, 256, (1, 16))
+    monkeypatch.setenv(calibration.STRICT_ENV, "1")
+    with pytest.raises(calibration.CalibrationBudgetError, match="inconclusive"):
+        calibration.warn_if_starved(tiny_llama, short, "GPTQ")
+    with calibration.inconclusive("a lesson about starved calibration"):
+        b = calibration.warn_if_starved(tiny_llama, short, "GPTQ")
+    assert not b.enough
+    assert "inconclusive" in capsys.readouterr().out
+    assert calibration.warn_if_starved(tiny_llama, torch.randint(0, 256, (8, 64)), "GPTQ").enough
