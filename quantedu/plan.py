@@ -118,7 +118,7 @@ def resolve(model) -> tuple[ModelShape, str, int | None]:
         c = json.loads(config.read_text())
         name = path.name if path.is_dir() else path.parent.name
         return memory.shape_from_config(c, name=name), name, c.get("max_position_embeddings")
-    base = re.sub(r"-(instruct|hf|chat)$", "", text.rsplit("/", 1)[-1].lower())
+    base = re.sub(r"^meta-|-(instruct|hf|chat)$", "", text.rsplit("/", 1)[-1].lower())
     if base in memory.PRESETS:
         return memory.model_shape(base), text, MAX_CONTEXT.get(base)
     return memory.model_shape(text), text, None  # hub id: a config in the local hub cache, else a clear error

@@ -133,8 +133,9 @@ def recipe_body(method: str, weights: dict | None, preset: str | None) -> str:
 def render(*, title: str, model: str, save_name: str, dataset: str, n_samples: int, seq_len: int,
            min_tokens: int, method: str, weights: dict | None, preset: str | None, data_free: bool) -> str:
     """The whole script (``data_free``: FP8 dynamic needs no calibration data, so ``oneshot`` gets none)."""
+    # the windows are already at random places: no shuffling, so a second run calibrates on the same order
     data_args = "" if data_free else ", dataset=calibration_set(tokenizer), num_calibration_samples=NUM_SAMPLES,\n" \
-                                     "            max_seq_length=SEQ_LEN"
+                                     "            max_seq_length=SEQ_LEN, shuffle_calibration_samples=False"
     return _SCRIPT.substitute(title=title, version=LLMCOMPRESSOR_VERSION, model=repr(model), save_name=save_name,
                               save_name_repr=repr(save_name), dataset=repr(dataset), n_samples=n_samples,
                               seq_len=seq_len, min_tokens=min_tokens, recipe_body=recipe_body(method, weights, preset),

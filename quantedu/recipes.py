@@ -85,25 +85,21 @@ class Recipe:
         return max(c for _, c in planner.resolve(self.model)[0].linear_shapes().values())
 
 
+# the hub ids of the planner's presets: a recipe names the checkpoint the script downloads
+HUB_IDS = {"llama-2-7b": "meta-llama/Llama-2-7b-hf", "llama-2-13b": "meta-llama/Llama-2-13b-hf",
+           "llama-2-70b": "meta-llama/Llama-2-70b-hf", "llama-3-8b": "meta-llama/Meta-Llama-3-8B",
+           "llama-3-70b": "meta-llama/Meta-Llama-3-70B", "llama-3.1-8b": "meta-llama/Llama-3.1-8B",
+           "llama-3.1-70b": "meta-llama/Llama-3.1-70B", "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
 _DEFAULTS = {  # method -> (bits, group, symmetric, activation bits)
     "gptq": (4, 128, True, 16), "awq": (4, 128, False, 16), "w8a8": (8, None, True, 8),
     "fp8": (8, None, True, 8), "nvfp4": (4, 16, True, 4),
 }
 
 
-def recipe(model, method: str = "gptq", bits: int | None = None, group_size="auto", symmetric: bool | None = None,
-           activation_bits: int | None = None, dataset: str = "wikitext", n_samples: int = 512, seq_len: int = 2048,
-           gpus: int = 1, gpu_memory_gb: float = 80.0, context: int = 4096, batch: int = 1,
-           gguf_mix: str = "Q4_K_M") -> Recipe:
-    """Check a choice and return the :class:`Recipe`; ValueError / :class:`quantedu.plan.PlanError` with the fix."""
-    method = str(method).lower()
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
-    d_bits, d_group, d_sym, d_act = _DEFAULTS[method]
-    bits = d_bits if bits is None else bits
-    group_size = d_group if group_size == "auto" else group_size
-    symmetric = d_sym if symmetric is None else bool(symmetric)
-    activation_bits = d_act if activation_bits is None else activation_bits
+def _check_format(method: str, bits, group_size, activation_bits) -> tuple:
+    """(bits, group_size, activation_bits) for ``method``, or a ValueError saying what the method allows."""
+    d_bits, d_group, _, d_act = _DEFAULTS[method]
     if method in ("gptq", "awq"):
         if activation_bits != 16:
             raise ValueError(f"{method.upper()} quantizes weights only (it has no activation scheme), so "
@@ -121,12 +117,32 @@ def recipe(model, method: str = "gptq", bits: int | None = None, group_size="aut
         raise ValueError(f"nvfp4 runs activations in fp4 (activation_bits=4) or bf16 (16), got {activation_bits}")
     if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1):
         raise ValueError(f"group_size must be a positive whole number or None (one group per row), got {group_size!r}")
-    if dataset not in DATASETS and not Path(dataset).expanduser().is_file():
-        raise ValueError(f"dataset {dataset!r} is neither one of {DATASETS} nor an existing text file")
+    return bits, group_size, activation_bits
+
+
+def recipe(model, method: str = "gptq", bits: int | None = None, group_size="auto", symmetric: bool | None = None,
+           activation_bits: int | None = None, dataset: str = "wikitext", n_samples: int = 512, seq_len: int = 2048,
+           gpus: int = 1, gpu_memory_gb: float = 80.0, context: int = 4096, batch: int = 1,
+           gguf_mix: str = "Q4_K_M") -> Recipe:
+    """Check a choice and return the :class:`Recipe`; ValueError / :class:`quantedu.plan.PlanError` with the fix.
+
+    ``model``: a hub id, a local checkpoint folder, or a preset name of :mod:`quantedu.plan` (its hub id is used)."""
+    method = str(method).lower()
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    d_bits, d_group, d_sym, d_act = _DEFAULTS[method]
+    bits, group_size, activation_bits = _check_format(
+        method, d_bits if bits is None else bits, d_group if group_size == "auto" else group_size,
+        d_act if activation_bits is None else activation_bits)
+    if dataset not in DATASETS:
+        if not Path(dataset).expanduser().is_file():
+            raise ValueError(f"dataset {dataset!r} is neither one of {DATASETS} nor an existing text file")
+        dataset = str(Path(dataset).expanduser().resolve())  # the script may run from another folder
     for what, value in (("n_samples", n_samples), ("seq_len", seq_len)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{what} must be a positive whole number, got {value!r}")
-    r = Recipe(str(model), method, bits, group_size, symmetric, activation_bits, dataset, n_samples, seq_len, gpus,
+    r = Recipe(HUB_IDS.get(str(model).lower(), str(model)), method, bits, group_size,
+               d_sym if symmetric is None else bool(symmetric), activation_bits, dataset, n_samples, seq_len, gpus,
                float(gpu_memory_gb), context, batch, gguf_mix.upper())
     shape, _, max_ctx = planner.resolve(r.model)
     sch = planner.parse_scheme(r.scheme)
@@ -138,9 +154,9 @@ def recipe(model, method: str = "gptq", bits: int | None = None, group_size="aut
                          f"rank. Raise n_samples or seq_len.")
     if max_ctx and seq_len > max_ctx:
         raise ValueError(f"seq_len={seq_len} is longer than the model's {max_ctx} positions")
-    for p in plans(r).values():
-        if not p.fits:
-            raise planner.PlanError(f"{p.scheme.name} on {gpus} x {gpu_memory_gb:g} GiB does not fit: {p.reason}")
+    p = plans(r)["vllm"]  # the llama.cpp path's plan is written beside it (plan.txt), fitting or not
+    if not p.fits:
+        raise planner.PlanError(f"{p.scheme.name} on {gpus} x {gpu_memory_gb:g} GiB does not fit: {p.reason}")
     return r
 
 
@@ -255,7 +271,9 @@ def files(r: Recipe) -> dict[str, str]:
         "quantize.py": quantize_script(r),
         "serve_vllm.sh": _script(f"Serve {r.save_name} with vLLM: OpenAI API on http://127.0.0.1:{VLLM_PORT}/v1 "
                                  "(plan.txt says why these numbers)", ["exec " + shlex.join(vllm_serve_command(r))]),
-        "gguf.sh": _script(f"The llama.cpp path: {r.model} -> f16 GGUF -> importance matrix -> {r.gguf_mix}",
+        "gguf.sh": _script(f"The llama.cpp path: {r.model} -> f16 GGUF -> importance matrix -> {r.gguf_mix}\n"
+                           "convert_hf_to_gguf.py needs llama.cpp's requirements/requirements-convert_hf_to_gguf.txt "
+                           "(gguf, sentencepiece, ...)",
                            ["mkdir -p gguf"] + [_sh(c) for k, c in steps.items() if k != "serve"], env),
         "serve_llama.sh": _script(f"Serve the {r.gguf_mix} GGUF with llama-server on http://127.0.0.1:{LLAMA_PORT}/v1 "
                                   "(-ngl 99: every layer on the GPUs)", ["exec " + _sh(steps["serve"])], bin_env),
@@ -282,5 +300,5 @@ def write(r: Recipe, out_dir, overwrite: bool = False) -> dict[str, Path]:
     return {name: Path(out_dir) / name for name in texts}
 
 
-__all__ = ["METHODS", "DATASETS", "Recipe", "recipe", "plans", "vllm_serve_command", "gguf_commands", "client_code",
+__all__ = ["METHODS", "DATASETS", "HUB_IDS", "Recipe", "recipe", "plans", "vllm_serve_command", "gguf_commands", "client_code",
            "quantize_script", "files", "write"]

@@ -18,6 +18,7 @@ from quantedu import memory, testmodel
 from quantedu import plan as P
 from quantedu import vllm_engine as ve
 
+pytestmark = pytest.mark.slow  # one engine start per module: 25-60 s, still run in CI
 KV_BYTES = 64 * 2**20
 
 

@@ -24,6 +24,7 @@ from quantedu import plan as P
 from quantedu.procs import free_port
 
 CONTEXT, BATCH = 1024, 2
+pytestmark = pytest.mark.slow  # one engine start per module: 25-60 s, still run in CI
 TIMES: dict = {}
 
 

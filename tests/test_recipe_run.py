@@ -28,6 +28,7 @@ from quantedu import vllm_engine as ve
 from quantedu.procs import free_port
 
 TOLERANCE = 0.01  # vLLM's bf16 CPU kernels vs our fp32 reading (quantedu.vllm_formats.TOLERANCE)
+pytestmark = pytest.mark.slow  # one engine start per module: 25-60 s, still run in CI
 TIMES: dict = {}
 
 

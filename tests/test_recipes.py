@@ -7,8 +7,8 @@ import ast
 
 import pytest
 
-from quantedu import artifacts, cli, recipes
-from quantedu.plan import PlanError
+from quantedu import artifacts, cli, memory, recipes
+from quantedu.plan import PlanError, resolve
 
 COURSE = "smollm2-135m"  # 576 wide (not a multiple of 128), 9 heads / 3 KV heads, MLP 1536
 
@@ -36,6 +36,8 @@ def test_bad_choices_are_refused_with_what_to_do(kwargs, error, match):
 
 def test_defaults_per_method():
     r = recipes.recipe("llama-3.1-8b")
+    assert r.model == "meta-llama/Llama-3.1-8B"  # a preset names the checkpoint the script downloads ...
+    assert resolve(r.model)[0] == memory.model_shape("llama-3.1-8b")  # ... and that id plans as the preset
     assert (r.scheme, r.min_tokens()) == ("w4a16-g128", 14336)  # GPTQ needs down_proj's 14336 tokens at least
     assert recipes.recipe("llama-3.1-8b", method="awq").scheme == "w4a16-g128-asym"
     assert recipes.recipe("llama-3.1-8b", method="nvfp4").preset() == "NVFP4"
