@@ -1,4 +1,5 @@
-"""The ``quantedu`` command: ``doctor`` (environment report) and ``prepare`` (cache everything offline)."""
+"""The ``quantedu`` command: ``doctor`` (environment report), ``prepare`` (cache everything offline), ``plan``
+(what fits on which GPUs) and ``recipe`` (write a runnable quantize / serve recipe)."""
 from __future__ import annotations
 
 import argparse
@@ -74,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--notebooks", help="the course notebooks for --solutions (default: ./notebooks)")
     ex.add_argument("--status", metavar="DIR", help="grade the exercise cells of every notebook under DIR")
     ex.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per exercise cell (--status)")
+    from .recipes.cli import add_parsers, run as run_plan  # `plan` and `recipe` (issue 25)
+    add_parsers(sub)
     args = parser.parse_args(argv)
+    if args.command in ("plan", "recipe"):
+        return run_plan(args)
     if args.command == "exercises":
         from .exercises.notebooks import main as exercises_main
 
