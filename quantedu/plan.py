@@ -219,9 +219,8 @@ def calibration_peak(model, method: str | None = "gptq", n_samples: int = 512, s
     until the layer is quantized) plus, while the widest one is quantized, its float32 weight and two more
     ``cols x cols`` buffers (normalized H, its inverse); ``awq`` the inputs of every sample to the layer's
     smoothed groups (attention, o_proj, MLP, down_proj); ``None`` (data-free: FP8 dynamic) the layer alone.
-    The first subgraph (the embedding) is onloaded alone. GPTQ's ``batched_quantization="auto"`` stacks
-    same-shape layers while GPU memory allows, so a real peak grows into free memory: this is what it needs.
-    In host memory: the whole bf16 model and every sample's hidden state between layers.
+    The embedding is onloaded alone. GPTQ's ``batched_quantization="auto"`` stacks same-shape layers into
+    free memory, so a real peak grows: this is what it needs. Host: the bf16 model and every hidden state.
     """
     shape = resolve(model)[0]
     lin = shape.linear_shapes()
@@ -399,5 +398,4 @@ def plan(model_or_shape, gpus: int = 1, gpu_memory_gb: float = 24.0, context: in
 
 
 __all__ = ["Plan", "PlanError", "Scheme", "SCHEME_HELP", "plan", "parse_scheme", "default_method", "resolve",
-           "rank_shape", "tp_splits",
-           "group_alignment", "gguf_tensor_bytes", "layer_devices", "calibration_peak"]
+           "rank_shape", "tp_splits", "group_alignment", "gguf_tensor_bytes", "layer_devices", "calibration_peak"]
