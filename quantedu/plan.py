@@ -35,8 +35,8 @@ UTILIZATION = 0.9      # vLLM's default --gpu-memory-utilization
 VOCAB_PADDING = 64     # vLLM's DEFAULT_VOCAB_PADDING_SIZE (vocab_parallel_embedding.py)
 BLOCK_TOKENS = 16      # vLLM's KV-cache block size: contexts are whole blocks
 LLAMA_UBATCH = 512     # llama.cpp's default -ub: the tokens one compute graph is sized for
-# max_position_embeddings of the presets' published config.json files
-MAX_CONTEXT = {"llama-2-7b": 4096, "llama-2-13b": 4096, "llama-2-70b": 4096, "llama-3-8b": 8192,
+MAX_CONTEXT = {  # max_position_embeddings of the presets' published config.json files
+               "llama-2-7b": 4096, "llama-2-13b": 4096, "llama-2-70b": 4096, "llama-3-8b": 8192,
                "llama-3-70b": 8192, "llama-3.1-8b": 131072, "llama-3.1-70b": 131072, "smollm2-135m": 8192}
 
 
@@ -45,7 +45,6 @@ class PlanError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------ schemes
-
 @dataclass(frozen=True)
 class Scheme:
     """How the linear layers are stored and run: a ``memory`` weight format (or a GGUF mix name)."""
@@ -328,7 +327,7 @@ class Plan:
         return "\n".join(lines)
 
 
-def _positive(name, value, kind=int):
+def _positive(name, value, kind=int):  # a count or a size, refused with the bad value otherwise
     if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) or value <= 0:
         raise ValueError(f"{name} must be a positive {'number' if kind is float else 'whole number'}, got {value!r}")
     return value
@@ -338,8 +337,8 @@ def plan(model_or_shape, gpus: int = 1, gpu_memory_gb: float = 24.0, context: in
          scheme="w4a16", kv_bits: int = 16, method: str | None = "auto", calibration=(512, 2048)) -> Plan:
     """Weights, KV cache and activations per GPU, whether they fit, and the calibration peak.
 
-    ``model_or_shape``: a preset (``llama-3.1-8b``, ``llama-3.1-70b``, ``llama-2-13b``, ``smollm2-135m``, ...),
-    a hub id named like one, a ``config.json`` path or checkpoint folder, a config dict, a ModelShape.
+    ``model_or_shape``: a preset (``llama-3.1-8b``, ``llama-2-13b``, ...), a hub id named like one, a
+    ``config.json`` path or checkpoint folder, a config dict, a ModelShape.
     ``scheme``: see :data:`SCHEME_HELP`. ``method``: the calibration algorithm ("auto": GPTQ for W4A16/W8A16,
     SmoothQuant + GPTQ for W8A8, none for fp8/fp16/GGUF; or "gptq", "awq", "rtn", None). Raises
     :class:`PlanError` with vLLM's reason where vLLM would refuse the split.
