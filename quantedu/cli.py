@@ -1,4 +1,5 @@
-"""The ``quantedu`` command: ``doctor`` (environment report) and ``prepare`` (cache everything offline)."""
+"""The ``quantedu`` command: ``doctor`` (environment report), ``prepare`` (cache everything offline), and the
+instructor tools ``exercises`` and ``quiz`` (``quantedu quiz --keys NAME`` or ``all``: the answer keys)."""
 from __future__ import annotations
 
 import argparse
@@ -74,7 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--notebooks", help="the course notebooks for --solutions (default: ./notebooks)")
     ex.add_argument("--status", metavar="DIR", help="grade the exercise cells of every notebook under DIR")
     ex.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per exercise cell (--status)")
+    qz = sub.add_parser("quiz", help="instructor tools: list the quizzes; --keys NAME (or all) prints answer keys")
+    qz.add_argument("--keys", metavar="NAME", help="print the answer keys of quiz NAME, or of all of them")
     args = parser.parse_args(argv)
+    if args.command == "quiz":
+        from .quiz import main as quiz_main
+
+        return quiz_main(args)
     if args.command == "exercises":
         from .exercises.notebooks import main as exercises_main
 
