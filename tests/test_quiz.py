@@ -118,6 +118,34 @@ def test_widget_scores_first_answer_and_speaks_to_the_learner():
     assert "1) 4" in feedback.value
 
 
+def test_numeric_and_multi_widgets_ask_for_an_answer_then_explain_the_slip():
+    quiz = Quiz.load("warmup", ids=["fp16-7b"])
+    box = _widgets(quiz)
+    field, = parts(box, "Text")
+    check = parts(box, "HBox")[0].children[0]
+    feedback = parts(box, "HTML")[-2]
+    check.click()
+    assert "Type a number first." in feedback.value and quiz.results == {}
+    field.value = "28"
+    check.click()
+    assert "fp32" in feedback.value and "14" not in feedback.value
+    multi = Question(prompt="even?", kind="multi", options=["1", "2"], answer=[1], explanation="e", why_not=["odd", ""])
+    box = _widgets(Quiz([multi]))
+    boxes = parts(box, "Checkbox")
+    parts(box, "HBox")[0].children[0].click()
+    assert "Tick every statement" in parts(box, "HTML")[-2].value
+    boxes[0].value = True
+    parts(box, "HBox")[0].children[0].click()
+    assert "odd" in parts(box, "HTML")[-2].value and "1 true statement is not ticked" in parts(box, "HTML")[-2].value
+
+
+def test_an_answer_in_code_shows_its_message():
+    from IPython.lib.pretty import pretty
+
+    fb = Quiz([single()]).answer(0, 0)
+    assert pretty(fb) == fb.message
+
+
 def test_widget_styles_long_options_to_wrap_beside_their_button():
     box = _widgets(Quiz([single()]))
     assert "quantedu-quiz" in box._dom_classes
