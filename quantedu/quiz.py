@@ -360,17 +360,20 @@ def in_kernel() -> bool:
     return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 
-# ipywidgets gives a radio label a fixed one-line height (a long option wraps over the next one and
-# hides its button) and a checkbox label nowrap + ellipsis: let both wrap beside their input.
-_STYLE = """<style>
-.quantedu-quiz .jupyter-widget-radio-box label, .quantedu-quiz .widget-radio-box label,
-.quantedu-quiz .jupyter-widget-checkbox label, .quantedu-quiz .widget-checkbox label {
+# ipywidgets draws an HTML widget at its one-line input height (a paragraph comes out double-spaced), gives a
+# radio label a fixed one-line height with its button after the text (float: left moves it back; a long option
+# then wraps over the next one and hides its button), and a checkbox label nowrap + ellipsis. Here text wraps at
+# a normal line height, beside its button. Exercise panels (quantedu.exercises.core) use the same style.
+WIDGET_STYLE = """<style>
+.quantedu-widget .jupyter-widget-html-content, .quantedu-widget .widget-html-content { line-height: 1.45; }
+.quantedu-widget .jupyter-widget-radio-box label, .quantedu-widget .widget-radio-box label,
+.quantedu-widget .jupyter-widget-checkbox label, .quantedu-widget .widget-checkbox label {
   display: flex; align-items: flex-start; height: auto; line-height: 1.4; margin: 0.2em 0;
   white-space: normal; overflow: visible; text-overflow: clip; }
-.quantedu-quiz .jupyter-widget-radio-box input, .quantedu-quiz .widget-radio-box input,
-.quantedu-quiz .jupyter-widget-checkbox input, .quantedu-quiz .widget-checkbox input {
-  float: none; flex: 0 0 auto; align-self: flex-start; height: 1.4em; margin: 0 0.6em 0 1px; }
-.quantedu-quiz .jupyter-widget-checkbox, .quantedu-quiz .widget-checkbox { width: auto; height: auto; }
+.quantedu-widget .jupyter-widget-radio-box input, .quantedu-widget .widget-radio-box input,
+.quantedu-widget .jupyter-widget-checkbox input, .quantedu-widget .widget-checkbox input {
+  order: -1; float: none; flex: 0 0 auto; align-self: flex-start; height: 1.4em; margin: 0 0.6em 0 1px; }
+.quantedu-widget .jupyter-widget-checkbox, .quantedu-widget .widget-checkbox { width: auto; height: auto; }
 </style>"""
 
 
@@ -385,7 +388,7 @@ def _widgets(quiz: Quiz):
         score.value = (f"<b>Score: {right}/{total}</b> <small>(first answers; {len(quiz.results)} of {total} "
                        f"answered)</small>")
 
-    rows = [w.HTML(_STYLE), w.HTML(f"<h3>{html.escape(quiz.title)}</h3>")]
+    rows = [w.HTML(WIDGET_STYLE), w.HTML(f"<h3>{html.escape(quiz.title)}</h3>")]
     for i, q in enumerate(quiz.questions):
         if q.kind == "single":
             picker = w.RadioButtons(options=[(opt, k) for k, opt in enumerate(q.options)], value=None, layout=full)
@@ -421,6 +424,7 @@ def _widgets(quiz: Quiz):
     update_score()
     box = w.VBox(rows + [score])
     box.add_class("quantedu-quiz")
+    box.add_class("quantedu-widget")
     return box
 
 

@@ -182,6 +182,7 @@ def test_quiz_and_exercise_widgets_in_chromium(lab, tmp_path):
             for i, box in enumerate(boxes):
                 r = radios.nth(i).bounding_box()
                 assert r["width"] > 5 and box["y"] - 1 <= r["y"] <= box["y"] + box["height"], f"radio {i} hidden"
+                assert r["x"] <= box["x"] + 4, f"radio {i} is not in front of its option"
             check = quiz.get_by_role("button", name="Check")
             check.click()
             expect(quiz).to_contain_text("Choose an option first.")

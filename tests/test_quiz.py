@@ -148,7 +148,7 @@ def test_an_answer_in_code_shows_its_message():
 
 def test_widget_styles_long_options_to_wrap_beside_their_button():
     box = _widgets(Quiz([single()]))
-    assert "quantedu-quiz" in box._dom_classes
+    assert "quantedu-quiz" in box._dom_classes and "quantedu-widget" in box._dom_classes
     style = box.children[0].value
     assert "radio-box label" in style and "height: auto" in style and "white-space: normal" in style
 
@@ -422,7 +422,8 @@ def test_awq_keys_fold_into_the_norm_skip_v_o_under_gqa_and_alpha_zero_is_rtn(ti
     assert "cannot fold" in gqa.options[gqa.answer] and ("self_attn.o_proj",) not in groups  # 4 heads, 2 KV heads
     zero = keyed("awq", "awq-alpha-zero")
     s_x = torch.tensor([0.5, 2.0, 7.0])
-    assert "round-to-nearest" in zero.options[zero.answer] and torch.equal(awq.candidate_scales(s_x, 0.0), torch.ones(3))
+    assert "round-to-nearest" in zero.options[zero.answer]
+    assert torch.equal(awq.candidate_scales(s_x, 0.0), torch.ones(3))
     norm = keyed("awq", "awq-scale-normalization")
     assert math.isclose(awq.candidate_scales(torch.tensor([1.0, 4.0, 16.0]), 1.0).max().item(), norm.answer)
 

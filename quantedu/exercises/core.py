@@ -35,7 +35,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from quantedu.quiz import in_kernel, inline_html  # the one place this module imports the quiz module
+from quantedu.quiz import WIDGET_STYLE, in_kernel, inline_html  # the one import of the quiz module
 
 SOLUTIONS_ENV = "QUANTEDU_EXERCISE_SOLUTIONS"
 TEXT_ENV = "QUANTEDU_QUIZ_TEXT"
@@ -304,7 +304,7 @@ def panel(result: Result):
     color = {PASSED: "green", FAILED: "#b00", NOT_ATTEMPTED: "#555"}[result.status]
     icon = {PASSED: "&#10004;", FAILED: "&#10008;", NOT_ATTEMPTED: "&#8230;"}[result.status]
     extra = "".join(f"<br><small>{inline_html(s)}</small>" for s in (*result.skipped, result.note) if s)
-    head = w.HTML(f"<b style='color:{color}'>{icon} Exercise {result.exercise}: {result.status}</b><br>"
+    head = w.HTML(f"{WIDGET_STYLE}<b style='color:{color}'>{icon} Exercise {result.exercise}: {result.status}</b><br>"
                   f"{inline_html(result.message)}{extra}")
     rows = [head]
     if result.status != PASSED:
@@ -325,7 +325,9 @@ def panel(result: Result):
         render()
         button.on_click(on_click)
         rows += [button, shown]
-    return w.VBox(rows)
+    box = w.VBox(rows)
+    box.add_class("quantedu-widget")
+    return box
 
 
 # --- comparing in plain words ------------------------------------------------------------------------
