@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import InPlaceGuard
-from .calibration import decoder_layers, first_tensor, linear_layers, observe_linear_inputs, sequential_blocks
+from .calibration import (decoder_layers, first_tensor, linear_layers, observe_linear_inputs, sequential_blocks,
+                          warn_if_starved)
 from .primitives import (QuantConfig, QuantizedLayer, WeightOnlyConfig, fake_quantize, group_index, group_min_max,
                          quantize_weight)
 
@@ -337,6 +338,7 @@ def awq_quantize_model(model: nn.Module, batches: torch.Tensor, config: AWQConfi
     device (CPU or CUDA). Returns ``{"model.layers.3.mlp.up_proj": QuantizedLayer, ...}``, the same record
     GPTQ returns; a layer's ``awq_scale``/``awq_alpha``/``awq_losses``/``clip_ratio`` say what AWQ chose.
     """
+    warn_if_starved(model, batches, f"AWQ {config.label()}")  # fewer than 2 tokens per input: inconclusive
     with InPlaceGuard(model, config.label()):
         return _awq_model(model, batches, config, progress)
 

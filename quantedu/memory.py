@@ -32,9 +32,15 @@ PRESETS = {
                         vocab=32000, tied=False),
     "llama-3-8b": dict(hidden=4096, layers=32, heads=32, kv_heads=8, head_dim=128, intermediate=14336,
                        vocab=128256, tied=False),
+    "llama-2-13b": dict(hidden=5120, layers=40, heads=40, kv_heads=40, head_dim=128, intermediate=13824,
+                        vocab=32000, tied=False),
+    "llama-3-70b": dict(hidden=8192, layers=80, heads=64, kv_heads=8, head_dim=128, intermediate=28672,
+                        vocab=128256, tied=False),
     "smollm2-135m": dict(hidden=576, layers=30, heads=9, kv_heads=3, head_dim=64, intermediate=1536,
                          vocab=49152, tied=True),
 }
+# Llama 3.1 kept Llama 3's shapes (it changed the RoPE scaling and the context length)
+PRESETS.update({"llama-3.1-8b": PRESETS["llama-3-8b"], "llama-3.1-70b": PRESETS["llama-3-70b"]})
 
 
 @dataclass(frozen=True)

@@ -76,3 +76,25 @@ def test_gguf_source_is_the_session_model_written_once(tmp_cache):
     assert t.tensor_type.name == "F32" and np.array_equal(np.asarray(t.data).reshape(w.shape), w)
     s.model_name = "smollm2-135m"
     assert s.is_offline_file and s.gguf_source() == offline_gguf_path()
+
+
+def test_named_window_sets_and_one_baseline_per_purpose(tiny_llama):
+    from quantedu.course import Session
+    from quantedu.course.session import WINDOWS
+    from quantedu.data import Corpus
+
+    class Tok:
+        def __call__(self, text, **kw):
+            return {"input_ids": [hash(w) % 256 for w in text.split()]}
+
+        def get_vocab(self):
+            return {str(i): i for i in range(256)}
+
+    corpus = Corpus("pydoc", "a b " * 3000, "c d e " * 3000)
+    s = Session(tiny_llama, Tok(), corpus, "tiny")
+    assert tuple(s.windows("eval").shape) == WINDOWS["eval"][1:]
+    assert s.baseline("eval") is s.baseline("eval")  # computed once per purpose
+    report = s.report(tiny_llama, "itself")
+    assert report.kld.mean < 1e-9 and report.same_top.mean == 1.0
+    with pytest.raises(ValueError, match="no window set"):
+        s.windows("test")

@@ -185,9 +185,44 @@ def test_the_widget_panel_reveals_hints_on_click():
     box = core.panel(res)
     head, button, shown = box.children
     assert "failed" in head.value and "06.sse_timings" in head.value
+    assert button.description == f"Show hint 1 of {len(ex.hints)}" and shown.value == ""
     button.click()
-    assert ex.hints[0][:20] in shown.value and button.description == f"Hint (1/{len(ex.hints)})"
+    assert "Hint 1." in shown.value and "Hint 2." not in shown.value
+    assert button.description == f"Show hint 2 of {len(ex.hints)}"
     assert len(core.panel(grade(ex.id, ex.solution[0])).children) == 1  # passed: no hint button
+
+
+def test_a_panel_drawn_again_shows_the_hints_already_read():
+    """Re-running a failed cell draws a new panel: it starts where the learner was, not at hint 0."""
+    ex = REGISTRY["06.sse_timings"]
+    core._hints_shown.pop(ex.id, None)
+    failed = grade(ex.id, lambda t, e: (0.0, 0.0))
+    _, button, _ = core.panel(failed).children
+    button.click()
+    button.click()
+    _, again, shown = core.panel(failed).children
+    assert "Hint 1." in shown.value and "Hint 2." in shown.value and "Hint 3." not in shown.value
+    assert again.description == f"Show hint 3 of {len(ex.hints)}" and not again.disabled
+    again.click()
+    assert "Hint 3." in shown.value
+    for _ in ex.hints:
+        again.click()
+    assert again.disabled and again.description == f"All {len(ex.hints)} hints shown"
+    assert "Hint 1/" in failed.text() and "Hint 2/" in failed.text()  # text mode lists them too
+
+
+def test_panels_render_code_spans_not_backticks():
+    ex = REGISTRY["06.sse_timings"]
+    passed = grade(ex.id, ex.solution[0])
+    head = core.panel(passed).children[0].value
+    assert "`" in passed.message and "`" not in head and "<code>quantedu.engines.load" in head
+
+    def crashes(t, e):
+        raise RuntimeError("boom")
+
+    failed = grade(ex.id, crashes)
+    head = core.panel(failed).children[0].value
+    assert "`raise RuntimeError(\"boom\")`" in failed.message and "<code>raise RuntimeError(\"boom\")</code>" in head
 
 
 def test_a_real_tensor_input_is_skipped_without_the_offline_model(monkeypatch):

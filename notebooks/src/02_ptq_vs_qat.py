@@ -345,14 +345,3 @@ from quantedu.course.quiz import Quiz
 quiz = Quiz.load("ptq_qat", values={"bpw_g32": memory.GroupFormat(4, 32).bits_per_weight(),
                                     "bpw_channel": memory.GroupFormat(4, None).bits_per_weight(cols=W.shape[1])})
 quiz.show()
-
-# %%
-# Two keys, checked against measurements: Q1 with the gradient round_ste gave above, Q2 with the
-# quantization error of a group skewed like the one in the question (3 bits, symmetric vs asymmetric).
-# NBVAL_CHECK_OUTPUT
-ste_passes = y.tolist() == [0.0, 2.0] and x.grad.tolist() == [1.0, 1.0]
-skewed = torch.linspace(-0.01, 0.05, 128)[None]
-err = {sym: ((fake_quantize(skewed, QuantConfig(3, 128, symmetric=sym)) - skewed) ** 2).mean().item() for sym in (True, False)}
-ok = (quiz.answer(0, 1 if ste_passes else 0).correct, quiz.answer(1, 2 if err[False] < err[True] else 0).correct)
-assert all(ok), ok
-print(*ok, f"(skewed group: MSE symmetric {err[True]:.1e}, asymmetric {err[False]:.1e})")

@@ -632,28 +632,3 @@ from quantedu.course.quiz import Quiz
 
 quiz = Quiz.load("gptq")
 quiz.show()
-
-# %% [markdown]
-# Three keys, checked against this notebook's measurements: what GPTQ minimizes (section 2's layer:
-# GPTQ loses less of the output and more of the weights than RTN), why Cholesky fails on few tokens
-# (a Hessian from fewer tokens than columns, with and without damping), and the bits per weight
-# (notebook 01's formula).
-
-# %%
-at = {q.id: i for i, q in enumerate(quiz.questions)}
-outputs_not_weights = rel_err(pkg.weight) < rel_err(rtn_layer) and weight_err(pkg.weight) > weight_err(rtn_layer)
-session.claim(quiz.answer(at["gptq-objective"], 1 if outputs_not_weights else 0).correct,
-              "GPTQ keeps the layer's outputs, not its weights, closer than RTN")
-few = min(CALIB_LEN, layer.in_features // 2)             # fewer tokens than the layer has input columns
-acc_few = HessianAccumulator(layer.in_features, session.device)
-handle = layer.register_forward_hook(acc_few.hook())
-with torch.no_grad():
-    model(batches[:1, :few].to(session.device))
-handle.remove()
-rank = torch.linalg.matrix_rank(acc_few.H).item()
-damped = acc_few.H + 0.01 * acc_few.H.diag().mean() * torch.eye(layer.in_features, device=acc_few.H.device)
-fixed_by_damping = rank < layer.in_features and torch.linalg.cholesky_ex(damped).info.item() == 0
-assert quiz.answer(at["gptq-damp"], 1 if fixed_by_damping else 0).correct, (rank, layer.in_features)
-assert quiz.answer(at["gptq-bits-per-weight"], memory.GroupFormat(4, 64).bits_per_weight()).correct
-print(f"H from {few} tokens: rank {rank} of {layer.in_features}, positive definite once damped: {fixed_by_damping}; "
-      f"{quiz.score_text()}")

@@ -523,19 +523,3 @@ quiz = Quiz.load("awq", values={
     "calib": f"{CALIB_SAMPLES} x {CALIB_LEN}", "awq_w4": a4["ppl"], "gptq_w4": g4["ppl"],
     "awq_cpu": a4["CPU s"], "gptq_cpu": g4["CPU s"]})
 quiz.show()
-
-# %% [markdown]
-# Four keys, checked against this notebook: Q1 with the salience experiment of section 1, Q3 with the
-# package's scale groups, Q5 and Q6 with its scale formula.
-
-# %%
-at = {q.id: i for i, q in enumerate(quiz.questions)}
-best_choice = min(("random", "weight", "activation"), key=lambda h: by[h])
-session.claim(quiz.answer(at["awq-salience"], {"random": 0, "weight": 1, "activation": 2}[best_choice]).correct,
-              f"the activation-chosen 1% recovers the most (here: {best_choice})")
-gate_up = next(g for g in groups0 if "mlp.gate_proj" in g.layers)
-assert quiz.answer(at["awq-fold"], 0 if gate_up.prev == "post_attention_layernorm" else 1).correct
-assert quiz.answer(at["awq-scale-normalization"], awq.candidate_scales(torch.tensor([1.0, 4.0, 16.0]), 1.0).max().item()).correct
-alpha0_is_rtn = torch.equal(awq.candidate_scales(s_x, 0.0), torch.ones_like(s_x))
-assert quiz.answer(at["awq-alpha-zero"], 0 if alpha0_is_rtn else 2).correct
-print(quiz.score_text())

@@ -1,27 +1,29 @@
-"""Quiz widgets: multiple-choice, multi-select and numeric questions with feedback and a score.
+"""Quizzes that ask before they tell: single, multi-select and numeric questions, scored on first answers.
 
-The checking logic is plain Python (``Question.check``), unit-tested without a browser. ``Quiz.show``
-draws ipywidgets inside a Jupyter kernel, with the quiz's text as the output's plain-text form (what a
-viewer without widgets shows), and prints that text elsewhere (plain terminals, or whenever
-``QUANTEDU_QUIZ_TEXT=1``, which the test suite sets for nbval runs).
+A quiz renders unanswered. A wrong answer gets feedback on that mistake (why that option is not right,
+or what a numeric slip usually was) without naming the right answer; a right answer, or an explicit
+reveal, shows the explanation. The score counts each question's FIRST answer: trying every option earns
+feedback, not points. ``Quiz.show`` draws ipywidgets in a Jupyter kernel (the quiz's text as the plain-text
+form) and prints the text elsewhere, or whenever ``QUANTEDU_QUIZ_TEXT=1`` (nbval runs). Instructors read
+the keys with ``quantedu quiz --keys NAME`` (or ``all``), never from a notebook.
 
-Questions live in one place: ``quantedu/quizzes/<topic>.json``, a list of objects::
+Questions live in ``quantedu/course/quizzes/<topic>.json``: ``{"title": ..., "questions": [...]}`` with::
 
-    {"id": "awq-speed", "kind": "single" | "multi" | "numeric", "prompt": "...",
-     "options": ["...", ...],            # single / multi
-     "answer": 1 | [0, 2] | 4.156,       # option index, indices, or number
-     "tolerance": 0.01,                  # numeric only: relative tolerance (default 1e-3)
-     "explanation": "..."}
+    {"id": "awq-fold", "kind": "single" | "multi", "prompt": "...",
+     "options": [{"text": "...", "why_not": "what is wrong with it, without naming the answer"},
+                 {"text": "...", "correct": true}, ...],
+     "explanation": "shown after a right answer or a reveal"}
+    {"id": "q4k-bits", "kind": "numeric", "prompt": "...", "answer": 4.5, "tolerance": 0.001,
+     "hint": "how to get there (shown after a wrong number)",
+     "mistakes": [{"value": 4.0, "why": "the slip that gives this number"}], "explanation": "..."}
 
-Numbers a notebook measured go into the text at run time, never typed into the JSON: a prompt, an
-option or an explanation may hold ``{name}`` or ``{name:.2f}`` (a Python identifier, optionally a
-format spec), filled from ``Quiz.load(topic, values={"name": ...})``. Loading a quiz without a value
-it names is a ``KeyError`` that lists what is missing; other braces (``{-127, ..., 113}``) are text.
+Numbers a notebook measured go into the text at run time, never typed into the JSON: any text may hold
+``{name}`` or ``{name:.2f}``, filled from ``Quiz.load(topic, values={"name": ...})`` (a missing value is a
+``KeyError`` that lists it; other braces, ``{-127, ..., 113}``, are text). That each key is right is
+checked by tests/test_quiz.py against the package's own computations, not in the notebooks.
 
-Answering in code: ``quiz.answer(i, response)`` with ``i`` 0 for Q1 (an index past the end is an
-IndexError). An option is its index, the index as a string (``"2"``) or its text; a response that
-names no option gets feedback saying which are valid and is not scored, so a score never exceeds
-the number of questions.
+In code (where widgets do not show): ``quiz.answer(0, 2)`` answers Q1 with option 2 (an option is its
+index, that index as a string, or its text); ``quiz.reveal(0)`` shows Q1's answer and explanation.
 """
 from __future__ import annotations
 
@@ -30,37 +32,51 @@ import math
 import operator
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .widgets import in_kernel, quiz_widget
+
 KINDS = ("single", "multi", "numeric")
 QUIZ_DIR = Path(__file__).parent / "quizzes"
 _FIELD = re.compile(r"\{([A-Za-z_]\w*)(?::([^{}]*))?\}")  # {name} or {name:.2f}; other braces are text
-_TEXT_FIELDS = ("prompt", "explanation")
+_NOT_TEXT = ("id", "kind")
+RETRY = "Try again, or reveal the answer."
+
+
+def _map_text(obj, fn):
+    """``obj`` with ``fn`` applied to every string in it (but ids and kinds)."""
+    if isinstance(obj, str):
+        return fn(obj)
+    if isinstance(obj, list):
+        return [_map_text(o, fn) for o in obj]
+    if isinstance(obj, dict):
+        return {k: v if k in _NOT_TEXT else _map_text(v, fn) for k, v in obj.items()}
+    return obj
 
 
 def _names(item: dict) -> set[str]:
-    texts = [item.get(k, "") for k in _TEXT_FIELDS] + list(item.get("options", []))
-    return {m[1] for t in texts for m in _FIELD.finditer(t)}
+    found: set[str] = set()
+    _map_text(item, lambda t: found.update(m[1] for m in _FIELD.finditer(t)))
+    return found
 
 
 def _fill(item: dict, values: dict) -> dict:
-    def sub(text: str) -> str:
-        return _FIELD.sub(lambda m: format(values[m[1]], m[2] or ""), text)
-    out = {k: sub(v) if k in _TEXT_FIELDS else v for k, v in item.items()}
-    if "options" in item:
-        out["options"] = [sub(o) for o in item["options"]]
-    return out
+    return _map_text(item, lambda t: _FIELD.sub(lambda m: format(values[m[1]], m[2] or ""), t))
 
 
-def _read(topic: str) -> tuple[dict | list, list[dict]]:
+def topics() -> list[str]:
+    return sorted(p.stem for p in QUIZ_DIR.glob("*.json"))
+
+
+def _read(topic: str) -> tuple[str, list[dict]]:
     path = QUIZ_DIR / f"{topic}.json"
     if not path.is_file():
-        names = sorted(p.stem for p in QUIZ_DIR.glob("*.json"))
-        raise FileNotFoundError(f"no quiz named {topic!r}; available: {', '.join(names)}")
+        raise FileNotFoundError(f"no quiz named {topic!r}; available: {', '.join(topics())}")
     raw = json.loads(path.read_text())
-    return raw, raw["questions"] if isinstance(raw, dict) else raw
+    return raw.get("title", topic), raw["questions"]
 
 
 def placeholders(topic: str) -> list[str]:
@@ -74,6 +90,9 @@ class Feedback:
     message: str
     valid: bool = True  # False: the response named no option / was not a number (not scored)
 
+    def _repr_pretty_(self, p, cycle):  # what a notebook cell shows for quiz.answer(...)
+        p.text(self.message)
+
 
 @dataclass
 class Question:
@@ -84,6 +103,9 @@ class Question:
     options: list[str] = field(default_factory=list)
     tolerance: float = 1e-3
     id: str = ""
+    why_not: list[str] = field(default_factory=list)  # per option: why it is wrong ("" for right ones)
+    hint: str = ""  # numeric: shown after a wrong number
+    mistakes: list[dict] = field(default_factory=list)  # numeric: [{"value": v, "why": "..."}]
 
     def __post_init__(self):
         where = f"question {self.id or self.prompt[:40]!r}"
@@ -99,13 +121,24 @@ class Question:
             raise ValueError(f"{where}: a numeric question needs a number as its answer")
         if not self.explanation:
             raise ValueError(f"{where}: every question needs an explanation")
+        if self.why_not:
+            keyed = self.keyed()
+            if len(self.why_not) != len(self.options):
+                raise ValueError(f"{where}: give one why_not per option ({len(self.options)}), got {len(self.why_not)}")
+            bare = [i for i, w in enumerate(self.why_not) if i not in keyed and not w]
+            if bare:
+                raise ValueError(f"{where}: options {bare} are wrong but say nothing about why: add a \"why_not\"")
+
+    def keyed(self) -> list[int]:
+        """The indices of the right options (single and multi)."""
+        return [self.answer] if self.kind == "single" else list(self.answer) if self.kind == "multi" else []
 
     def check(self, response) -> Feedback:
         """Feedback for a response: an option index (single), indices (multi) or a number (numeric).
 
-        An option may also be given as its index in a string (``"2"``) or as its exact text
-        (case-insensitive). A response that names no option, or is not a number where one is
-        expected, gets ``Feedback(valid=False)`` saying what is accepted (and is not scored).
+        Right: the explanation. Wrong: why that response is wrong, never which one is right. A response
+        that names no option, or is not a number where one is expected, gets ``Feedback(valid=False)``
+        saying what is accepted (and is not scored).
         """
         if self.kind == "numeric":
             try:
@@ -114,83 +147,120 @@ class Question:
                 return Feedback(False, f"Please enter a number (got {response!r}).", valid=False)
             if not math.isfinite(value):
                 return Feedback(False, f"Please enter a finite number (got {response!r}).", valid=False)
-            correct = math.isclose(value, float(self.answer), rel_tol=self.tolerance, abs_tol=1e-12)
-        else:
-            if self.kind == "single":
-                picked = [response]
-            elif response is None:
-                picked = []
-            elif isinstance(response, (str, bytes)) or not hasattr(response, "__iter__"):
-                picked = [response]  # one option given on its own
-            else:
-                picked = list(response)
-            indices = []
-            for item in picked:
-                index, problem = self._option(item)
-                if problem:
-                    return Feedback(False, problem, valid=False)
-                indices.append(index)
-            correct = indices[0] == self.answer if self.kind == "single" else set(indices) == set(self.answer)
-        verdict = "Correct!" if correct else "Not quite."
-        return Feedback(correct, f"{verdict} {self.explanation}")
+            if self._close(value, self.answer):
+                return Feedback(True, f"Correct! {self.explanation}")
+            why = next((m["why"] for m in self.mistakes if self._close(value, m["value"])),
+                       self.hint or "Check your arithmetic one step at a time.")
+            return Feedback(False, f"Not quite. {why} {RETRY}")
+        picked = self._picked(response)
+        indices = []
+        for item in picked:
+            index, problem = self._option(item)
+            if problem:
+                return Feedback(False, problem, valid=False)
+            indices.append(index)
+        if sorted(set(indices)) == sorted(self.keyed()) and (self.kind == "multi" or len(indices) == 1):
+            return Feedback(True, f"Correct! {self.explanation}")
+        return Feedback(False, f"Not quite. {self._why_wrong(indices)} {RETRY}")
+
+    def _close(self, value: float, target: float) -> bool:
+        return math.isclose(value, float(target), rel_tol=self.tolerance, abs_tol=1e-12)
+
+    def _picked(self, response) -> list:
+        if self.kind == "single" or response is not None and (
+                isinstance(response, (str, bytes)) or not hasattr(response, "__iter__")):
+            return [response]  # one option given on its own
+        return [] if response is None else list(response)
+
+    def _why_wrong(self, indices: list[int]) -> str:
+        """Why the picked options are wrong, without naming a right one."""
+        def reason(i: int) -> str:
+            return self.why_not[i] if self.why_not and self.why_not[i] else "That one is not right."
+
+        if self.kind == "single":
+            return reason(indices[0])
+        wrong = [i for i in dict.fromkeys(indices) if i not in self.keyed()]
+        missed = len(set(self.keyed()) - set(indices))
+        parts = [f"\u201c{_short(self.options[i])}\u201d: {reason(i)}" for i in wrong]
+        if missed:
+            parts.append(f"{missed} true statement{'s are' if missed > 1 else ' is'} not ticked.")
+        return " ".join(parts) or "Tick every statement you think is true."
 
     def _option(self, item) -> tuple[int | None, str]:
         """(option index, "") for an index, a numeric string or an option's text; else (None, why)."""
-        valid = f"answer with an option index 0..{len(self.options) - 1} (or the option's text)"
+        valid = f"answer with an option number 0..{len(self.options) - 1} (or the option's text)"
         if item is None:
             return None, f"Pick an option first: {valid}."
         if isinstance(item, str):
             text = item.strip()
             by_text = [i for i, opt in enumerate(self.options) if opt.strip().casefold() == text.casefold()]
-            try:
-                number = int(text)
-            except ValueError:
-                number = None
+            number = int(text) if re.fullmatch(r"[+-]?\d+", text) else None
             if number is not None and 0 <= number < len(self.options):
                 if by_text and by_text != [number]:
-                    return None, (f"{item!r} is ambiguous: option {number} by index, but also the text of "
-                                  f"option {by_text[0]}; answer with the index as a number.")
+                    return None, (f"{item!r} is ambiguous: option {number} by number, but also the text of "
+                                  f"option {by_text[0]}; answer with the number as a number.")
                 return number, ""
             if by_text:
                 return by_text[0], ""
-            if number is None:
-                return None, f"No such option: {item!r}; {valid}."
-            item = number
-        if isinstance(item, bool) or not isinstance(item, (int, float)) and not hasattr(item, "__index__"):
-            return None, f"No such option: {item!r}; {valid}."
-        if isinstance(item, float):
-            if not item.is_integer():
-                return None, f"No such option: {item!r}; {valid}."
+            item = item if number is None else number
+        if isinstance(item, float) and item.is_integer():
             item = int(item)
-        index = operator.index(item)
-        if not 0 <= index < len(self.options):
-            return None, f"No such option: {index}; {valid}."
+        index = operator.index(item) if hasattr(item, "__index__") and not isinstance(item, bool) else None
+        if index is None or not 0 <= index < len(self.options):
+            return None, f"No such option: {item if index is None else index!r}; {valid}."
         return index, ""
+
+    def key_text(self) -> str:
+        """The right answer in words (for a reveal and for instructors)."""
+        if self.kind == "numeric":
+            return f"{self.answer:g} (within {self.tolerance:.2%})"
+        return "; ".join(f"{i}) {self.options[i]}" for i in self.keyed())
 
     def text(self, number: int | None = None) -> str:
         head = f"Q{number}. " if number is not None else ""
         lines = [head + self.prompt]
         if self.kind == "multi":
             lines[0] += "  (select all that apply)"
+        elif self.kind == "numeric":
+            lines[0] += "  (a number)"
         lines += [f"   {i}) {opt}" for i, opt in enumerate(self.options)]
         return "\n".join(lines)
 
 
+def _short(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1].rsplit(" ", 1)[0] + "\u2026"
+
+
+def _question(item: dict) -> Question:
+    """A question of a quiz file: options given as ``{"text", "correct" | "why_not"}`` objects."""
+    item = dict(item)
+    options = item.get("options") or []
+    if options and isinstance(options[0], dict):
+        keyed = [i for i, o in enumerate(options) if o.get("correct")]
+        if item.get("kind") == "single" and len(keyed) != 1:
+            raise ValueError(f"question {item.get('id')!r}: mark exactly one option \"correct\": true, "
+                             f"not {len(keyed)}")
+        item["options"] = [o["text"] for o in options]
+        item["why_not"] = [o.get("why_not", "") for o in options]
+        item["answer"] = keyed[0] if item.get("kind") == "single" else keyed
+    return Question(**item)
+
+
 class Quiz:
-    """A list of questions with a running score."""
+    """A list of questions; the score counts each question's first answer."""
 
     def __init__(self, questions: list[Question], title: str = "Quiz"):
         if not questions:
             raise ValueError("a quiz needs at least one question")
         self.questions = list(questions)
         self.title = title
-        self.results: dict[int, bool] = {}
+        self.results: dict[int, bool] = {}  # question index -> was its FIRST answer right
 
     @classmethod
     def load(cls, topic: str, ids: list[str] | None = None, values: dict | None = None) -> "Quiz":
-        """Questions of ``quantedu/quizzes/<topic>.json`` (optionally only those ``ids``, in order), their
+        """Questions of ``quantedu/course/quizzes/<topic>.json`` (optionally only those ``ids``, in order), their
         ``{name}`` fields filled from ``values`` (what the notebook measured; see :func:`placeholders`)."""
-        raw, items = _read(topic)
+        title, items = _read(topic)
         if ids is not None:
             by_id = {q.get("id"): q for q in items}
             missing = [i for i in ids if i not in by_id]
@@ -202,18 +272,26 @@ class Quiz:
         if needed - values.keys():
             raise KeyError(f"quiz {topic!r} shows measured numbers: pass them as Quiz.load({topic!r}, values={{...}}); "
                            f"missing: {sorted(needed - values.keys())}")
-        questions = [Question(**_fill(q, values)) for q in items]
-        title = raw.get("title", topic) if isinstance(raw, dict) else topic
-        return cls(questions, title=title)
+        return cls([_question(_fill(q, values)) for q in items], title=title)
 
     def answer(self, index: int, response) -> Feedback:
-        """Check ``response`` to question ``index`` (0 for Q1; negative counts from the end) and record
-        it in the score. A response that names no option is answered with how to fix it, not scored."""
+        """Check ``response`` to question ``index`` (0 for Q1; negative counts from the end). The first
+        valid answer to a question is its score; a response that names no option is not scored."""
         index = self._index(index)
         fb = self.questions[index].check(response)
-        if fb.valid:
-            self.results[index] = fb.correct
+        if not fb.valid:
+            return fb
+        if fb.correct and self.results.get(index) is False:
+            return Feedback(True, fb.message + " (The score keeps your first answer to this question.)")
+        self.results.setdefault(index, fb.correct)
         return fb
+
+    def reveal(self, index: int) -> Feedback:
+        """The answer and explanation of question ``index``; unanswered, it counts as missed."""
+        index = self._index(index)
+        self.results.setdefault(index, False)
+        q = self.questions[index]
+        return Feedback(False, f"Answer: {q.key_text()}. {q.explanation}")
 
     def _index(self, index) -> int:
         n = len(self.questions)
@@ -227,7 +305,7 @@ class Quiz:
 
     @property
     def score(self) -> tuple[int, int]:
-        return sum(bool(self.results.get(i)) for i in range(len(self.questions))), len(self.questions)
+        return sum(self.results.values()), len(self.questions)
 
     def score_text(self) -> str:
         right, total = self.score
@@ -236,7 +314,9 @@ class Quiz:
     def text(self) -> str:
         """The whole quiz as plain text (what a terminal, or a viewer without widgets, shows)."""
         lines = [f"== {self.title} =="] + [q.text(i + 1) + "\n" for i, q in enumerate(self.questions)]
-        lines.append("Answer in code: quiz.answer(question_index, response) -> feedback  (Q1 is index 0)")
+        lines.append("Answer in code: quiz.answer(0, 2) answers Q1 with option 2 (Q1 is index 0); a list such as\n"
+                     "[0, 2] answers a select-all question. Your first answer to each question is your score;\n"
+                     "quiz.reveal(0) shows Q1's answer and explanation.")
         return "\n".join(lines)
 
     def show(self, text: bool | None = None):
@@ -247,63 +327,46 @@ class Quiz:
         questions, not a widget's repr. The widget is kept as ``self.widget``.
         """
         if text is None:
-            text = os.environ.get("QUANTEDU_QUIZ_TEXT") == "1" or not _in_kernel()
+            text = os.environ.get("QUANTEDU_QUIZ_TEXT") == "1" or not in_kernel()
         if text:
             print(self.text())
             return
         from IPython.display import display
 
-        self.widget = _widgets(self)
+        self.widget = quiz_widget(self)
         display(self.mimebundle(), raw=True)
 
     def mimebundle(self) -> dict:
         """The widget's display data with the quiz text as its ``text/plain`` fallback."""
         if getattr(self, "widget", None) is None:
-            self.widget = _widgets(self)
+            self.widget = quiz_widget(self)
         bundle = dict(self.widget._repr_mimebundle_())
         bundle["text/plain"] = self.text()
         return bundle
 
 
-def _in_kernel() -> bool:
+def keys_text(topic: str) -> str:
+    """Instructors: every question of quiz ``topic`` with its key (``{name}`` fields: measured in the notebook)."""
+    title, items = _read(topic)
+    lines = [f"== {topic}: {title} =="]
+    for n, item in enumerate(items, 1):
+        q = _question(item)
+        lines.append(f"Q{n} [{q.id}] {_short(q.prompt, 90)}\n    key: {q.key_text()}")
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    """``quantedu quiz``: list the quizzes; ``--keys NAME`` (or ``all``) prints their answer keys."""
+    if args.keys is None:
+        for topic in topics():
+            title, items = _read(topic)
+            print(f"{topic:10} {len(items):2} questions  {title}")
+        print("Instructors: quantedu quiz --keys NAME (or all) prints the answer keys.")
+        return 0
+    chosen = topics() if args.keys == "all" else [args.keys]
     try:
-        from IPython import get_ipython
-
-        shell = get_ipython()
-    except ImportError:
-        return False
-    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
-
-
-def _widgets(quiz: Quiz):
-    import ipywidgets as w
-
-    score = w.HTML(f"<b>{quiz.score_text()}</b>")
-    rows = [w.HTML(f"<h3>{quiz.title}</h3>")]
-    for i, q in enumerate(quiz.questions):
-        if q.kind == "single":
-            picker = w.RadioButtons(options=[(opt, k) for k, opt in enumerate(q.options)],
-                                    value=None, layout=w.Layout(width="auto"))
-            read = lambda picker=picker: picker.value  # noqa: E731
-            inputs = [picker]
-        elif q.kind == "multi":
-            boxes = [w.Checkbox(description=opt, indent=False, layout=w.Layout(width="auto"))
-                     for opt in q.options]
-            read = lambda boxes=boxes: [k for k, b in enumerate(boxes) if b.value]  # noqa: E731
-            inputs = boxes
-        else:
-            field_ = w.Text(placeholder="a number")
-            read = lambda field_=field_: field_.value  # noqa: E731
-            inputs = [field_]
-        out = w.HTML()
-        button = w.Button(description="Check", button_style="primary")
-
-        def on_click(_b, i=i, read=read, out=out):
-            fb = quiz.answer(i, read())
-            color = "green" if fb.correct else "#b00"
-            out.value = f"<span style='color:{color}'>{fb.message}</span>"
-            score.value = f"<b>{quiz.score_text()}</b>"
-
-        button.on_click(on_click)
-        rows += [w.HTML(f"<b>Q{i + 1}.</b> {q.prompt}"), *inputs, button, out]
-    return w.VBox(rows + [score])
+        print("\n\n".join(keys_text(t) for t in chosen))
+    except FileNotFoundError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return 0

@@ -58,6 +58,15 @@ class ClaimError(AssertionError):
     """A claim the notebook makes about its own measurements did not hold (never stripped by ``python -O``)."""
 
 
+# One named set of evaluation windows per purpose (notebook 00 introduces them; every later notebook reports
+# against them): purpose -> (corpus, n_windows, seq_len). "eval": the course's evaluation text (Python's help
+# pages, topics disjoint from the calibration text); "heldout": another source altogether (the standard
+# library's code), where a method calibrated on help pages shows whether it learned the text or the model;
+# "sweep": the first two windows of "eval", for tables of dozens of models (its noise is larger: the intervals
+# say how much).
+WINDOWS = {"eval": ("pydoc", 4, 512), "heldout": ("pysource", 4, 512), "sweep": ("pydoc", 2, 512)}
+
+
 @dataclass
 class Session:
     model: torch.nn.Module
@@ -69,6 +78,30 @@ class Session:
 
     def __post_init__(self):
         self.n_windows, self.seq_len = check_windows(self.n_windows, self.seq_len, "n_windows", "Session")
+        self._baselines: dict = {}
+
+    def windows(self, purpose: str = "eval") -> torch.Tensor:
+        """The ``(n_windows, seq_len)`` token windows of a purpose in :data:`WINDOWS`."""
+        from ..evaluate import evaluation_windows
+        if purpose not in WINDOWS:
+            raise ValueError(f"no window set {purpose!r}; the course's are {', '.join(WINDOWS)}")
+        corpus, n, seq_len = WINDOWS[purpose]
+        text = self.corpus if corpus == self.corpus.name else load_corpus(corpus)
+        return evaluation_windows(self.tokenizer, text, n, seq_len)
+
+    def baseline(self, purpose: str = "eval"):
+        """The session model's :class:`~quantedu.evaluate.Baseline` on a window set: its log-probabilities,
+        computed once per session and purpose, which every quantized model is then compared with."""
+        if purpose not in self._baselines:
+            from ..evaluate import Baseline
+            self._baselines[purpose] = Baseline(self.model, self.windows(purpose), self.tokenizer,
+                                                name=f"{self.dtype_name} baseline")
+        return self._baselines[purpose]
+
+    def report(self, model, name: str, purpose: str = "eval"):
+        """``model`` against the session's baseline on a window set: a :class:`~quantedu.evaluate.QualityReport`
+        (perplexity, KL divergence, same top token, delta-p, with intervals; ``.verdict()`` the one rule)."""
+        return self.baseline(purpose).compare(model, name, self.tokenizer)
 
     @property
     def device(self) -> torch.device:

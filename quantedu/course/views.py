@@ -101,3 +101,64 @@ def plot_tradeoff(df, x: str, y: str, label: str, title: str = "", log_y: bool =
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
     return ax
+
+
+# --- quality against the baseline: numbers rounded to what their noise allows -----------------------
+
+
+def decimals_for(se: float) -> int:
+    """Decimal places that show an estimate with standard error ``se`` honestly: the se to one significant
+    digit (two when it starts with 1), the estimate to the same place."""
+    import math
+    if not se or not math.isfinite(se) or se <= 0:
+        return 3
+    first = math.floor(math.log10(se))
+    digits = 2 if se / 10 ** first < 2 else 1
+    return max(0, digits - 1 - first)
+
+
+def plus_minus(mean: float, se: float, scale: float = 1.0, unit: str = "") -> str:
+    """``"0.325 ± 0.015"``, rounded by :func:`decimals_for` (``scale=100, unit="%"`` for fractions)."""
+    d = decimals_for(se * scale)
+    return f"{mean * scale:.{d}f}{unit} ± {se * scale:.{d}f}{unit}"
+
+
+def quality_table(reports, verdicts: bool = True):
+    """One row per :class:`~quantedu.evaluate.QualityReport`: perplexity, its change over the baseline on the
+    same windows with the 95% interval, mean KLD, same top token, and the verdict of the one rule
+    (:mod:`quantedu.verdict`) against the baseline. Every number is rounded to what its noise allows."""
+    import math
+
+    import pandas as pd
+
+    rows = []
+    for r in reports:
+        d, kld, top = r.delta_nll, r.kld, r.same_top
+        half = (math.expm1(d.high) - math.expm1(d.low)) / 2 / 1.96 * 100  # the interval as a se, in percent
+        dp = decimals_for(half)
+        row = {"model": r.name, "perplexity": round(r.ppl, max(2, dp)),
+               "vs baseline": f"{100 * math.expm1(d.mean):+.{dp}f}% [{100 * math.expm1(d.low):+.{dp}f}, "
+                              f"{100 * math.expm1(d.high):+.{dp}f}]",
+               "mean KLD": plus_minus(kld.mean, kld.se), "same top token": plus_minus(top.mean, top.se, 100, "%")}
+        if verdicts:
+            v = r.verdict()
+            row["verdict"] = "tie" if v.tie else ("better" if v.winner == r.name else "worse")
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("model")
+
+
+def plot_kld(reports, ax=None, title: str = "per-token KL divergence from the baseline"):
+    """The distribution of per-token KLD of each report (an empirical CDF on a log axis): where the mean
+    comes from, and how heavy the tail of badly damaged tokens is."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    ax = ax or plt.subplots(figsize=(7, 3.6))[1]
+    for r in reports:
+        x = np.sort(np.clip(r.per_token["kld"].ravel(), 1e-6, None))
+        ax.plot(x, np.arange(1, x.size + 1) / x.size, label=f"{r.name} (mean {r.kld.mean:.3g})")
+    ax.set_xscale("log")
+    ax.set(xlabel="KL divergence of one token's prediction (nats)", ylabel="fraction of tokens", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax

@@ -60,6 +60,18 @@ def _inspect(model):
     return kinds
 
 
+def _shards(model):
+    """{module: [rows, columns]} of this rank's slice of every linear and embedding layer (issue 25: the
+    tensor-parallel split as vLLM made it; on a CPU the weights themselves are repacked after loading)."""
+    out = {}
+    for name, m in model.named_modules():
+        if hasattr(m, "output_size_per_partition") and hasattr(m, "input_size_per_partition"):
+            out[name] = [m.output_size_per_partition, m.input_size_per_partition]
+        elif hasattr(m, "num_embeddings_per_partition"):
+            out[name] = [m.num_embeddings_per_partition, m.embedding_dim]
+    return out
+
+
 def _checkpoint_bytes(model_path):
     """Bytes of the tensors vLLM reads from the checkpoint (safetensors headers; a .gguf file's size)."""
     import glob
@@ -103,13 +115,15 @@ class _Capture:
 def _one(run, windows, LLM, SamplingParams, capture):
     capture.lines.clear()
     t0 = time.perf_counter()
-    kwargs = {k: run[k] for k in ("quantization", "tokenizer") if run.get(k)}
+    kwargs = {k: run[k] for k in ("quantization", "tokenizer", "tensor_parallel_size") if run.get(k)}
     llm = LLM(model=run["model"], dtype=run.get("dtype", "bfloat16"), max_model_len=run.get("max_model_len", 1024),
               enforce_eager=True, seed=0, kv_cache_memory_bytes=run.get("kv_cache_bytes", 256 * 2**20),
               skip_tokenizer_init=run.get("skip_tokenizer_init", False), **kwargs)
     load_s = time.perf_counter() - t0
     try:
         kernels = llm.apply_model(_inspect)[0]
+        shards = llm.apply_model(_shards)  # one entry per tensor-parallel rank
+        cache = llm.llm_engine.vllm_config.cache_config
         t1 = time.perf_counter()
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
         outs = llm.generate([{"prompt_token_ids": w} for w in windows], params, use_tqdm=False)
@@ -121,7 +135,9 @@ def _one(run, windows, LLM, SamplingParams, capture):
         gib = capture.memory_gib()
         return {"ppl": math.exp(nll / n), "nll": nll, "tokens": n, "kernels": kernels,
                 "checkpoint_bytes": _checkpoint_bytes(run["model"]),
-                "reported_bytes": None if gib is None else int(gib * 2**30),
+                "reported_bytes": None if gib is None else int(gib * 2**30), "shards": shards,
+                "kv_cache": {"blocks": cache.num_gpu_blocks, "block_size": cache.block_size,
+                             "bytes": run.get("kv_cache_bytes", 256 * 2**20)},
                 "load_s": load_s, "eval_s": time.perf_counter() - t1, "error": None}
     finally:
         del llm

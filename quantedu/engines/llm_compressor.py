@@ -70,6 +70,8 @@ def run_oneshot(model, batches: torch.Tensor, recipe, tokenizer=None, **oneshot_
     from datasets import Dataset
     from llmcompressor import oneshot
 
+    from ..calibration import warn_if_starved
+    warn_if_starved(model, batches, "llm-compressor")  # the same budget as the course's own methods
     data = Dataset.from_dict({"input_ids": batches.tolist(), "attention_mask": torch.ones_like(batches).tolist()})
     kwargs = {"num_calibration_samples": len(batches), "max_seq_length": batches.shape[1],
               "shuffle_calibration_samples": False, **oneshot_kwargs}

@@ -59,7 +59,8 @@ def _base(url) -> tuple[str, int]:
 
 def stream_completion(url, prompt: str, max_tokens: int = 32, model: str | None = None, timeout: float = 60.0,
                       concurrency: int = 1, index: int = 0, t_origin: float | None = None) -> RequestResult:
-    """One streamed greedy completion; returns its timings (``error`` set instead of raising)."""
+    """One streamed greedy completion; returns its timings (``error`` set instead of raising). Only a complete
+    answer counts: a stream that ends without ``[DONE]`` or a ``finish_reason`` (the server died) is an error."""
     host, port = _base(url)
     body = {"prompt": prompt, "max_tokens": int(max_tokens), "temperature": 0.0, "stream": True}
     if model:
@@ -67,6 +68,7 @@ def stream_completion(url, prompt: str, max_tokens: int = 32, model: str | None 
     t_origin = time.perf_counter() if t_origin is None else t_origin
     t0 = time.perf_counter()
     stamps, pieces, usage_tokens, error = [], [], None, ""
+    finished = False  # a complete answer ends with `data: [DONE]` or a chunk carrying a finish_reason
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request("POST", "/v1/completions", body=json.dumps(body),
@@ -80,8 +82,10 @@ def stream_completion(url, prompt: str, max_tokens: int = 32, model: str | None 
                 continue  # blank separators, ': ping' comments
             data = line[5:].strip()
             if data == b"[DONE]":
+                finished = True
                 break
             chunk = json.loads(data)
+            finished = finished or any(c.get("finish_reason") for c in chunk.get("choices", ()))
             if chunk.get("usage") and chunk["usage"].get("completion_tokens"):
                 usage_tokens = chunk["usage"]["completion_tokens"]
             text = "".join(c.get("text") or "" for c in chunk.get("choices", ()))
@@ -90,6 +94,9 @@ def stream_completion(url, prompt: str, max_tokens: int = 32, model: str | None 
                 pieces.append(text)
             if time.perf_counter() - t0 > timeout:
                 raise TimeoutError(f"stream still open after {timeout} s")
+        if not finished:  # the server died mid-answer: its partial tokens are not a (short) success
+            raise ConnectionError(f"the stream ended after {len(stamps)} text chunks without [DONE] or a "
+                                  "finish_reason (did the server die?)")
     except Exception as exc:  # noqa: BLE001 - recorded per request, summarised by the sweep
         error = f"{type(exc).__name__}: {exc}"
     finally:

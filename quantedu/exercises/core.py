@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ast
 import dis
-import html
 import inspect
 import math
 import os
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+
+from ..course.widgets import WIDGET_STYLE, in_kernel, inline_html  # the style quizzes share
 
 SOLUTIONS_ENV = "QUANTEDU_EXERCISE_SOLUTIONS"
 TEXT_ENV = "QUANTEDU_QUIZ_TEXT"
@@ -128,8 +129,11 @@ class Result:
             lines.append(f"  note: {self.note}")
         if self.status != PASSED:
             ex = REGISTRY.get(self.exercise)
-            n = len(ex.hints) if ex else 0
-            lines.append(f'  Stuck? hint("{self.exercise}") shows a hint ({n} in all).')
+            hints, read = (ex.hints, _hints_shown.get(ex.id, 0)) if ex else ((), 0)
+            lines += [f"  Hint {k + 1}/{len(hints)}: {h}" for k, h in enumerate(hints[:read])]
+            if read < len(hints):
+                lines.append(f'  Stuck? hint("{self.exercise}") shows {"another" if read else "a"} hint '
+                             f"({len(hints)} in all).")
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
@@ -281,18 +285,9 @@ def hint(exercise_id: str) -> str:
 # --- showing a result -------------------------------------------------------------------------------
 
 
-def _in_kernel() -> bool:
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
-
-
 def show(result: Result, text: bool | None = None) -> None:
     if text is None:
-        text = os.environ.get(TEXT_ENV) == "1" or not _in_kernel()
+        text = os.environ.get(TEXT_ENV) == "1" or not in_kernel()
     if text:
         print(result.text())
         return
@@ -302,31 +297,37 @@ def show(result: Result, text: bool | None = None) -> None:
 
 
 def panel(result: Result):
-    """pass/fail, the message and a hint button, as ipywidgets."""
+    """pass/fail, the message and a hint button, as ipywidgets. The hints live in the kernel
+    (:func:`hint` and the button share the count), so a panel drawn again shows those already read."""
     import ipywidgets as w
 
     color = {PASSED: "green", FAILED: "#b00", NOT_ATTEMPTED: "#555"}[result.status]
     icon = {PASSED: "&#10004;", FAILED: "&#10008;", NOT_ATTEMPTED: "&#8230;"}[result.status]
-    extra = "".join(f"<br><small>{html.escape(s)}</small>" for s in (*result.skipped, result.note) if s)
-    head = w.HTML(f"<b style='color:{color}'>{icon} Exercise {result.exercise}: {result.status}</b><br>"
-                  f"{html.escape(result.message)}{extra}")
+    extra = "".join(f"<br><small>{inline_html(s)}</small>" for s in (*result.skipped, result.note) if s)
+    head = w.HTML(f"{WIDGET_STYLE}<b style='color:{color}'>{icon} Exercise {result.exercise}: {result.status}</b><br>"
+                  f"{inline_html(result.message)}{extra}")
     rows = [head]
     if result.status != PASSED:
         ex = get(result.exercise)
-        shown = w.HTML()
-        button = w.Button(description=f"Hint (0/{len(ex.hints)})")
+        shown, button = w.HTML(), w.Button(layout=w.Layout(width="auto"))
+
+        def render():
+            n, total = _hints_shown.get(ex.id, 0), len(ex.hints)
+            shown.value = "".join(f"<p><b>Hint {k + 1}.</b> {inline_html(h)}</p>"
+                                  for k, h in enumerate(ex.hints[:n]))
+            button.description = f"Show hint {n + 1} of {total}" if n < total else f"All {total} hints shown"
+            button.disabled = n >= total
 
         def on_click(_b):
-            n = _hints_shown.get(ex.id, 0)
-            if n < len(ex.hints):
-                _hints_shown[ex.id] = n + 1
-                shown.value += f"<p><b>Hint {n + 1}.</b> {html.escape(ex.hints[n])}</p>"
-            button.description = f"Hint ({_hints_shown[ex.id]}/{len(ex.hints)})"
-            button.disabled = _hints_shown[ex.id] >= len(ex.hints)
+            _hints_shown[ex.id] = min(_hints_shown.get(ex.id, 0) + 1, len(ex.hints))
+            render()
 
+        render()
         button.on_click(on_click)
         rows += [button, shown]
-    return w.VBox(rows)
+    box = w.VBox(rows)
+    box.add_class("quantedu-widget")
+    return box
 
 
 # --- comparing in plain words ------------------------------------------------------------------------

@@ -141,6 +141,18 @@ def quantize(src, dst, mix: str, imatrix_file=None, nthread: int = 1, allow_requ
         return run_tool([*cmd, src, tmp, mix.upper(), nthread], timeout=timeout, env=tool_env(nthread))
 
 
+def _text_command(tool: str, model_gguf, text_file, ctx: int, chunks: int | None, n_threads: int,
+                  batch: int | None = None) -> list:
+    """``TOOL -m MODEL -f TEXT -c CTX -b BATCH -t N -tb N [--chunks N]``, the files checked first: how every
+    tool here that reads a text starts."""
+    for f, what in ((model_gguf, "model"), (text_file, "text")):
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"{what} file {f} does not exist")
+    cmd = [binary(tool), "-m", model_gguf, "-f", text_file, "-c", ctx, "-b", batch or ctx, "-t", n_threads,
+           "-tb", n_threads]
+    return cmd + ["--chunks", chunks] if chunks is not None else cmd
+
+
 def imatrix(model_gguf, text_file, out, ctx: int = 512, chunks: int | None = None, n_threads: int = 1,
             compute_ppl: bool = False, overwrite: bool = False, extra=(), timeout: float = 900.0) -> ToolRun:
     """``llama-imatrix -m MODEL -f TEXT -o OUT -c CTX [--chunks N] -t N``: the importance matrix file.
@@ -151,13 +163,7 @@ def imatrix(model_gguf, text_file, out, ctx: int = 512, chunks: int | None = Non
     llama.cpp would otherwise write GGUF under the ``.dat`` name, with a warning). Read either back with
     :func:`read_imatrix`.
     """
-    for f, what in ((model_gguf, "model"), (text_file, "text")):
-        if not Path(f).is_file():
-            raise FileNotFoundError(f"{what} file {f} does not exist")
-    cmd = [binary("llama-imatrix"), "-m", model_gguf, "-f", text_file, "-c", ctx, "-b", ctx, "-t", n_threads,
-           "-tb", n_threads]
-    if chunks is not None:
-        cmd += ["--chunks", chunks]
+    cmd = _text_command("llama-imatrix", model_gguf, text_file, ctx, chunks, n_threads)
     if not compute_ppl:
         cmd.append("--no-ppl")
     fmt = "dat" if Path(out).suffix.lower() == ".dat" else "gguf"  # the seed's `-o imatrix.dat` means legacy
@@ -188,13 +194,7 @@ def perplexity(model_gguf, text_file, ctx: int = 512, chunks: int | None = None,
     sees at least ``ctx/2`` tokens of context). The course's :func:`quantedu.engines.llama_cpp.bindings.perplexity`
     scores every position of each window, so its numbers are higher on the same text.
     """
-    for f, what in ((model_gguf, "model"), (text_file, "text")):
-        if not Path(f).is_file():
-            raise FileNotFoundError(f"{what} file {f} does not exist")
-    cmd = [binary("llama-perplexity"), "-m", model_gguf, "-f", text_file, "-c", ctx, "-t", n_threads,
-           "-tb", n_threads, "-b", batch or ctx]
-    if chunks is not None:
-        cmd += ["--chunks", chunks]
+    cmd = _text_command("llama-perplexity", model_gguf, text_file, ctx, chunks, n_threads, batch)
     run = run_tool([*cmd, *extra], timeout=timeout, env=tool_env(n_threads))
     m = _PPL.search(run.output)
     if not m:
@@ -234,3 +234,123 @@ def perplexity_tool_protocol(model_gguf, text: str, ctx: int = 512, chunks: int 
     finally:
         llm.close()
     return float(np.exp(nll / count))
+
+
+# --- llama-perplexity's KL-divergence mode --------------------------------------------------------------
+
+_NUM = r"(-?[0-9.]+(?:e[-+]?\d+)?|nan|-?inf)"
+_KLD_LINES = {
+    "kld": rf"Mean\s+KLD:\s+{_NUM}\s+±\s+{_NUM}",
+    "same_top": rf"Same top p:\s+{_NUM}\s+±\s+{_NUM}\s+%",
+    "delta_p": rf"Mean\s+Δp:\s+{_NUM}\s+±\s+{_NUM}\s+%",
+    "rms_delta_p": rf"RMS Δp\s+:\s+{_NUM}\s+±\s+{_NUM}\s+%",
+    "ppl": rf"Mean PPL\(Q\)\s+:\s+{_NUM}\s+±\s+{_NUM}",
+    "ppl_base": rf"Mean PPL\(base\)\s+:\s+{_NUM}\s+±\s+{_NUM}",
+}
+_KLD_PERCENTILES = {"max": "Maximum", "99.9": "99.9%", "99": "99.0%", "95": "95.0%", "90": "90.0%",
+                    "median": "Median ", "10": "10.0%", "5": " 5.0%", "1": " 1.0%", "0.1": " 0.1%", "min": "Minimum"}
+
+
+@dataclass
+class KLDivergenceResult:
+    """What ``llama-perplexity --kl-divergence`` prints at the end. Fractions, not percent (``same_top``,
+    ``delta_p``, ``rms_delta_p``); each ``*_se`` is the tool's ``+/-``, which treats tokens as independent."""
+
+    kld: float
+    kld_se: float
+    kld_percentiles: dict[str, float]   # "max", "99.9", "99", "95", "90", "median", "10", "5", "1", "0.1", "min"
+    same_top: float
+    same_top_se: float
+    delta_p: float
+    delta_p_se: float
+    rms_delta_p: float
+    rms_delta_p_se: float
+    ppl: float
+    ppl_base: float
+    run: ToolRun
+
+
+def kl_divergence_base(model_gguf, text_file, base_file, ctx: int = 512, chunks: int | None = None,
+                       n_threads: int = 1, extra=(), overwrite: bool = False, timeout: float = 900.0) -> ToolRun:
+    """``llama-perplexity -m BASE -f TEXT -c CTX --kl-divergence-base FILE``: the base model's perplexity run
+    that saves, for every scored token (the second half of each chunk, as :func:`perplexity`), its whole
+    log-probability distribution, 16 bits per value (:func:`read_kl_divergence_base`), and the tokens."""
+    cmd = _text_command("llama-perplexity", model_gguf, text_file, ctx, chunks, n_threads)
+    with _atomic_output(base_file, overwrite) as tmp:
+        return run_tool([*cmd, *extra, "--kl-divergence-base", tmp], timeout=timeout, env=tool_env(n_threads))
+
+
+def kl_divergence(model_gguf, base_file, n_threads: int = 1, extra=(), timeout: float = 900.0) -> KLDivergenceResult:
+    """``llama-perplexity -m QUANT --kl-divergence-base FILE --kl-divergence``: the model scored on the base
+    file's tokens against the base's saved log-probabilities (:func:`kl_divergence_base`)."""
+    for f, what in ((model_gguf, "model"), (base_file, "base log-probabilities")):
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"{what} file {f} does not exist")
+    ctx = read_kl_divergence_base(base_file, log_probs=False).n_ctx
+    run = run_tool([binary("llama-perplexity"), "-m", model_gguf, "--kl-divergence-base", base_file, "--kl-divergence",
+                    "-c", ctx, "-b", ctx, "-t", n_threads, "-tb", n_threads, *extra], timeout=timeout,
+                   env=tool_env(n_threads))
+    found = {k: re.search(p, run.output) for k, p in _KLD_LINES.items()}
+    if not all(found.values()):
+        missing = ", ".join(k for k, m in found.items() if not m)
+        raise ToolError(f"llama-perplexity --kl-divergence printed no {missing} (fewer than 100 tokens scored?)."
+                        f"\n  command: {' '.join(run.cmd)}\n{run.tail(25)}")
+    pct = {k: re.search(rf"^{re.escape(label)}\s*KLD:\s+{_NUM}", run.output, re.M) for k, label in _KLD_PERCENTILES.items()}
+    v = {k: (float(m[1]), float(m[2])) for k, m in found.items()}
+    return KLDivergenceResult(
+        kld=v["kld"][0], kld_se=v["kld"][1], kld_percentiles={k: float(m[1]) for k, m in pct.items() if m},
+        same_top=v["same_top"][0] / 100, same_top_se=v["same_top"][1] / 100, delta_p=v["delta_p"][0] / 100,
+        delta_p_se=v["delta_p"][1] / 100, rms_delta_p=v["rms_delta_p"][0] / 100,
+        rms_delta_p_se=v["rms_delta_p"][1] / 100, ppl=v["ppl"][0], ppl_base=v["ppl_base"][0], run=run)
+
+
+@dataclass
+class KLDivergenceBase:
+    """A ``--kl-divergence-base`` file read back: ``tokens`` ``(n_chunks, n_ctx)`` (as tokenized, before the
+    tool puts a BOS in front for a vocabulary that asks for one), and per chunk the log-probabilities of the
+    predictions at positions ``first = n_ctx // 2 .. n_ctx - 2``, decoded from 16 bits: ``log_probs``
+    ``(n_chunks, n_ctx - 1 - first, n_vocab)`` float32, and ``step``, each row's quantization step
+    (rounding error at most ``step / 2``; values below ``max - 16`` nats are stored as that floor)."""
+
+    n_ctx: int
+    n_vocab: int
+    tokens: np.ndarray
+    log_probs: np.ndarray | None
+    step: np.ndarray | None
+
+    @property
+    def first(self) -> int:
+        """The first predicting position scored in each chunk (``Baseline(..., score_from=first)``)."""
+        return self.n_ctx // 2
+
+    def windows(self, bos: int | None = None):
+        """The chunks as the tool evaluates them, a ``(n_chunks, n_ctx)`` torch tensor: ``bos`` (the BOS id of a
+        vocabulary with ``add_bos_token``) replaces each chunk's first token, as llama-perplexity does."""
+        import torch
+        w = torch.from_numpy(self.tokens.astype(np.int64))
+        if bos is not None:
+            w[:, 0] = bos
+        return w
+
+
+def read_kl_divergence_base(base_file, log_probs: bool = True) -> KLDivergenceBase:
+    """Read the file :func:`kl_divergence_base` wrote (llama.cpp's format: ``_logits_``, ``n_ctx`` u32,
+    ``n_vocab`` and ``n_chunk`` i32, the tokens as i32, then per scored token a row of ``nv = 2*((n_vocab+1)//2)
+    + 4`` u16: two float32 (``scale``, ``min_log_prob``) and ``n_vocab`` codes, log p = scale * code + min)."""
+    raw = np.fromfile(base_file, dtype=np.uint8)
+    if raw[:8].tobytes() != b"_logits_":
+        raise ValueError(f"{base_file} is not a llama-perplexity --kl-divergence-base file (no _logits_ magic)")
+    n_ctx, n_vocab, n_chunk = int(raw[8:12].view(np.uint32)[0]), *(int(x) for x in raw[12:20].view(np.int32))
+    end = 20 + 4 * n_ctx * n_chunk
+    tokens = raw[20:end].view(np.int32).reshape(n_chunk, n_ctx).copy()
+    if not log_probs:
+        return KLDivergenceBase(n_ctx, n_vocab, tokens, None, None)
+    nv, rows = 2 * ((n_vocab + 1) // 2) + 4, n_ctx - 1 - n_ctx // 2
+    codes = raw[end:].view(np.uint16)
+    if codes.size != n_chunk * rows * nv:
+        raise ValueError(f"{base_file} is truncated: {codes.size} values for {n_chunk} chunks of {rows} x {nv}")
+    codes = codes.reshape(n_chunk, rows, nv)
+    head = np.ascontiguousarray(codes[..., :4]).view(np.float32)  # (n_chunk, rows, 2): scale, min_log_prob
+    scale, low = head[..., :1], head[..., 1:2]
+    return KLDivergenceBase(n_ctx, n_vocab, tokens, (scale * codes[..., 4:4 + n_vocab] + low).astype(np.float32),
+                            scale[..., 0].copy())
