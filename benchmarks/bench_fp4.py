@@ -9,7 +9,8 @@
 * ``gptq``: :func:`quantedu.fp_grids.grid_comparison` (RTN vs GPTQ, layer-output error) on six real layers, with
   Hessians from 16 x 512 calibration tokens.
 * ``llama``: the course's MXFP4 / NVFP4 GGUF files (:func:`quantedu.gguf.fp4_files.fp4_gguf`) beside llama.cpp's
-  Q4_0 / IQ4_NL / Q4_K_M (and the shipped Q4_1 they all come from) of the same model: size, bits/weight,
+  Q4_0 / IQ4_NL / Q4_K_M (and the shipped Q4_1 they all come from) of the same model: size, bits/weight, KLD to
+  an F16 file of the same weights and same-top-1 (``llama-perplexity --kl-divergence``, 4 x 512 tokens),
   perplexity (4 x 512 tokens) and decode tokens/s in llama.cpp (1 thread).
 """
 from __future__ import annotations
@@ -80,20 +81,32 @@ def gptq_section(model, tokenizer):
 
 
 def llama_section(model):
+    import tempfile
+    from pathlib import Path
+
     from quantedu.data import evaluation_text
+    from quantedu.engines import llama_cpp
     from quantedu.engines.llama_cpp import bindings
     from quantedu.gguf.fp4_files import fp4_gguf
+    from quantedu.gguf.io import write_gguf
     text = evaluation_text()
+    files = {f"course {q}": fp4_gguf(model, q) for q in ("MXFP4", "NVFP4")}
+    files.update({f"llama.cpp {mix}": bindings.gguf_file(mix) for mix in ("Q4_1", "Q4_0", "IQ4_NL", "Q4_K_M")})
     rows = []
-    for qtype in ("MXFP4", "NVFP4"):
-        f = fp4_gguf(model, qtype)
-        rows.append({"file": f"course {qtype}", "fallbacks": f.n_fallbacks,
-                     **bindings.measure_file(f.path, text, n_windows=4, seq_len=512, n_threads=1)})
-    for mix in ("Q4_1", "Q4_0", "IQ4_NL", "Q4_K_M"):  # Q4_1: the shipped file, the source of every other row
-        rows.append({"file": f"llama.cpp {mix}", "fallbacks": None,
-                     **bindings.measure_file(bindings.gguf_file(mix), text, n_windows=4, seq_len=512, n_threads=1)})
-    df = pd.DataFrame(rows).drop(columns=["types"])
-    print(df.to_string(float_format=lambda v: f"{v:.3f}"))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "text.txt").write_text(text)
+        write_gguf(model, tmp / "f16.gguf", "F16")  # the KLD base: the unquantized model
+        llama_cpp.kl_divergence_base(tmp / "f16.gguf", tmp / "text.txt", tmp / "base.kld", ctx=512, chunks=4)
+        for label, f in files.items():
+            path = getattr(f, "path", f)
+            kld = llama_cpp.kl_divergence(path, tmp / "base.kld")
+            m = bindings.measure_file(path, text, n_windows=4, seq_len=512, n_threads=1)
+            rows.append({"file": label, "fallbacks": getattr(f, "n_fallbacks", None), "MiB": m["file_MiB"],
+                         "linear_bpw": m["linear_bits_per_weight"], "KLD": kld.kld, "KLD_se": kld.kld_se,
+                         "same_top1": kld.same_top, "same_top1_se": kld.same_top_se, "ppl": m["perplexity"],
+                         "tok_s": m["tokens_per_s"]})
+    print(pd.DataFrame(rows).to_string(float_format=lambda v: f"{v:.4f}"))
 
 
 def model_section(model, tokenizer):
