@@ -103,7 +103,8 @@ class _Capture:
 def _one(run, windows, LLM, SamplingParams, capture):
     capture.lines.clear()
     t0 = time.perf_counter()
-    kwargs = {k: run[k] for k in ("quantization", "tokenizer") if run.get(k)}
+    kwargs = {k: run[k] for k in ("quantization", "tokenizer", "kv_cache_dtype", "max_num_batched_tokens")
+              if run.get(k)}
     llm = LLM(model=run["model"], dtype=run.get("dtype", "bfloat16"), max_model_len=run.get("max_model_len", 1024),
               enforce_eager=True, seed=0, kv_cache_memory_bytes=run.get("kv_cache_bytes", 256 * 2**20),
               skip_tokenizer_init=run.get("skip_tokenizer_init", False), **kwargs)
@@ -113,13 +114,15 @@ def _one(run, windows, LLM, SamplingParams, capture):
         t1 = time.perf_counter()
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
         outs = llm.generate([{"prompt_token_ids": w} for w in windows], params, use_tqdm=False)
-        nll, n = 0.0, 0
-        for w, o in zip(windows, outs):
-            for i in range(1, len(w)):
-                nll -= o.prompt_logprobs[i][w[i]].logprob
-                n += 1
+        logprobs = [[o.prompt_logprobs[i][w[i]].logprob for i in range(1, len(w))] for w, o in zip(windows, outs)]
+        nll, n = -sum(map(sum, logprobs)), sum(map(len, logprobs))
         gib = capture.memory_gib()
-        return {"ppl": math.exp(nll / n), "nll": nll, "tokens": n, "kernels": kernels,
+        extra = {"token_logprobs": logprobs} if run.get("token_logprobs") else {}
+        if run.get("greedy_prompt"):  # decode steps read the KV cache (a prefill may not)
+            greedy = SamplingParams(max_tokens=run.get("greedy_tokens", 16), temperature=0.0)
+            gen = llm.generate([{"prompt_token_ids": run["greedy_prompt"]}], greedy, use_tqdm=False)[0]
+            extra["greedy_ids"] = list(gen.outputs[0].token_ids)
+        return {**extra, "ppl": math.exp(nll / n), "nll": nll, "tokens": n, "kernels": kernels,
                 "checkpoint_bytes": _checkpoint_bytes(run["model"]),
                 "reported_bytes": None if gib is None else int(gib * 2**30),
                 "load_s": load_s, "eval_s": time.perf_counter() - t1, "error": None}

@@ -11,6 +11,7 @@ from quantedu.exercises import FAILED, NOT_ATTEMPTED, PASSED, REGISTRY, grade
 from quantedu.exercises.choose_format import example_table
 from quantedu.guide import ACCURACY, ENGINES, SPEED_TIE
 from quantedu.primitives import QuantConfig, fake_quantize
+from test_exercises_activations import WRONG as WRONG_09
 
 
 def run(ex_id, *fns):
@@ -347,6 +348,7 @@ WRONG = [
     ("07.pick_format", (_pick(relative=False),), "GGUF Q4_K_M fits"),
     ("07.pick_format", (_pick(strict_budget=True),), "105 MB <= budget 105 MB"),
 ]
+WRONG += WRONG_09  # notebook 09's mistakes are written out in test_exercises_activations.py
 
 
 @pytest.mark.parametrize("ex_id, fns, message", WRONG, ids=[f"{w[0]}-{w[2][:30]}" for w in WRONG])

@@ -180,7 +180,7 @@ class PerplexityResult:
 
 
 def perplexity(model_gguf, text_file, ctx: int = 512, chunks: int | None = None, n_threads: int = 1,
-               batch: int | None = None, extra=(), timeout: float = 900.0) -> PerplexityResult:
+               batch: int | None = None, extra=(), timeout: float = 900.0, env: dict | None = None) -> PerplexityResult:
     """``llama-perplexity -m MODEL -f TEXT -c CTX [--chunks N] -t N`` and its final estimate.
 
     llama-perplexity's protocol: the whole text tokenized (a BOS in front if the model asks for one), cut
@@ -195,7 +195,7 @@ def perplexity(model_gguf, text_file, ctx: int = 512, chunks: int | None = None,
            "-tb", n_threads, "-b", batch or ctx]
     if chunks is not None:
         cmd += ["--chunks", chunks]
-    run = run_tool([*cmd, *extra], timeout=timeout, env=_tool_env(n_threads))
+    run = run_tool([*cmd, *extra], timeout=timeout, env={**_tool_env(n_threads), **(env or {})})
     m = _PPL.search(run.output)
     if not m:
         raise ToolError(f"llama-perplexity printed no final estimate.\n  command: {' '.join(run.cmd)}\n{run.tail(25)}")
@@ -234,3 +234,81 @@ def perplexity_tool_protocol(model_gguf, text: str, ctx: int = 512, chunks: int 
     finally:
         llm.close()
     return float(np.exp(nll / count))
+
+
+# --- the KV cache: -ctk / -ctv -------------------------------------------------------------------------
+
+_KV_SIZE = re.compile(r"llama_kv_cache: size = +([0-9.]+) MiB \( *(\d+) cells, +(\d+) layers, +(\d+)/(\d+) seqs\), "
+                      r"K \((\w+)\): +([0-9.]+) MiB, V \((\w+)\): +([0-9.]+) MiB")
+_KV_ROT = re.compile(r"llama_kv_cache: attn_rot_([kv]) = (\d)")
+_PASS = re.compile(r"perplexity: ([0-9.]+) seconds per pass")
+KV_LOG_FLAGS = ("-lv", "4")  # llama.cpp logs its KV cache (size, rotation) only at verbosity 4 and above
+ROTATION_ENV = "LLAMA_ATTN_ROT_DISABLE"  # =1: no Hadamard rotation of a quantized K/V cache
+
+
+def kv_cache_flags(k_type: str = "f16", v_type: str | None = None) -> list[str]:
+    """``-ctk K -ctv V`` for any llama.cpp program (llama-perplexity, llama-server, llama-cli), plus
+    ``-fa on`` when V is quantized: llama.cpp stores a quantized V only for flash attention (its plain
+    attention reads V transposed, which block types cannot be). Checked against the types llama.cpp has
+    (:data:`quantedu.memory.KV_CACHE_TYPES`): a ValueError lists them. Pass the result as ``extra=``
+    (with :data:`KV_LOG_FLAGS` to get the cache's size in the log, :func:`parse_kv_cache`)."""
+    from ..memory import kv_cache_type
+
+    k = kv_cache_type(k_type)
+    v = k if v_type is None else kv_cache_type(v_type)
+    flags = ["-ctk", k, "-ctv", v]
+    if v not in ("f32", "f16", "bf16"):
+        flags += ["-fa", "on"]
+    return flags
+
+
+@dataclass
+class KVCacheReport:
+    """The KV cache as llama.cpp reports it when it creates a context (MiB with two decimals), and whether it
+    rotates a quantized K / V cache (this llama.cpp applies a Hadamard rotation to quantized caches by default)."""
+
+    cells: int
+    layers: int
+    seqs: int
+    k_type: str
+    v_type: str
+    k_mib: float
+    v_mib: float
+    total_mib: float
+    rotate_k: bool | None = None
+    rotate_v: bool | None = None
+
+    @staticmethod
+    def mib(n_bytes: int) -> float:
+        """``n_bytes`` as llama.cpp prints it: ``(float)bytes / (1024.0f * 1024.0f)`` with ``%.2f``."""
+        return float(f"{np.float32(n_bytes) / np.float32(1024 * 1024):.2f}")
+
+
+def parse_kv_cache(output: str) -> KVCacheReport:
+    """The ``llama_kv_cache: size = ...`` line (and ``attn_rot_k/v``) of a llama.cpp program's log, which it
+    prints at verbosity 4 (:data:`KV_LOG_FLAGS`); the last one if several."""
+    found = _KV_SIZE.findall(output)
+    if not found:
+        raise ToolError("no 'llama_kv_cache: size = ...' line in the output: run the program with "
+                        f"{' '.join(KV_LOG_FLAGS)} (llama.cpp logs its KV cache at verbosity 4)")
+    total, cells, layers, seqs, _streams, k_type, k, v_type, v = found[-1]
+    rot = dict(_KV_ROT.findall(output))
+    return KVCacheReport(int(cells), int(layers), int(seqs), k_type, v_type, float(k), float(v), float(total),
+                         rot["k"] == "1" if "k" in rot else None, rot["v"] == "1" if "v" in rot else None)
+
+
+def kv_cache_perplexity(model_gguf, text_file, k_type: str = "f16", v_type: str | None = None, ctx: int = 4096,
+                        chunks: int = 1, n_threads: int = 1, rotation: bool = True, extra=(),
+                        timeout: float = 900.0) -> dict:
+    """``llama-perplexity ... -c CTX -ctk K -ctv V [-fa on]``: the KV memory llama.cpp allocates for that
+    context and cache type, its perplexity (second half of each chunk scored, see :func:`perplexity`) and its
+    speed (context tokens per second of the first pass). ``rotation=False`` sets :data:`ROTATION_ENV`, turning
+    off llama.cpp's Hadamard rotation of a quantized cache. Returns ``{"kv": KVCacheReport, "ppl", "stderr",
+    "tokens_per_s", "run"}``. The flags come from :func:`kv_cache_flags`; other wrappers take them as ``extra``."""
+    flags = kv_cache_flags(k_type, v_type)
+    res = perplexity(model_gguf, text_file, ctx=ctx, chunks=chunks, n_threads=n_threads,
+                     extra=[*flags, *KV_LOG_FLAGS, *extra], timeout=timeout,
+                     env=None if rotation else {ROTATION_ENV: "1"})
+    per_pass = _PASS.search(res.run.output)
+    return {"kv": parse_kv_cache(res.run.output), "ppl": res.ppl, "stderr": res.stderr,
+            "tokens_per_s": ctx / float(per_pass[1]) if per_pass else None, "run": res.run}
