@@ -7,7 +7,8 @@ without rotation (RTN and GPTQ at W4 and W3, W8A8 per-token activations): perple
     flock /tmp/quantedu-cpu.lock .venv/bin/python benchmarks/bench_rotation.py --part gptq-w3 # ~5 min
     flock /tmp/quantedu-cpu.lock .venv/bin/python benchmarks/bench_rotation.py --part w8a8    # ~3 min
 
-Rotations (quantedu.rotation, Hadamard blocks of 64): "none"; "R1" (residual stream, offline: an ordinary
+Rotations (quantedu.rotation, Hadamard blocks of 64): "none"; "norms fused only" (block 1: the identity
+rotation, so only the RMSNorm weights move into the next layers: separates that effect); "R1" (residual stream, offline: an ordinary
 Llama, exportable); "R1+R2+R4" (plus per-head value/o_proj rotations and the online rotation of down_proj's
 input). Perplexity: 4 x 512 evaluation windows (every token scored). Layer error: relative output error
 ``||Y_q - Y|| / ||Y||`` of ``model.layers.<--layer>.mlp.down_proj`` on 2 x 512 calibration tokens, each model
@@ -32,13 +33,14 @@ from quantedu.models import load_model
 from quantedu.primitives import QuantConfig
 from quantedu.rtn import quantize_model_rtn
 
-ROTATIONS = {"none": None, "R1": {}, "R1+R2+R4": {"per_head": True, "online_down": True}}
+ROTATIONS = {"none": None, "norms fused only": {"block": 1}, "R1": {},
+             "R1+R2+R4": {"per_head": True, "online_down": True}}
 
 
 def rotated(base, name):
     model = copy.deepcopy(base)
     if ROTATIONS[name] is not None:
-        rotation.rotate_model(model, block=64, **ROTATIONS[name])
+        rotation.rotate_model(model, **{"block": 64, **ROTATIONS[name]})
     return model
 
 
@@ -78,15 +80,15 @@ def main():
     rows = record.setdefault(args.part, [])
     rows.clear()
     for rot in ROTATIONS:
+        if args.part != "stats" and rot == "norms fused only":
+            continue
         model = rotated(base, rot)
         x, y = layer_io(model, layer, probe)
         if args.part == "stats":
-            q = model.get_submodule(f"model.layers.{args.layer}.self_attn.q_proj")
-            qx, _ = layer_io(model, f"model.layers.{args.layer}.self_attn.q_proj", probe[:1])
-            down = model.get_submodule(layer)
-            rows.append({"rotation": rot, "ppl": ppl(model, windows),
-                         "q_proj weight": rotation.outlier_stats(q.weight), "q_proj input": rotation.outlier_stats(qx),
-                         "down_proj weight": rotation.outlier_stats(down.weight), "down_proj input": rotation.outlier_stats(x)})
+            rows.append({"rotation": rot, "ppl": ppl(model, windows), **{
+                short: rotation.layer_outlier_stats(model, f"model.layers.{args.layer}.{full}", probe)
+                for short, full in (("q_proj", "self_attn.q_proj"), ("o_proj", "self_attn.o_proj"),
+                                    ("down_proj", "mlp.down_proj"))}})
         else:
             configs = {"rtn": [("RTN W4 per-channel", QuantConfig(4, symmetric=False, granularity="channel")),
                                ("RTN W4 g64", QuantConfig(4, 64)), ("RTN W3 g64", QuantConfig(3, 64))],

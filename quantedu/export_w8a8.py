@@ -116,8 +116,8 @@ def load_w8a8(path, dtype: torch.dtype = torch.float32) -> nn.Module:
     if qcfg.get("format") != FORMAT:
         raise ValueError(f"{path} is not a compressed-tensors '{FORMAT}' checkpoint (format: {qcfg.get('format')!r})")
     config = AutoConfig.from_pretrained(path)
-    config.quantization_config = None
-    del config.quantization_config
+    if hasattr(config, "quantization_config"):  # build plain nn.Linear layers; this function swaps them itself
+        del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
     sd: dict[str, torch.Tensor] = {}
     for f in sorted(path.glob("*.safetensors")):

@@ -404,22 +404,22 @@ def kv_cache_type(name: str) -> str:
     return key
 
 
-def kv_cache_type_bytes(source, cells: int, k_type: str = "f16", v_type: str | None = None) -> dict:
-    """Bytes of llama.cpp's KV cache with ``cells`` slots, K stored as ``k_type`` and V as ``v_type``
+def kv_cache_type_bytes(source, context: int, k_type: str = "f16", v_type: str | None = None) -> dict:
+    """Bytes of llama.cpp's KV cache for ``context`` tokens, K stored as ``k_type`` and V as ``v_type``
     (default: the same), predicted from the model's shape alone.
 
-    Each layer holds a K and a V tensor of ``cells`` rows of ``kv_heads * head_dim`` values, and a row is
+    Each layer holds a K and a V tensor of ``context`` rows of ``kv_heads * head_dim`` values, and a row is
     stored in the type's blocks (``q8_0``: 34 bytes per 32 values, ``q4_0``: 18, ...), so
-    ``K = layers * cells * row_bytes(k_type)``; :func:`kv_bytes_per_token` is the f16 case. ``cells`` is
-    llama.cpp's KV size (printed as "N cells": the context, times the parallel sequences, padded).
+    ``K = layers * context * row_bytes(k_type)``; :func:`kv_bytes_per_token` is the f16 case. ``context`` is
+    llama.cpp's KV size, its ``-c`` (printed as "N cells"; parallel sequences share it).
     Returns ``{"K": bytes, "V": bytes, "total": bytes, "k_type": ..., "v_type": ...}``.
     """
     k_type = kv_cache_type(k_type)
     v_type = k_type if v_type is None else kv_cache_type(v_type)
-    if not isinstance(cells, int) or cells < 1:
-        raise ValueError(f"cells must be a positive number of KV slots (the context length), got {cells!r}")
+    if isinstance(context, bool) or not isinstance(context, int) or context < 1:
+        raise ValueError(f"context must be a positive number of tokens (llama.cpp's -c), got {context!r}")
     s = model_shape(source)
     width = s.kv_heads * s.head_dim
-    k = s.layers * weight_format(KV_CACHE_TYPES[k_type]).tensor_bytes(cells, width)
-    v = s.layers * weight_format(KV_CACHE_TYPES[v_type]).tensor_bytes(cells, width)
+    k = s.layers * weight_format(KV_CACHE_TYPES[k_type]).tensor_bytes(context, width)
+    v = s.layers * weight_format(KV_CACHE_TYPES[v_type]).tensor_bytes(context, width)
     return {"K": int(k), "V": int(v), "total": int(k + v), "k_type": k_type, "v_type": v_type}

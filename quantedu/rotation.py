@@ -37,6 +37,7 @@ from .awq import fold_scales
 from .calibration import decoder_layers
 
 __all__ = ["hadamard", "block_hadamard", "apply_block_hadamard", "kurtosis", "max_to_mean", "outlier_stats",
+           "layer_outlier_stats",
            "rotate_input", "rotate_output", "fold_rotation", "OnlineHadamardMLP", "rotate_model"]
 
 
@@ -102,6 +103,24 @@ def max_to_mean(x: torch.Tensor) -> float:
 def outlier_stats(x: torch.Tensor) -> dict:
     """``{"kurtosis", "max_to_mean"}`` of a tensor (weights, or activations ``(tokens, features)``)."""
     return {"kurtosis": kurtosis(x), "max_to_mean": max_to_mean(x)}
+
+
+@torch.no_grad()
+def layer_outlier_stats(model: nn.Module, name: str, batches) -> dict:
+    """:func:`outlier_stats` of linear layer ``name``'s weight and of its inputs over the token ids ``batches``
+    (``(n, seq_len)``): ``{"weight": {...}, "input": {...}}``. Run it on a model before and after
+    :func:`rotate_model` to see what the rotation did to that layer."""
+    from .calibration import check_batches, observe_linear_inputs
+
+    layer = model.get_submodule(name)
+    if not isinstance(layer, nn.Linear):
+        raise TypeError(f"{name} is a {type(layer).__name__}, not a linear layer")
+    xs: list[torch.Tensor] = []
+    device = next(model.parameters()).device
+    with observe_linear_inputs(model, lambda _n, x: xs.append(x.float().cpu()), names={name}):
+        for row in check_batches(batches):
+            model(row[None].to(device), use_cache=False)
+    return {"weight": outlier_stats(layer.weight), "input": outlier_stats(torch.cat(xs))}
 
 
 # --- the online rotation of down_proj's input -------------------------------------------------------

@@ -24,7 +24,7 @@ import torch
 
 from . import artifacts
 
-__all__ = ["KV_DTYPES", "probe_fp8_kv", "describe"]
+__all__ = ["KV_DTYPES", "probe_fp8_kv", "describe", "doctor_row"]
 
 KV_DTYPES = ("fp8", "fp8_e4m3", "fp8_e5m2")
 _VERSION = 1
@@ -88,3 +88,20 @@ def describe(python: str | None = None) -> dict:
     info = probe(python)
     key = artifacts.cache_key("vllm-fp8-kv", python, info.get("vllm"), info.get("device"), _VERSION)
     return artifacts.cached_json("vllm", key, lambda: probe_fp8_kv(python=python))
+
+
+def doctor_row(python: str | None = None) -> dict:
+    """:func:`describe` as one row of ``quantedu doctor``'s engine table (``engine``, ``usable``, ``why``, ``install``)."""
+    from .vllm_engine import INSTALL, VLLMError
+
+    row = {"engine": "vLLM fp8 KV cache (--kv-cache-dtype fp8)", "usable": False, "install": INSTALL}
+    try:
+        res = describe(python)
+    except VLLMError as exc:
+        return {**row, "why": str(exc).splitlines()[0]}
+    if not res["served"]:
+        return {**row, "why": f"vLLM refuses it here: {res['why']}"}
+    same = "same" if res["greedy_same"] else "different"
+    return {**row, "usable": True,
+            "why": (f"served: perplexity x{res['ppl_ratio']:.4f} of the bf16 cache on a tiny model, mean |d log p| "
+                    f"{res['mean_abs_logprob_diff']:.4f}, {same} greedy tokens")}

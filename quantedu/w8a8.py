@@ -112,12 +112,15 @@ def quantize_weight_int8(w: torch.Tensor, scale_dtype: torch.dtype | None = torc
 
 
 def int8_linear(qx: torch.Tensor, sx: torch.Tensor, qw: torch.Tensor, sw: torch.Tensor,
-                bias: torch.Tensor | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``(qx @ qw^T) * sw * sx (+ bias)`` as vLLM's kernel computes it: the integer accumulator (exact:
-    float64 holds every int32), converted to fp32, times the weight scales, times the token scales, then
-    cast to ``dtype``. ``qx (tokens, in)``, ``sx (tokens, 1)`` or ``(1,)``; ``qw (out, in)``, ``sw (out, 1)``."""
+                bias: torch.Tensor | None = None, dtype: torch.dtype = torch.float32, static: bool = False) -> torch.Tensor:
+    """``(qx @ qw^T) * sx * sw (+ bias)``, rounded as vLLM's CPU kernel (oneDNN) rounds it, so the result is
+    bit-identical: the integer accumulator (exact: float64 holds every int32) converted to fp32, then the
+    scales in oneDNN's order: a ``static`` per-tensor activation scale before the weight scales; dynamic
+    per-token scales after them (oneDNN applies only the weight scales, vLLM's epilogue the token scales);
+    then cast to ``dtype``. ``qx (tokens, in)``, ``sx (tokens, 1)`` or ``(1,)``; ``qw (out, in)``, ``sw (out, 1)``."""
     acc = (qx.double() @ qw.double().T).float()
-    y = acc * sw.float().reshape(1, -1) * sx.float().reshape(-1, 1)
+    sw, sx = sw.float().reshape(1, -1), sx.float().reshape(-1, 1)
+    y = acc * sx * sw if static else acc * sw * sx
     if bias is not None:
         y = y + bias.float()
     return y.to(dtype)
@@ -161,7 +164,7 @@ class W8A8Linear(nn.Module):
             qx, sx = quantize_per_token(x)
         else:
             qx, sx = quantize_per_tensor(x, self.input_scale)
-        y = int8_linear(qx, sx, self.qweight, self.weight_scale, self.bias, x.dtype)
+        y = int8_linear(qx, sx, self.qweight, self.weight_scale, self.bias, x.dtype, static=self.input_scale is not None)
         return y.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -201,7 +204,7 @@ def activation_stats(model: nn.Module, batches, names: Iterable[str] | None = No
     stats: dict[str, ChannelStats] = {}
     wanted = None if names is None else set(names)
     if wanted is not None:
-        known = {n for n, m in model.named_modules() if isinstance(m, (nn.Linear, W8A8Linear))}
+        known = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
         if wanted - known:
             raise KeyError(f"not linear layers of this model: {sorted(wanted - known)[:5]} (names look like "
                            f"{sorted(known)[0] if known else 'model.layers.0.mlp.down_proj'})")

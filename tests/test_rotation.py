@@ -5,27 +5,12 @@ import copy
 import pytest
 import torch
 
+from helpers import random_llama as tiny_llama, token_ids
 from quantedu import rotation
 
 
-def tiny_llama(hidden=64, heads=4, kv_heads=2, head_dim=None, intermediate=128, seed=0):
-    """A random Llama with random norm weights (so the norm fusion is exercised) and tied embeddings."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=256, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=2,
-                         num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
-                         max_position_embeddings=256, tie_word_embeddings=True)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1 + 0.3 * torch.randn_like(p))
-    return model
-
-
-def ids(n=2, seq=32, seed=3, vocab=256):
-    return torch.randint(0, vocab, (n, seq), generator=torch.Generator().manual_seed(seed))
+def ids():
+    return token_ids(n=2)
 
 
 @pytest.mark.parametrize("n", [1, 2, 8, 64])
@@ -145,3 +130,15 @@ def test_same_weights_as_llm_compressor_spinquant_except_its_centered_embeddings
     ref = original(batch).logits
     assert float((ours(batch).logits - ref).abs().max()) < 1e-4
     assert float((theirs(batch).logits - ref).abs().max()) > 1e-2
+
+
+def test_layer_outlier_stats_see_the_rotation():
+    """On a model with outlier channels in its norms, rotating lowers the kurtosis of q_proj's input."""
+    model, batch = tiny_llama(outlier_channels=(3, 40)), ids()
+    before = rotation.layer_outlier_stats(model, "model.layers.0.self_attn.q_proj", batch)
+    rotation.rotate_model(model, block=64)
+    after = rotation.layer_outlier_stats(model, "model.layers.0.self_attn.q_proj", batch)
+    assert after["input"]["kurtosis"] < before["input"]["kurtosis"] / 2
+    assert after["input"]["max_to_mean"] < before["input"]["max_to_mean"]
+    with pytest.raises(TypeError, match="not a linear layer"):
+        rotation.layer_outlier_stats(model, "model.layers.0.mlp", batch)

@@ -5,31 +5,14 @@ import copy
 import pytest
 import torch
 
+from helpers import random_llama, token_ids as ids
 from quantedu import smoothquant, w8a8
 from quantedu.calibration import decoder_layers
 
 
-def tiny_llama(seed=0, outliers=True):
-    """A random Llama with random (non-unit) norm weights, so folding into the norm is exercised, and a few
-    large norm channels, so its activations have outlier channels like a trained model's."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=True)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1 + 0.3 * torch.randn_like(p))
-                if outliers:
-                    p[[3, 40]] *= 30
-    return model
-
-
-def ids(n=4, seq=32, seed=3):
-    return torch.randint(0, 256, (n, seq), generator=torch.Generator().manual_seed(seed))
+def tiny_llama():
+    """Random norm weights (the fold is exercised) and two large norm channels (outlier activations)."""
+    return random_llama(outlier_channels=(3, 40))
 
 
 def test_scales_follow_the_formula():

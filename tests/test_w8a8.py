@@ -8,30 +8,15 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from helpers import random_llama, token_ids as ids
 from quantedu import w8a8
 from quantedu.checks import ModelStateError
 from quantedu.export_w8a8 import load_w8a8, save_w8a8
 from quantedu.primitives import fake_quantize
 
 
-def tiny_llama(folder=None, seed=0):
-    """A random 2-layer Llama; with ``folder``, saved in bf16 and loaded back as transformers loads a bf16
-    checkpoint (its rotary buffers stay fp32, unlike ``model.to(torch.bfloat16)``)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=True)
-    model = LlamaForCausalLM(config).eval()
-    if folder is None:
-        return model
-    model.to(torch.bfloat16).save_pretrained(folder)
-    return LlamaForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
-
-
-def ids(n=4, seq=32, seed=3):
-    return torch.randint(0, 256, (n, seq), generator=torch.Generator().manual_seed(seed))
+def tiny_llama(folder=None):
+    return random_llama(folder=folder)
 
 
 def outlier_activations(tokens=256, features=128, seed=0):
