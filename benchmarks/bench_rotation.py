@@ -48,9 +48,12 @@ def rotated(base, name):
 def layer_io(model, name, batches):
     """Inputs and outputs of one linear layer over ``batches``."""
     xs, ys = [], []
-    layer = model.get_submodule(name)
-    h = layer.register_forward_hook(lambda m, a, o: (xs.append(a[0].reshape(-1, a[0].shape[-1])),
-                                                      ys.append(o.reshape(-1, o.shape[-1]))))
+
+    def keep(_module, args, out):  # returns None: the output is left as it is
+        xs.append(args[0].reshape(-1, args[0].shape[-1]))
+        ys.append(out.reshape(-1, out.shape[-1]))
+
+    h = model.get_submodule(name).register_forward_hook(keep)
     for row in batches:
         model(row[None], use_cache=False)
     h.remove()

@@ -5,10 +5,12 @@ served by vLLM (its int8 CPU kernels) and the same bytes run by the package's to
 
 Protocol: perplexity over the course's 4 x 512 evaluation windows (quantedu.evaluate's definition, every
 token of a window scored); SmoothQuant and static scales calibrated on 16 x 512 calibration tokens. Every
-variant starts from a fresh copy of the fp32 model. vLLM loads every checkpoint in one worker process
-(``quantedu.w8a8_served.served_vs_emulated``, dtype bfloat16, per-token log-probs). The emulation reads each
-checkpoint back (``load_w8a8``) and runs it in fp32 and in bf16; the yardstick is the dense checkpoint's gap
-between vLLM (bf16) and torch (fp32). Writes ``--out`` (default benchmarks/results/w8a8.json).
+variant starts from a fresh copy of the fp32 model; llm-compressor's own W8A8 of the bf16 model is the
+reference row. vLLM serves every checkpoint in one worker process at ``--dtype`` (bfloat16, as it serves;
+float32 to see the int8 arithmetic alone), per-token log-probs
+(``quantedu.w8a8_served.served_vs_emulated``); the emulation reads each checkpoint back (``load_w8a8``) and
+runs it in fp32; the yardstick is the dense checkpoint's gap between vLLM and torch fp32.
+Writes ``--out`` (default benchmarks/results/w8a8.json).
 """
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ def main():
     ap.add_argument("--folder", default="/tmp/quantedu-w8a8-bench")
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--calib", type=int, default=16)
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="vLLM's serving dtype")
     args = ap.parse_args()
     torch.set_num_threads(2)
     base, tok = load_model("smollm2-135m", device="cpu", verbose=False)
@@ -73,13 +76,13 @@ def main():
     paths["llm-compressor W8A8 (reference)"] = llm_compressor_w8a8(folder, tok)
     t0 = time.perf_counter()
     dense = paths.pop("dense bf16")
-    rows = served_vs_emulated(dense, paths, windows, emulation_dtypes=(torch.float32, torch.bfloat16))
+    rows = served_vs_emulated(dense, paths, windows, dtype=args.dtype)
     vllm_s = time.perf_counter() - t0
     for label, row in rows.items():
         row["quantize_s"] = seconds.get(label)
         print(label, json.dumps(row), flush=True)
-    record = {"windows": "4 x 512 pydoc evaluation", "calibration": f"{args.calib} x 512", "alpha": args.alpha,
-              "served_and_emulated_s": vllm_s, "rows": rows}
+    record = {"windows": "4 x 512 pydoc evaluation", "vllm_dtype": args.dtype, "calibration": f"{args.calib} x 512",
+              "alpha": args.alpha, "served_and_emulated_s": vllm_s, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=1))
 

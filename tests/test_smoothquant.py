@@ -109,3 +109,10 @@ def test_scales_equal_llm_compressor_times_the_explained_factor(tmp_path):
         torch.testing.assert_close(block.get_submodule(first).weight, before * s_theirs, rtol=1e-5, atol=1e-7)
     spread = torch.cat(factors)
     assert float(spread.max() / spread.min()) > 1.05, "one constant factor would not test the element-wise claim"
+
+
+def test_weights_that_do_not_read_the_activations_are_refused():
+    with pytest.raises(ValueError, match="4 input columns"):
+        smoothquant.smoothquant_scales(torch.ones(4), [torch.ones(2, 4), torch.ones(2, 5)], 0.5)
+    with pytest.raises(ValueError, match="give the weights"):
+        smoothquant.smoothquant_scales(torch.ones(4), [], 0.5)

@@ -185,3 +185,16 @@ def test_export_refuses_what_vllm_would_not_compute(tmp_path):
     with pytest.raises(ValueError, match="scale_dtype"):
         save_w8a8(model, tmp_path / "c")
     assert not any(tmp_path.iterdir())
+
+
+def test_bad_inputs_say_what_to_do(tmp_path):
+    model = tiny_llama()
+    model.save_pretrained(tmp_path / "plain")
+    with pytest.raises(ValueError, match="not a compressed-tensors 'int-quantized' checkpoint"):
+        load_w8a8(tmp_path / "plain")
+    with pytest.raises(TypeError, match="2-D int8"):
+        w8a8.W8A8Linear(torch.zeros(4, 4), torch.ones(4, 1))
+    with pytest.raises(ValueError, match="positive and finite"):
+        w8a8.quantize_per_tensor(torch.ones(2, 3), 0.0)
+    with pytest.raises(TypeError, match="floating-point activation"):
+        w8a8.quantize_per_token(torch.ones(2, 3, dtype=torch.int64))

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .. import rotation, smoothquant, w8a8
-from .core import Exercise, case, first_difference, fmt, register
+from .core import Exercise, case, first_difference, register
 from .inputs import activations, course_weight, randn
 
 
