@@ -85,3 +85,13 @@ def test_predicted_bytes_equal_what_llama_cpp_reports(gguf, text_file, k_type, v
     assert res["ppl"] > 1 and res["tokens_per_s"] > 0
     quantized = k_type not in ("f32", "f16", "bf16")
     assert kv.rotate_k == quantized  # this llama.cpp rotates a quantized K cache (Hadamard) by default
+
+
+def test_llama_cpps_rotation_of_a_quantized_cache_can_be_turned_off(gguf, text_file):
+    """This llama.cpp rotates a quantized K/V cache with a Hadamard transform (QuaRot's idea, applied to the
+    cache); LLAMA_ATTN_ROT_DISABLE=1 turns it off: same bytes, other numbers."""
+    on = lt_tools.kv_cache_perplexity(gguf, text_file, "q4_0", ctx=256, chunks=1)
+    off = lt_tools.kv_cache_perplexity(gguf, text_file, "q4_0", ctx=256, chunks=1, rotation=False)
+    assert (on["kv"].rotate_k, on["kv"].rotate_v) == (True, True)
+    assert (off["kv"].rotate_k, off["kv"].rotate_v) == (False, False)
+    assert on["kv"].total_mib == off["kv"].total_mib and on["ppl"] != off["ppl"]
