@@ -17,7 +17,7 @@ SEED_STAMP := $(SEED_VENV)/.quantedu-installed
 # JupyterLab refuses to start as root (containers, CI machines) unless told that it is on purpose.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup lab test unit notebooks fresh solutions bench doctor clean llama-tools vllm seed-libs
+.PHONY: setup lab test unit notebooks fresh solutions bench doctor clean llama-tools vllm seed-libs installed-check
 
 setup: $(STAMP) llama-tools vllm seed-libs
 
@@ -36,7 +36,7 @@ $(VLLM_STAMP): constraints-vllm.txt tools/build_vllm_env.sh tools/side_env.sh
 	@touch $@
 
 # optimum 2.3 + GPTQModel 7.7, AutoAWQ 0.2.9 and AutoGPTQ 0.7.1 in .venv-seed, where the seed post's snippets run
-# (quantedu.seed_libs); re-runs when its pins change. About a minute from pip's cache, plus about a minute the first
+# (quantedu.engines.seed_libs); re-runs when its pins change. About a minute from pip's cache, plus about a minute the first
 # time on a machine while GPTQModel compiles its CPU kernels; prints its time. Where the pinned builds do not exist
 # it says so and succeeds.
 seed-libs: $(SEED_STAMP)
@@ -65,15 +65,24 @@ lab: setup
 
 # Unit tests + every notebook under nbval, then every notebook again on a second model that is not the
 # offline file (a small random-weight Llama built here: quantedu/testmodel.py), loaded in bf16 as on a
-# GPU, proving no notebook assumes the shipped file's shapes, names or dtype.
+# GPU, proving no notebook assumes the shipped file's shapes, names or dtype. TEST_JOBS test files (a notebook
+# is one) run side by side: most cells use one core (GPTQ's column loop, llama.cpp and vLLM at 1 thread) or wait
+# on a server, so two workers on two cores measured 1.8x faster than one (363 s vs 663 s for the second pass).
+TEST_JOBS ?= 2
+XDIST := $(if $(filter-out 0 1,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile,)
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(XDIST)
 	@echo "== second pass: every notebook on the CI test model (QUANTEDU_MODEL)"
 	QUANTEDU_MODEL="$$($(BIN)/python -m quantedu.testmodel)" QUANTEDU_DTYPE=bfloat16 \
-	  $(BIN)/python -m pytest notebooks -p no:cacheprovider
+	  $(BIN)/python -m pytest notebooks -p no:cacheprovider $(XDIST)
+
+# The course as Colab gets it: the wheel, installed non-editable in a fresh venv, notebooks 01 and 07 run from an
+# empty folder outside the repository (tools/installed_check.sh). CI runs it after `make test`.
+installed-check: setup
+	PYTHON=$(PYTHON) bash tools/installed_check.sh
 
 unit: setup
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests $(XDIST)
 
 # Developer step: rebuild notebooks/*.ipynb from notebooks/src and execute them. A notebook someone edited
 # in Jupyter is copied to notebooks/.backups/ first, never lost.

@@ -3,12 +3,27 @@ import os
 import time
 from collections import defaultdict
 
+import pytest
+
 # nbval kernels inherit the environment: quizzes print as text there (no widget front end).
 os.environ.setdefault("QUANTEDU_QUIZ_TEXT", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
 _notebook_seconds: dict[str, float] = defaultdict(float)
 _started: dict[str, float] = {}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Issue 21: a notebook that calibrates GPTQ/AWQ/llm-compressor/an imatrix on fewer tokens than twice the
+    widest layer's inputs fails under nbval, unless it says why inside ``quantedu.calibration.inconclusive``
+    (then it prints "inconclusive"). Set before a notebook's kernel starts (it inherits the environment); unit
+    tests calibrate tiny models on purpose and keep the warning."""
+    if item.nodeid.split("::")[0].endswith(".ipynb"):
+        os.environ["QUANTEDU_STRICT_CALIBRATION"] = "1"
+    else:
+        os.environ.pop("QUANTEDU_STRICT_CALIBRATION", None)
 
 
 def pytest_runtest_logstart(nodeid, location):

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from quantedu import awq
-from quantedu import benchmark as bench
+import results as bench
 from quantedu.data import calibration_batches, load_corpus
 from quantedu.evaluate import perplexity
 from quantedu.models import load_model
@@ -35,10 +35,10 @@ def ours(model, batches, group_size: int, search_samples):
 
 
 def llm_compressor(model, tokenizer, batches, group_size: int):
-    from quantedu import reference
+    from quantedu.engines import llm_compressor
 
-    recipe = reference.awq_recipe(awq.AWQConfig(4, group_size, sym=False))
-    _, wall, cpu = bench.timed(lambda: reference.run_oneshot(model, batches, recipe, tokenizer))
+    recipe = llm_compressor.awq_recipe(awq.AWQConfig(4, group_size, sym=False))
+    _, wall, cpu = bench.timed(lambda: llm_compressor.run_oneshot(model, batches, recipe, tokenizer))
     return wall, cpu
 
 

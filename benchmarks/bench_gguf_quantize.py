@@ -37,7 +37,7 @@ def best_time(fn, repeat: int) -> float:
 
 def main(argv=None):
     from quantedu import gguf
-    from quantedu.gguf import ggml_reference as ggml
+    from quantedu.engines.llama_cpp import ggml
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--types", nargs="*", default=list(gguf.TYPES))

@@ -8,7 +8,7 @@ starts from a fresh copy of the fp32 model and gets the same calibration token w
     .venv/bin/python benchmarks/bench_gptq.py --samples 8 --threads 1 --out /tmp/gptq.json
 
 It prints each method's time as a ratio to llm-compressor's in the same run, and writes
-``benchmarks/results/bench_gptq.json`` (``quantedu.benchmark``'s shape, the same as bench_awq's).
+``benchmarks/results/bench_gptq.json`` (``benchmarks/results.py``'s shape, the same as bench_awq's).
 
 GPTQModel is not run: 7.7 declares torch>=2.14.1 and the course pins torch 2.13 (it works with
 --no-deps on this CPU; see the measured-facts notes for its numbers).
@@ -32,10 +32,10 @@ def run_ours(model, calib, group, device):
 
 
 def run_llmcompressor(model, calib, group):
-    from quantedu import reference
+    from quantedu.engines import llm_compressor
     from quantedu.gptq import GPTQConfig
 
-    reference.run_oneshot(model, calib, reference.gptq_recipe(GPTQConfig(bits=4, group_size=group, sym=True)))
+    llm_compressor.run_oneshot(model, calib, llm_compressor.gptq_recipe(GPTQConfig(bits=4, group_size=group, sym=True)))
 
 
 def main(argv=None):
@@ -54,7 +54,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from quantedu import benchmark as bench
+    import results as bench
     from quantedu.data import calibration_batches, evaluation_text
     from quantedu.evaluate import perplexity
     from quantedu.models import load_model

@@ -14,9 +14,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from quantedu import memory
 from quantedu.data import evaluation_text
-from quantedu.llama_tools.tools import KVCacheReport, kv_cache_perplexity
+from quantedu.engines.llama_cpp.kv_cache import KVCacheReport, kv_cache_perplexity, kv_cache_type_bytes
 from quantedu.models import offline_gguf_path
 
 CASES = [("f16", "f16", True), ("bf16", "bf16", True), ("q8_0", "q8_0", True), ("q8_0", "q4_0", True),
@@ -38,7 +37,7 @@ def main():
         for k, v, rot in CASES:
             r = kv_cache_perplexity(gguf, text, k, v, ctx=args.ctx, chunks=1, n_threads=args.threads, rotation=rot)
             kv = r["kv"]
-            pred = memory.kv_cache_type_bytes("smollm2-135m", kv.cells, k, v)
+            pred = kv_cache_type_bytes("smollm2-135m", kv.cells, k, v)
             row = {"K": k, "V": v, "rotation": kv.rotate_k or kv.rotate_v, "cells": kv.cells,
                    "predicted_MiB": KVCacheReport.mib(pred["total"]), "reported_MiB": kv.total_mib,
                    "predicted_bytes": pred["total"], "equal": KVCacheReport.mib(pred["total"]) == kv.total_mib

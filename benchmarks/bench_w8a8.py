@@ -8,7 +8,7 @@ token of a window scored); SmoothQuant and static scales calibrated on 16 x 512 
 variant starts from a fresh copy of the fp32 model; llm-compressor's own W8A8 of the bf16 model is the
 reference row. vLLM serves every checkpoint in one worker process at ``--dtype`` (bfloat16, as it serves;
 float32 to see the int8 arithmetic alone), per-token log-probs
-(``quantedu.w8a8_served.served_vs_emulated``); the emulation reads each checkpoint back (``load_w8a8``) and
+(``quantedu.engines.w8a8_served.served_vs_emulated``); the emulation reads each checkpoint back (``load_w8a8``) and
 runs it in fp32; the yardstick is the dense checkpoint's gap between vLLM and torch fp32.
 Writes ``--out`` (default benchmarks/results/w8a8.json).
 """
@@ -25,9 +25,9 @@ import torch
 from quantedu import smoothquant, w8a8
 from quantedu.data import calibration_batches, load_corpus
 from quantedu.evaluate import evaluation_windows
-from quantedu.export_w8a8 import save_w8a8
+from quantedu.export.w8a8 import save_w8a8
 from quantedu.models import load_model, offline_checkpoint
-from quantedu.w8a8_served import served_vs_emulated
+from quantedu.engines.w8a8_served import served_vs_emulated
 
 
 def llm_compressor_w8a8(folder: Path, tok) -> Path:

@@ -21,7 +21,7 @@ def main(argv=None):
     from gguf import quants
 
     from quantedu import gguf
-    from quantedu.gguf import ggml_reference as ggml
+    from quantedu.engines.llama_cpp import ggml
     from quantedu.gguf.mixes import TensorInfo, should_quantize
     from quantedu.models import offline_gguf_path
 

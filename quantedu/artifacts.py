@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import platformdirs
 
-from .procs import pid_alive
+from .runtime import pid_alive
 
 ENV_VAR = "QUANTEDU_CACHE"
 OWNER_MARKER = ".quantedu-owned"  # in every folder the package writes: the list of files it put there

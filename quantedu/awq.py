@@ -35,20 +35,20 @@ feeds several ``o_proj`` inputs, and llm-awq (PR #67) and llm-compressor both sk
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import in_place
-from .calibration import decoder_layers, first_tensor, linear_layers, observe_linear_inputs, sequential_blocks
+from .checks import InPlaceGuard
+from .calibration import (decoder_layers, first_tensor, linear_layers, observe_linear_inputs, sequential_blocks,
+                          warn_if_starved)
 from .primitives import (QuantConfig, QuantizedLayer, WeightOnlyConfig, fake_quantize, group_index, group_min_max,
                          quantize_weight)
 
 __all__ = [
-    "AWQConfig", "ScaleGroup", "llama_scale_groups", "activation_scale", "weight_scale",
+    "AWQConfig", "ScaleGroup", "AWQBlock", "llama_scale_groups", "activation_scale", "weight_scale",
     "candidate_scales", "fold_scales", "search_scale", "search_clip", "awq_block", "awq_quantize_model",
 ]
 
@@ -248,12 +248,24 @@ def quantize_layer(layer: nn.Linear, qc: QuantConfig) -> QuantizedLayer:
 # --- one block ------------------------------------------------------------------------------------
 
 
+@dataclass
+class AWQBlock:
+    """What AWQ decided in one decoder block, per scale group (keyed by the op its scales fold into,
+    e.g. ``input_layernorm``): the scales, the exponent chosen and the loss of every exponent tried;
+    and the block's quantized layers (empty when ``quantize_weights=False``)."""
+
+    scales: dict[str, torch.Tensor]
+    alpha: dict[str, float]
+    history: dict[str, list[float]]
+    layers: dict[str, QuantizedLayer]
+
+
 @torch.no_grad()
 def awq_block(block: nn.Module, inputs: list[torch.Tensor], kwargs: dict, config: AWQConfig,
               quantize_weights: bool = True, groups: list[ScaleGroup] | None = None) -> dict:
     """Scale search, folding, clipping search and quantization of one decoder block, in place.
 
-    Returns ``{"scales": {prev: s}, "alpha": {prev: a}, "history": {prev: [...]}, "layers": {name: QuantizedLayer}}``.
+    Returns an :class:`AWQBlock`; each quantized layer's record carries its group's scale, alpha and losses.
     """
     groups = llama_scale_groups(block) if groups is None else groups
     qc = config.quant_config()
@@ -266,10 +278,10 @@ def awq_block(block: nn.Module, inputs: list[torch.Tensor], kwargs: dict, config
     X = {name: torch.cat(v) for name, v in feats.items()}  # (tokens, in_features)
     n_tok = next(iter(X.values())).shape[0]
     H = {name: x.float().T @ x.float() for name, x in X.items()}
-    out = {"scales": {}, "alpha": {}, "history": {}, "layers": {}}
+    out = AWQBlock(scales={}, alpha={}, history={}, layers={})
     attn_kwargs = {k: v for k, v in kwargs.items() if k not in ("use_cache",)}
     seq_shape = (len(inputs), -1, inputs[0].shape[-1])
-    folded_scale: dict[str, torch.Tensor] = {}
+    group_of: dict[str, str] = {}
 
     for grp in groups:
         layers = [mods[n] for n in grp.layers]
@@ -292,9 +304,9 @@ def awq_block(block: nn.Module, inputs: list[torch.Tensor], kwargs: dict, config
         fold_scales(mods[grp.prev], layers, s)
         # The layers' inputs are now x / s: keep the statistics consistent for clipping.
         H[grp.layers[0]] = H[grp.layers[0]] / (s.view(-1, 1) * s.view(1, -1)).float()
-        out["scales"][grp.prev], out["alpha"][grp.prev], out["history"][grp.prev] = s.cpu(), alpha, history
+        out.scales[grp.prev], out.alpha[grp.prev], out.history[grp.prev] = s.cpu(), alpha, history
         for n in grp.layers:
-            folded_scale[n] = s.cpu()
+            group_of[n] = grp.prev
 
     input_of = {n: grp.layers[0] for grp in groups for n in grp.layers}
     clip_ratio: dict[str, torch.Tensor] = {}
@@ -307,7 +319,9 @@ def awq_block(block: nn.Module, inputs: list[torch.Tensor], kwargs: dict, config
     if quantize_weights:
         for name, layer in linear_layers(block).items():
             res = quantize_layer(layer, qc)
-            out["layers"][name] = replace(res, awq_scale=folded_scale.get(name), clip_ratio=clip_ratio.get(name))
+            prev = group_of.get(name)
+            out.layers[name] = replace(res, clip_ratio=clip_ratio.get(name), **({} if prev is None else dict(
+                awq_scale=out.scales[prev], awq_alpha=out.alpha[prev], awq_losses=tuple(out.history[prev]))))
     return out
 
 
@@ -316,33 +330,29 @@ def awq_block(block: nn.Module, inputs: list[torch.Tensor], kwargs: dict, config
 
 @torch.no_grad()
 def awq_quantize_model(model: nn.Module, batches: torch.Tensor, config: AWQConfig = AWQConfig(),
-                       progress: bool = True) -> dict:
+                       progress: bool = True) -> dict[str, QuantizedLayer]:
     """AWQ every decoder block of ``model`` in place (weights become dequantized AWQ weights).
 
     ``batches``: calibration token ids ``(n_samples, seq_len)``. One block, its calibration inputs,
     its linear-layer inputs and their Gram matrices are in memory at a time; the model stays on its
-    device (CPU or CUDA). Returns ``{"layers": {"model.layers.3.mlp.up_proj": QuantizedLayer, ...},
-    "alpha": {...}, "scales": {...}, "seconds": wall time}``.
+    device (CPU or CUDA). Returns ``{"model.layers.3.mlp.up_proj": QuantizedLayer, ...}``, the same record
+    GPTQ returns; a layer's ``awq_scale``/``awq_alpha``/``awq_losses``/``clip_ratio`` say what AWQ chose.
     """
-    with in_place(model, config.label()):
+    warn_if_starved(model, batches, f"AWQ {config.label()}")  # fewer than 2 tokens per input: inconclusive
+    with InPlaceGuard(model, config.label()):
         return _awq_model(model, batches, config, progress)
 
 
-def _awq_model(model: nn.Module, batches: torch.Tensor, config: AWQConfig, progress: bool) -> dict:
+def _awq_model(model: nn.Module, batches: torch.Tensor, config: AWQConfig,
+               progress: bool) -> dict[str, QuantizedLayer]:
     layers = decoder_layers(model)
     prefix = next(name for name, m in model.named_modules() if m is layers)
-    result: dict = {"layers": {}, "alpha": {}, "scales": {}}
-    t0 = time.perf_counter()
+    result: dict[str, QuantizedLayer] = {}
 
     def process(index, block, inputs, kwargs):
-        res = awq_block(block, inputs, kwargs, config)
-        for name, layer in res["layers"].items():
-            result["layers"][f"{prefix}.{index}.{name}"] = layer.to("cpu")
-        for prev, a in res["alpha"].items():
-            result["alpha"][f"{prefix}.{index}.{prev}"] = a
-            result["scales"][f"{prefix}.{index}.{prev}"] = res["scales"][prev]
+        for name, layer in awq_block(block, inputs, kwargs, config).layers.items():
+            result[f"{prefix}.{index}.{name}"] = layer.to("cpu")
 
     sequential_blocks(model, batches, process, quantized_inputs=config.quantized_inputs, desc=config.label(),
                       progress=progress)
-    result["seconds"] = time.perf_counter() - t0
     return result

@@ -16,6 +16,7 @@ Which inputs feed block ``i+1`` is a real choice:
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -194,3 +195,82 @@ def sequential_blocks(
         inputs = run_block(block, inputs, kwargs) if quantized_inputs else original_outputs
         if device is not None:
             block.to(home)
+
+
+# --- is the calibration enough? ---------------------------------------------------------------------
+
+FACTOR = 2  # calibration tokens per input of the widest linear layer
+
+@dataclass(frozen=True)
+class CalibrationBudget:
+    """Calibration tokens against the widest linear input they have to describe.
+
+    A layer with ``d`` inputs is calibrated through ``X X^T`` (GPTQ's Hessian, AWQ's and the imatrix's
+    statistics), a ``d x d`` matrix of rank at most the number of tokens: with fewer than ``d`` tokens it is
+    singular (only GPTQ's damping keeps it invertible), and with about ``d`` it is still dominated by
+    noise. The course asks for at least ``FACTOR = 2`` tokens per input of the widest layer.
+    """
+
+    tokens: int
+    widest_input: int
+    widest_layer: str
+    minimum: int
+
+    @property
+    def enough(self) -> bool:
+        return self.tokens >= self.minimum
+
+    def __str__(self) -> str:
+        verdict = "enough" if self.enough else "too few: results are inconclusive"
+        return (f"{self.tokens:,} calibration tokens for {self.widest_layer} ({self.widest_input:,} inputs, "
+                f"the widest): {verdict} (minimum {self.minimum:,} = {FACTOR} x inputs)")
+
+
+def budget(model, batches) -> CalibrationBudget:
+    """Calibration tokens (``n_samples * seq_len`` of ``batches``; every linear layer sees them all) against
+    the widest input of a linear layer in the decoder blocks; ``.minimum`` is ``FACTOR x`` that width."""
+    batches = check_batches(batches)
+    name, width = max(((f"{i}.{n}", m.in_features) for i, block in enumerate(decoder_layers(model))
+                       for n, m in linear_layers(block).items()), key=lambda item: item[1])
+    kind = name.split(".", 1)[1]
+    return CalibrationBudget(batches.numel(), width, kind, FACTOR * width)
+
+
+STRICT_ENV = "QUANTEDU_STRICT_CALIBRATION"  # set (CI's notebook runs): starved calibration is an error
+_INCONCLUSIVE: list[str] = []  # reasons a notebook gave for calibrating short on purpose (innermost last)
+
+
+class CalibrationBudgetError(ValueError):
+    """Too few calibration tokens for the widest layer, where a result on them would be presented as one."""
+
+
+@contextmanager
+def inconclusive(reason: str):
+    """Calibrate short on purpose (a lesson about starvation, a sweep that only ranks settings): inside, a
+    starved run prints that its result is inconclusive, and why, instead of warning (or failing under
+    ``QUANTEDU_STRICT_CALIBRATION``)."""
+    _INCONCLUSIVE.append(reason)
+    try:
+        yield
+    finally:
+        _INCONCLUSIVE.pop()
+
+
+def warn_if_starved(model, batches, method: str) -> CalibrationBudget:
+    """``budget(model, batches)``; when it is not enough: inside :func:`inconclusive`, a printed line saying
+    the result is inconclusive; else a ``UserWarning`` (a :class:`CalibrationBudgetError` when
+    ``QUANTEDU_STRICT_CALIBRATION`` is set, as CI sets it for the notebooks)."""
+    import os
+    import warnings
+    b = budget(model, batches)
+    if b.enough:
+        return b
+    if _INCONCLUSIVE:
+        print(f"{method}: {b} - {_INCONCLUSIVE[-1]}")
+        return b
+    message = (f"{method}: {b}. Use more calibration samples or longer ones (e.g. {-(-b.minimum // 512)} x 512 "
+               "tokens) before comparing methods, or say why not with quantedu.calibration.inconclusive(reason).")
+    if os.environ.get(STRICT_ENV):
+        raise CalibrationBudgetError(message)
+    warnings.warn(message, UserWarning, stacklevel=3)
+    return b

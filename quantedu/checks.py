@@ -56,11 +56,11 @@ def check_linear_weights(model, names=None) -> None:
             require_finite(m.weight.detach(), f"{name}.weight")
 
 
-class in_place:
+class InPlaceGuard:
     """Guard an in-place quantizer: refuse a model already quantized in place, and mark a model that a
     failure left half-changed, so the next attempt says so instead of rounding rounded weights.
 
-    >>> with in_place(model, "GPTQ W4 g128"):
+    >>> with InPlaceGuard(model, "GPTQ W4 g128"):
     ...     quantize every layer
     """
 

@@ -1,4 +1,6 @@
-"""The ``quantedu`` command: ``doctor`` (environment report) and ``prepare`` (cache everything offline)."""
+"""The ``quantedu`` command: ``doctor`` (environment report), ``prepare`` (cache everything offline), ``plan``
+(what fits on which GPUs), ``recipe`` (write a runnable quantize / serve recipe), and the instructor tools
+``exercises`` and ``quiz`` (``quantedu quiz --keys NAME`` or ``all``: the answer keys)."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +10,7 @@ import sys
 def _prepare(args) -> int:
     from . import models
     from .data import load_corpus
-    from .doctor import cache_status
+    from .engines.doctor import cache_status
 
     if args.models is not None and not args.online:  # an instructor would reach the room without them
         wanted = " ".join(args.models) or models.HUB_ID
@@ -74,13 +76,23 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--notebooks", help="the course notebooks for --solutions (default: ./notebooks)")
     ex.add_argument("--status", metavar="DIR", help="grade the exercise cells of every notebook under DIR")
     ex.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per exercise cell (--status)")
+    qz = sub.add_parser("quiz", help="instructor tools: list the quizzes; --keys NAME (or all) prints answer keys")
+    qz.add_argument("--keys", metavar="NAME", help="print the answer keys of quiz NAME, or of all of them")
+    from .recipes.cli import add_parsers, run as run_plan  # `plan` and `recipe` (issue 25)
+    add_parsers(sub)
     args = parser.parse_args(argv)
+    if args.command in ("plan", "recipe"):
+        return run_plan(args)
+    if args.command == "quiz":
+        from .course.quiz import main as quiz_main
+
+        return quiz_main(args)
     if args.command == "exercises":
         from .exercises.notebooks import main as exercises_main
 
         return exercises_main(args)
     if args.command == "doctor":
-        from .doctor import print_report
+        from .engines.doctor import print_report
 
         print_report()
         return 0

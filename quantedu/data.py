@@ -3,6 +3,9 @@
 * ``"pydoc"`` (offline): the help topics that ship with every Python, ``pydoc_data.topics`` —
   about 113k tokens of English technical prose with code. No download needed.
 * ``"wikitext2"`` (online): wikitext-2-raw-v1 through ``datasets``, the set GPTQ/AWQ papers use.
+* ``"pysource"`` (offline): the source code of some 40 pure-Python standard-library modules (code, comments,
+  docstrings), read from this Python's own ``Lib/`` folder: held-out text from another source and genre than
+  the help pages, to evaluate out of the calibration's domain (:func:`_pysource`).
 
 The split into calibration and evaluation parts is deterministic and never overlaps: for pydoc,
 each help topic goes wholly to one side by a hash of its name; for wikitext2, calibration comes
@@ -16,7 +19,7 @@ from functools import lru_cache
 
 import torch
 
-CORPORA = ("pydoc", "wikitext2")
+CORPORA = ("pydoc", "pysource", "wikitext2")
 EVAL_FRACTION = 0.3
 
 
@@ -67,6 +70,8 @@ def load_corpus(name: str = "pydoc") -> Corpus:
         return _pydoc()
     if name == "wikitext2":
         return _wikitext2()
+    if name == "pysource":
+        return _pysource()
     raise ValueError(f"unknown corpus {name!r}; choose one of {CORPORA}")
 
 
@@ -108,3 +113,71 @@ def calibration_batches(
 
 def evaluation_text(corpus: Corpus | str = "pydoc") -> str:
     return (load_corpus(corpus) if isinstance(corpus, str) else corpus).evaluation
+
+
+# --- held-out text from another source: Python's own standard-library source code ---------------------
+
+# Pure-Python modules present in every CPython 3.10-3.13 (none frozen into the interpreter, none removed),
+# read as files: the text is the same for a given Python version, on any platform, offline.
+STDLIB_MODULES = (
+    "argparse", "ast", "bisect", "calendar", "cmd", "configparser", "contextlib", "copy", "csv", "dataclasses",
+    "difflib", "enum", "fractions", "functools", "gettext", "glob", "heapq", "ipaddress", "json/decoder",
+    "json/encoder", "logging/__init__", "pprint", "queue", "random", "sched", "secrets", "shlex", "shutil",
+    "statistics", "string", "tempfile", "textwrap", "threading", "tokenize", "traceback", "types", "uuid",
+    "weakref", "zipapp",
+)
+
+
+def _pysource() -> Corpus:
+    """Each module's source goes wholly to calibration or evaluation, by the hash rule of the help topics."""
+    import sysconfig
+    from pathlib import Path
+
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    missing = [m for m in STDLIB_MODULES if not (lib / f"{m}.py").is_file()]
+    if missing:
+        raise RuntimeError(f"this Python's standard library at {lib} lacks {', '.join(missing)}.py (a stripped "
+                           "install?); evaluate on load_corpus('pydoc') instead")
+    texts = {m: (lib / f"{m}.py").read_text(encoding="utf-8") for m in STDLIB_MODULES}
+    return Corpus("pysource", "\n\n".join(t for m, t in texts.items() if not _goes_to_evaluation(m)),
+                  "\n\n".join(t for m, t in texts.items() if _goes_to_evaluation(m)))
+
+
+@dataclass(frozen=True)
+class SelectPitfall:
+    """What the seed's ``load_dataset("wikitext", "wikitext-2-raw-v1")["train"].select(range(n))`` hands a
+    calibration: ``rows`` rows, of which ``empty`` are empty or whitespace and ``headings`` are ``= Title =`` lines
+    (None when the hub could not be reached: ``reason`` says why)."""
+
+    rows: int
+    empty: int | None
+    headings: int | None
+    characters: int | None
+    reason: str = ""
+
+    def __str__(self) -> str:
+        if self.empty is None:
+            return (f"wikitext-2 could not be loaded here ({self.reason}), so the pitfall cannot be shown live. "
+                    "It is this: wikitext-2's train split has one row per line of the articles, blank lines and "
+                    f"'= Heading =' lines included, so select(range({self.rows})) is {self.rows} lines, not "
+                    f"{self.rows} passages. Count the empty rows yourself where the hub is reachable.")
+        return (f"select(range({self.rows})) on wikitext-2's train split: {self.empty} of {self.rows} rows are empty "
+                f"and {self.headings} are headings; the {self.rows} rows hold only {self.characters:,} characters. "
+                "Calibrate on windows of real text instead (quantedu.data.calibration_batches).")
+
+
+def select_pitfall(n: int = 128) -> SelectPitfall:
+    """The seed's ``dataset.select(range(n))`` on wikitext-2, counted (needs the hub; says so plainly offline)."""
+    from .models import hub_reachable
+
+    ok, reason = hub_reachable()
+    if not ok:
+        return SelectPitfall(n, None, None, None, reason)
+    try:
+        from datasets import load_dataset
+        rows = load_dataset("wikitext", "wikitext-2-raw-v1", split="train").select(range(n))["text"]
+    except Exception as exc:  # noqa: BLE001 - datasets raises many kinds when offline
+        return SelectPitfall(n, None, None, None, f"{exc.__class__.__name__}: {exc}")
+    empty = sum(not r.strip() for r in rows)
+    headings = sum(r.strip().startswith("=") and r.strip().endswith("=") for r in rows)
+    return SelectPitfall(len(rows), empty, headings, sum(len(r) for r in rows))

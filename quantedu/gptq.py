@@ -28,13 +28,16 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .checks import in_place, require_finite
-from .evaluate import torch_threads
-from .primitives import QuantizedLayer, WeightOnlyConfig, choose_qparams, round_to_grid
+from .checks import InPlaceGuard, require_finite
+from .runtime import torch_threads
+from .primitives import QuantConfig, QuantizedLayer, WeightOnlyConfig, choose_qparams, round_to_grid
 
 __all__ = [
     "GPTQConfig",
     "HessianAccumulator",
+    "IntGrid",
+    "hessian_inverse",
+    "gptq_block",
     "gptq_quantize_weight",
     "gptq_quantize_model",
 ]
@@ -98,9 +101,36 @@ class HessianAccumulator:
         return lambda module, args, output: self.add(args[0])
 
 
+class IntGrid:
+    """The integer grid of :mod:`quantedu.primitives` as GPTQ uses it: a group's ``(scale, zero)`` per row
+    chosen from its columns, and one column rounded on it. Any object with these two methods is a grid GPTQ
+    can quantize onto (floating-point grids: :mod:`quantedu.fp_grids`); error feedback does not care how a column
+    is rounded."""
+
+    def __init__(self, config: QuantConfig):
+        self.config = config
+        self._per_row = replace(config, granularity="channel")
+
+    def choose(self, W: torch.Tensor):
+        """``(scale, zero)``, each ``(rows,)``, of a group whose columns are ``W`` ``(rows, g)``."""
+        s, z = choose_qparams(W, self._per_row)
+        return s[:, 0], z[:, 0]
+
+    def round(self, w: torch.Tensor, params) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(codes, dequantized)`` of one column ``w`` ``(rows,)`` on the group's grid."""
+        scale, zero = params
+        return round_to_grid(w, scale, zero, self.config.maxq)
+
+
 @torch.no_grad()
-def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig = GPTQConfig()) -> QuantizedLayer:
-    """Quantize one weight ``W`` (out_features, in_features) given its input Hessian ``H``."""
+def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig = GPTQConfig(), grid=None,
+                         hinv_fn=None, block_fn=None) -> QuantizedLayer:
+    """Quantize one weight ``W`` (out_features, in_features) given its input Hessian ``H``.
+
+    ``grid``: what a column is rounded onto (default :class:`IntGrid` of ``config``). ``hinv_fn`` /
+    ``block_fn``: replace :func:`hessian_inverse` / :func:`gptq_block` (the exercises grade a learner's
+    version of a step inside the real algorithm this way).
+    """
     if W.dim() != 2 or H.shape != (W.shape[1], W.shape[1]):
         raise ValueError(f"need W (rows, cols) and H (cols, cols); got {tuple(W.shape)} and {tuple(H.shape)}")
     require_finite(W, "W")
@@ -113,27 +143,69 @@ def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig = 
     # The column loop is thousands of tiny ops: on CPU, a thread pool's fork/join per op costs more
     # than the op, and collapses when the cores are shared (measured: 10-25x slower with 2 threads).
     with torch_threads(1 if W.device.type == "cpu" else None):
-        return _gptq(W, H, config)
+        return _gptq(W, H, config, grid or IntGrid(config.quant_config()), hinv_fn or hessian_inverse,
+                     block_fn or gptq_block)
 
 
-def _gptq(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig) -> QuantizedLayer:
+def hessian_inverse(H: torch.Tensor, damp_percent: float) -> torch.Tensor:
+    """Step 1: the upper Cholesky factor of ``(H + damping)^-1``, whose row ``q`` GPTQ reads for column ``q``.
+
+    Dead inputs (a zero on the diagonal: always zero in calibration) get ``H[i, i] = 1`` so ``H`` stays
+    invertible; damping adds ``damp_percent * mean(diag(H))`` to the diagonal. Row ``q`` of the factor is row
+    ``q`` of the inverse Hessian of the columns ``>= q`` (those not yet fixed) divided by the square root of
+    its diagonal entry, so one factorization gives every OBS update (paper, Section 4 step 3).
+    """
+    H = H.clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    diag = torch.arange(H.shape[0], device=H.device)
+    H[diag, diag] += damp_percent * torch.mean(torch.diag(H))
+    try:
+        return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    except torch.linalg.LinAlgError:
+        raise ValueError(f"H + damping is not positive definite (damp_percent={damp_percent}): too few or too "
+                         "similar calibration samples for this layer. Raise damp_percent (e.g. 0.1) or "
+                         "calibrate on more tokens.") from None
+
+
+def gptq_block(W1: torch.Tensor, Hinv1: torch.Tensor, quantize) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 2: the column loop over one block (Algorithm 1's inner loop). ``W1`` ``(rows, B)`` is the block as
+    updated so far, ``Hinv1`` its ``(B, B)`` part of :func:`hessian_inverse`; ``quantize(i, W1)`` returns column
+    ``i`` rounded on its group's grid (it sees the block as updated, to choose the grid of a group that starts
+    at ``i``). Returns ``(Q1, Err1)``: the quantized block and each column's error scaled by ``1/Hinv1[i, i]``,
+    which the caller pushes onto the later blocks (step 3)."""
+    W1 = W1.clone()
+    Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
+    for i in range(W1.shape[1]):
+        w, d = W1[:, i], Hinv1[i, i]
+        q = quantize(i, W1)
+        err = (w - q) / d
+        # OBS update of the block's columns not yet quantized.
+        W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+        Q1[:, i], Err1[:, i] = q, err
+    return Q1, Err1
+
+
+def _gptq(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig, grid, hinv_fn, block_fn) -> QuantizedLayer:
     qc = config.quant_config()
     dtype = W.dtype
     W = W.detach().clone().float()
     H = H.detach().clone().float().to(W.device)
     rows, cols = W.shape
     g = config.group_size if config.group_size != -1 else cols
-    maxq = qc.maxq
 
     # Dead inputs (always zero in calibration) carry no information about the error: any value
-    # is optimal, so set the weight to 0 and give H a unit diagonal there to keep it invertible.
+    # is optimal, so set the weight to 0 and give H a unit diagonal there to keep it invertible (before
+    # act-order sorts the columns by diag(H)).
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
 
+    n_groups = math.ceil(cols / g)
+    params = [None] * n_groups
     if config.static_groups:
         # Every group's grid comes from the original weight, before any error was pushed into it.
-        static_scale, static_zero = choose_qparams(W, qc)
+        params = [grid.choose(W[:, k * g:(k + 1) * g]) for k in range(n_groups)]
 
     perm = None
     if config.desc_act:
@@ -141,65 +213,36 @@ def _gptq(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig) -> QuantizedLaye
         perm = torch.argsort(torch.diag(H), descending=True)
         W, H = W[:, perm], H[perm][:, perm]
 
-    # Dampening: H + lambda*I with lambda a fraction of the average diagonal.
-    diag = torch.arange(cols, device=W.device)
-    H[diag, diag] += config.damp_percent * torch.mean(torch.diag(H))
-    # Row q of the upper Cholesky factor U of H^-1 is row q of the inverse Hessian of the columns >= q
-    # (those not yet fixed) divided by the square root of its diagonal entry, U[q, q]: so
-    # (w - q) / U[q, q] * U[q, q:] is the OBS update of column q. No re-inversion per column
-    # (paper, Section 4 step 3).
-    try:
-        Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
-    except torch.linalg.LinAlgError:
-        raise ValueError(f"H + damping is not positive definite (damp_percent={config.damp_percent}): too few "
-                         "or too similar calibration samples for this layer. Raise damp_percent (e.g. 0.1) or "
-                         "calibrate on more tokens.") from None
-
+    Hinv = hinv_fn(H, config.damp_percent)
     Q = torch.zeros_like(W)
     codes = torch.zeros_like(W, dtype=torch.uint8)
     losses = torch.zeros(rows, device=W.device)
-    n_groups = math.ceil(cols / g)
-    scales = torch.zeros(rows, n_groups, device=W.device)
-    zeros = torch.zeros(rows, n_groups, device=W.device)
     # group of each *position* in quantization order; g_idx is per original column
     order_group = torch.arange(cols, device=W.device) // g
     if perm is not None and config.static_groups:
         order_group = perm // g  # a permuted column keeps the group of its original position
-    scale = zero = None
 
-    # Lazy batch updates: within a block of columns only the block is updated column by column;
-    # the rest of W receives the block's accumulated error in one matmul (memory-bound -> compute-bound).
     for i1 in range(0, cols, config.block_size):
         i2 = min(i1 + config.block_size, cols)
-        W1 = W[:, i1:i2].clone()
-        Err1 = torch.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            col = i1 + i
-            grp = int(order_group[col])
-            if config.static_groups:
-                scale, zero = static_scale[:, grp], static_zero[:, grp]
-            elif col % g == 0:
+
+        def quantize(i, W1, i1=i1, i2=i2):
+            col, grp = i1 + i, int(order_group[i1 + i])
+            if not config.static_groups and col % g == 0:
                 # A new group starts: choose its grid from the weights as GPTQ has updated them so far
                 # (the rest of the block from W1, later blocks from W: exact when block_size % g == 0).
-                ahead = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :g]
-                s, z = choose_qparams(ahead, replace(qc, granularity="channel"))
-                scale, zero = s[:, 0], z[:, 0]
-                scales[:, grp], zeros[:, grp] = scale, zero
-            w = W1[:, i]
-            d = Hinv1[i, i]
-            q, deq = round_to_grid(w, scale, zero, maxq)
-            codes[:, col], Q[:, col] = q.to(torch.uint8), deq
-            err = (w - deq) / d
-            losses += (w - deq) ** 2 / d**2 / 2  # the OBS error added, (w - q)^2 / (2 [H_F^-1]_qq)
-            # OBS update of the not-yet-quantized columns of this block.
-            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
-            Err1[:, i] = err
-        # Deferred update of every later column with the whole block's error.
+                params[grp] = grid.choose(torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :g])
+            q, deq = grid.round(W1[:, i], params[grp])
+            codes[:, col] = q.to(torch.uint8)
+            return deq
+
+        Q1, Err1 = block_fn(W[:, i1:i2], Hinv[i1:i2, i1:i2], quantize)
+        Q[:, i1:i2] = Q1
+        losses += (Err1 ** 2).sum(dim=1) / 2  # the OBS error added, (w - q)^2 / (2 [H_F^-1]_qq), per row
+        # Step 3, the lazy batch update: every later column receives the whole block's error in one matmul
+        # (memory-bound -> compute-bound).
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
 
-    if config.static_groups:
-        scales, zeros = static_scale.reshape(rows, -1), static_zero.reshape(rows, -1)
+    scales, zeros = (torch.stack(p, dim=1) for p in zip(*params))
     g_idx = order_group.clone()
     if perm is not None:
         invperm = torch.argsort(perm)
@@ -235,9 +278,11 @@ def gptq_quantize_model(
 
     Returns ``{"model.layers.3.self_attn.q_proj": QuantizedLayer, ...}`` (codes/scales/zeros/g_idx for export).
     """
+    from .calibration import warn_if_starved
+    warn_if_starved(model, batches, f"GPTQ {config.label()}")  # fewer than 2 tokens per input: inconclusive
     if inputs_from not in ("quantized", "fp"):
         raise ValueError(f"inputs_from must be 'quantized' or 'fp', got {inputs_from!r}")
-    with in_place(model, config.label()):
+    with InPlaceGuard(model, config.label()):
         return _gptq_model(model, batches, config, inputs_from, device, progress)
 
 

@@ -32,9 +32,15 @@ PRESETS = {
                         vocab=32000, tied=False),
     "llama-3-8b": dict(hidden=4096, layers=32, heads=32, kv_heads=8, head_dim=128, intermediate=14336,
                        vocab=128256, tied=False),
+    "llama-2-13b": dict(hidden=5120, layers=40, heads=40, kv_heads=40, head_dim=128, intermediate=13824,
+                        vocab=32000, tied=False),
+    "llama-3-70b": dict(hidden=8192, layers=80, heads=64, kv_heads=8, head_dim=128, intermediate=28672,
+                        vocab=128256, tied=False),
     "smollm2-135m": dict(hidden=576, layers=30, heads=9, kv_heads=3, head_dim=64, intermediate=1536,
                          vocab=49152, tied=True),
 }
+# Llama 3.1 kept Llama 3's shapes (it changed the RoPE scaling and the context length)
+PRESETS.update({"llama-3.1-8b": PRESETS["llama-3-8b"], "llama-3.1-70b": PRESETS["llama-3-70b"]})
 
 
 @dataclass(frozen=True)
@@ -384,42 +390,3 @@ def gguf_file_bytes(path) -> dict:
     tensors = sum(by_type.values())
     size = Path(path).stat().st_size
     return {"file": size, "tensors": tensors, "metadata + alignment": size - tensors, "by_type": by_type}
-
-
-# --- KV cache types of llama.cpp (-ctk / -ctv) -------------------------------------------------------
-
-# What llama.cpp's `--cache-type-k/-v` accept (common/arg.cpp's kv_cache_types, the pinned version) and the
-# storage format of each: f32/f16/bf16 store every value; the others store ggml blocks of 32 values.
-KV_CACHE_TYPES = {"f32": "fp32", "f16": "fp16", "bf16": "bf16", "q8_0": "Q8_0", "q4_0": "Q4_0", "q4_1": "Q4_1",
-                  "iq4_nl": "IQ4_NL", "q5_0": "Q5_0", "q5_1": "Q5_1"}
-
-
-def kv_cache_type(name: str) -> str:
-    """``name`` as llama.cpp spells a KV cache type (``"Q8_0"`` -> ``"q8_0"``), or a ValueError listing them."""
-    key = str(name).strip().lower()
-    if key not in KV_CACHE_TYPES:
-        raise ValueError(f"llama.cpp has no KV cache type {name!r}: -ctk/-ctv take {', '.join(KV_CACHE_TYPES)} "
-                         "(the K-quants such as q4_K are weight formats only: their 256-value blocks are wider "
-                         "than a head's row)")
-    return key
-
-
-def kv_cache_type_bytes(source, context: int, k_type: str = "f16", v_type: str | None = None) -> dict:
-    """Bytes of llama.cpp's KV cache for ``context`` tokens, K stored as ``k_type`` and V as ``v_type``
-    (default: the same), predicted from the model's shape alone.
-
-    Each layer holds a K and a V tensor of ``context`` rows of ``kv_heads * head_dim`` values, and a row is
-    stored in the type's blocks (``q8_0``: 34 bytes per 32 values, ``q4_0``: 18, ...), so
-    ``K = layers * context * row_bytes(k_type)``; :func:`kv_bytes_per_token` is the f16 case. ``context`` is
-    llama.cpp's KV size, its ``-c`` (printed as "N cells"; parallel sequences share it).
-    Returns ``{"K": bytes, "V": bytes, "total": bytes, "k_type": ..., "v_type": ...}``.
-    """
-    k_type = kv_cache_type(k_type)
-    v_type = k_type if v_type is None else kv_cache_type(v_type)
-    if isinstance(context, bool) or not isinstance(context, int) or context < 1:
-        raise ValueError(f"context must be a positive number of tokens (llama.cpp's -c), got {context!r}")
-    s = model_shape(source)
-    width = s.kv_heads * s.head_dim
-    k = s.layers * weight_format(KV_CACHE_TYPES[k_type]).tensor_bytes(context, width)
-    v = s.layers * weight_format(KV_CACHE_TYPES[v_type]).tensor_bytes(context, width)
-    return {"K": int(k), "V": int(v), "total": int(k + v), "k_type": k_type, "v_type": v_type}

@@ -321,7 +321,8 @@ class QuantizedLayer:
     uint8 ``(rows, cols)``, ``scales``/``zeros`` ``(rows, n_groups)`` (zeros integer-valued), ``g_idx``
     int32 ``(cols,)``. The optional fields are what an algorithm reports about its choice: GPTQ's
     quantization order ``perm`` (act-order) and objective ``loss``/``row_losses``; AWQ's folded
-    input scale ``awq_scale`` and clipping ``clip_ratio``.
+    input scale ``awq_scale``, the exponent ``awq_alpha`` its search chose, the search's loss for every
+    exponent tried ``awq_losses`` (shared by the layers of one scale group) and clipping ``clip_ratio``.
     """
 
     weight: torch.Tensor  # dequantized weight, in the layer's dtype
@@ -334,6 +335,8 @@ class QuantizedLayer:
     loss: float | None = None
     row_losses: torch.Tensor | None = None
     awq_scale: torch.Tensor | None = None
+    awq_alpha: float | None = None
+    awq_losses: tuple[float, ...] | None = None
     clip_ratio: torch.Tensor | None = None
 
     def _map(self, fn) -> "QuantizedLayer":

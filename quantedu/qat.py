@@ -97,11 +97,11 @@ def prepare_qat(model: nn.Module, config: QuantConfig, train_weights: str | int 
     ``train_weights``: ``"none"`` (scales only), ``"all"``, or an int ``k``: the weights of the last
     ``k`` decoder blocks train too. Returns the names of the swapped layers.
     """
-    from .rtn import matches
+    from .rtn import skip_pattern
 
     for p in model.parameters():
         p.requires_grad_(False)
-    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and matches(n, skip) is None]
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and skip_pattern(n, skip) is None]
     n_blocks = 1 + max((_block_of(n) for n, _ in linears), default=-1)
     for name, m in linears:
         if train_weights == "all":
@@ -315,7 +315,7 @@ def full_qat_cost(n_params: float, tokens: float = 1e8, flops_per_s: float = 5e1
     return {"FLOPs": flops, "hours": flops / flops_per_s / 3600, "tokens": tokens}
 
 
-def describe(r: dict) -> str:
+def summary_line(r: dict) -> str:
     """One line about a :func:`train_qat` run."""
     if "per_block" in r:
         first = sum(b["mse before"] for b in r["per_block"])

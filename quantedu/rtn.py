@@ -29,7 +29,7 @@ from .primitives import QuantConfig, QuantizedLayer, mse_clip_search, quantize_w
 WeightFn = Callable[[torch.Tensor, str], torch.Tensor]
 
 
-def matches(name: str, patterns: Iterable[str]) -> str | None:
+def skip_pattern(name: str, patterns: Iterable[str]) -> str | None:
     """The first pattern that names ``name``: exact name, last component(s), or a glob."""
     for p in patterns:
         if name == p or name.endswith("." + p) or fnmatch.fnmatchcase(name, p):
@@ -70,7 +70,7 @@ def replace_linear(
     if not linears:
         raise ValueError(f"{type(model).__name__} has no nn.Linear layers to quantize")
     for name, layer in linears:  # all checked before any is changed: never a half-quantized model
-        if matches(name, skip) is None:
+        if skip_pattern(name, skip) is None:
             require_finite(layer.weight.detach(), f"{name}.weight")
     owners = _other_owners(model)
     records = []
@@ -80,7 +80,7 @@ def replace_linear(
                "seconds": 0.0}
         records.append(rec)
         sharing = [o for o in owners.get(w.untyped_storage().data_ptr(), []) if o != f"{name}.weight"]
-        hit = matches(name, skip)
+        hit = skip_pattern(name, skip)
         if hit is not None:
             rec["reason"] = f"skipped by name ({hit!r})" + (f"; tied to {sharing[0]}" if sharing else "")
             continue
@@ -132,7 +132,7 @@ def quantize_model_rtn(model: nn.Module, config: QuantConfig, mse_clip: bool = F
                           desc=f"RTN {config.label()}")
 
 
-def summarize(report) -> str:
+def summary_line(report) -> str:
     """One line: how many layers were quantized/skipped, and the skip reasons."""
     q = int((report["action"] == "quantized").sum())
     skipped = report[report["action"] == "skipped"]
@@ -147,7 +147,7 @@ def rtn_layers(model: nn.Module, config: QuantConfig, skip: Iterable[str] = ("lm
     skip = tuple(skip)
     out = {}
     for name, m in model.named_modules():
-        if isinstance(m, nn.Linear) and matches(name, skip) is None:
+        if isinstance(m, nn.Linear) and skip_pattern(name, skip) is None:
             w = m.weight.detach().float()
             out[name] = quantize_weight(w, config, mse_clip_search(w, config) if mse_clip else 1.0)
     return out
@@ -157,7 +157,7 @@ def linear_weights(model: nn.Module, skip: Iterable[str] = ("lm_head",)) -> dict
     """A copy of every linear weight ``replace_linear`` would touch (to restore the model between runs)."""
     skip = tuple(skip)
     return {n: m.weight.detach().clone() for n, m in model.named_modules()
-            if isinstance(m, nn.Linear) and matches(n, skip) is None}
+            if isinstance(m, nn.Linear) and skip_pattern(n, skip) is None}
 
 
 @torch.no_grad()

@@ -27,23 +27,44 @@ COURSE_CONFIG = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=
                      rope_theta=100000.0, tie_word_embeddings=True)
 MARKER = "quantedu_test_model"
 _VERSION = 1
+# What a unit test or a probe needs: two blocks of the Llama shape in milliseconds (grouped-query attention).
+TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
+
+
+def tiny_llama(seed: int = 0, varied: bool = False, **config):
+    """A random-weight ``LlamaForCausalLM`` in memory (eval mode): :data:`TINY` with ``config`` overriding it.
+
+    ``varied=True``: norm weights around 1 instead of exactly 1 and uneven input channels, as in trained
+    models, so a fold into a norm or a per-channel scale that is wrong shows up in a test."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**{**TINY, **config})).eval()
+    if varied:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "norm" in name:
+                    p.copy_(torch.rand_like(p) + 0.5)
+                elif p.dim() == 2:
+                    p.mul_(1 + 4 * torch.rand(p.shape[1]))
+    return model
 
 
 def build(path, seed: int = 0, config: dict = CONFIG, tokenizer=None) -> None:
     """Write a random-weight Llama of ``config`` (bf16 safetensors + a tokenizer) into the folder ``path``.
 
     ``tokenizer``: a folder holding one (default: the offline model's, converted once and cached)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     if tokenizer is None:
         from .models import offline_checkpoint
         tokenizer = offline_checkpoint()
     tok = AutoTokenizer.from_pretrained(tokenizer)
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      **config)
-    setattr(cfg, MARKER, True)
-    model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    model = tiny_llama(seed, **{**config, "vocab_size": len(tok), "bos_token_id": tok.bos_token_id,
+                                "eos_token_id": tok.eos_token_id})
+    setattr(model.config, MARKER, True)
+    model = model.to(torch.bfloat16)
     model.save_pretrained(path)
     tok.save_pretrained(path)
 

@@ -21,7 +21,7 @@ accelerate. The conventions follow vLLM's kernels and compressed-tensors' ``int-
 The product is ``y = (q_x q_w^T) * s_x * s_w``: the integer accumulator (exact here, computed in
 float64, as int32 is exact in the kernel) scaled per token and per output channel, cast to the
 activation dtype. :class:`W8A8Linear` is that layer; :func:`quantize_model_w8a8` swaps a model's
-``nn.Linear`` layers for it, and :func:`quantedu.export_w8a8.save_w8a8` writes the result as the
+``nn.Linear`` layers for it, and :func:`quantedu.export.w8a8.save_w8a8` writes the result as the
 checkpoint vLLM serves.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .calibration import check_batches, observe_linear_inputs
-from .checks import in_place, require_finite
+from .checks import InPlaceGuard, require_finite
 from .primitives import QuantConfig, choose_qparams, quantize
 
 __all__ = ["INT8_MAX", "WEIGHT_INT8", "ChannelStats", "activation_scale_per_token", "quantize_activations",
@@ -224,9 +224,9 @@ def activation_stats(model: nn.Module, batches, names: Iterable[str] | None = No
 
 
 def _targets(model: nn.Module, skip: tuple[str, ...]) -> dict[str, nn.Linear]:
-    from .rtn import matches
+    from .rtn import skip_pattern
 
-    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and matches(n, skip) is None}
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and skip_pattern(n, skip) is None}
 
 
 @torch.no_grad()
@@ -246,7 +246,7 @@ def quantize_model_w8a8(model: nn.Module, activations: Activations = "dynamic", 
         raise ValueError("static activation scales need calibration data: pass batches=<token ids (n, seq_len)>, "
                          "e.g. quantedu.data.calibration_batches(tokenizer, 16, 512)")
     label = f"W8A8 ({activations} activations)"
-    in_place(model, label).__enter__()  # only checks: refuses a model already quantized in place, before any work
+    InPlaceGuard(model, label).__enter__()  # only checks: refuses a model already quantized in place, before any work
     skip = tuple(skip)
     targets = _targets(model, skip)
     if not targets:
@@ -255,7 +255,7 @@ def quantize_model_w8a8(model: nn.Module, activations: Activations = "dynamic", 
     if activations == "static":
         stats = activation_stats(model, batches, targets)
         absmax = {n: float(s.absmax.max()) for n, s in stats.items()}
-    with in_place(model, label):
+    with InPlaceGuard(model, label):
         layers = {}
         for name, linear in targets.items():
             scale = None

@@ -1,20 +1,13 @@
-"""Shared fixtures: a tiny random Llama (fast) and the real course model (loaded once per session)."""
+"""Shared fixtures: a tiny random Llama (fast), the real course model (loaded once per session), ggml's C reference."""
 import pytest
-import torch
 
 
 @pytest.fixture(scope="session")
 def tiny_llama():
     """A 2-layer Llama with hidden size 64 and random weights: the shape of the course model, in milliseconds."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from quantedu.testmodel import tiny_llama as build
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        tie_word_embeddings=True,
-    )
-    return LlamaForCausalLM(config).eval()
+    return build()
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +23,15 @@ def tmp_cache(tmp_path, monkeypatch):
     """An empty artifact cache for the test."""
     monkeypatch.setenv("QUANTEDU_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def ggml():
+    """ggml's C quantizers (the bit-exact reference of quantedu.gguf); fail (not skip) with the install command
+    when llama-cpp-python is missing."""
+    from quantedu.engines.llama_cpp import ggml as ggml_reference
+    try:
+        ggml_reference.lib()
+    except (ImportError, OSError) as exc:
+        pytest.fail(f"ggml reference unavailable: {exc}\n{ggml_reference.INSTALL_HINT}")
+    return ggml_reference

@@ -17,7 +17,36 @@ def gone(pid: int, within: float = 10.0) -> bool:
     return False
 
 
-def side_python(require, missing: type[Exception], unavailable, venv: str) -> str:
+def missing(reason: str):
+    """The one skip policy: a tool, package or model the test needs is missing. Under CI (``$CI`` set), where
+    ``make setup`` installs everything, that is a failure; elsewhere the test skips and says why."""
+    import os
+
+    import pytest
+    if os.environ.get("CI"):
+        pytest.fail(f"CI installs everything the suite needs, yet: {reason}")
+    pytest.skip(reason)
+
+
+def require_module(name: str):
+    """``import name``, or :func:`missing` (a failure under CI)."""
+    import importlib
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        missing(f"{name} is not installed ({exc})")
+
+
+def offline_gguf():
+    """The offline course model's GGUF file, or :func:`missing` (a failure under CI)."""
+    from quantedu.models import ModelError, offline_gguf_path
+    try:
+        return offline_gguf_path()
+    except ModelError as exc:
+        missing(str(exc).splitlines()[0])
+
+
+def side_python(require, missing_error: type[Exception], unavailable, venv: str) -> str:
     """The python of a side environment (``require()``), or skip; on CI (``$CI`` set), where ``make setup``
     makes ``venv``, a missing one fails unless the platform has no build (``unavailable()`` says why)."""
     import os
@@ -25,7 +54,7 @@ def side_python(require, missing: type[Exception], unavailable, venv: str) -> st
     import pytest
     try:
         return require()
-    except missing as exc:
+    except missing_error as exc:
         if os.environ.get("CI") and not unavailable():
             pytest.fail(f"CI runs `make setup`, which makes {venv}: {exc}")
         pytest.skip(str(exc).splitlines()[0])
@@ -33,18 +62,18 @@ def side_python(require, missing: type[Exception], unavailable, venv: str) -> st
 
 def random_llama(hidden=64, heads=4, kv_heads=2, head_dim=None, intermediate=128, vocab=256, seed=0,
                  norm_noise=0.3, outlier_channels=(), outlier_gain=30.0, folder=None):
-    """A random 2-layer Llama (tied embeddings) with random norm weights ``1 + norm_noise * N(0, 1)``, so folding
+    """A random 2-layer Llama (:func:`quantedu.testmodel.tiny_llama`, tied embeddings) with random norm weights ``1 + norm_noise * N(0, 1)``, so folding
     into a norm is really exercised, and optionally a few norm channels ``outlier_gain`` times larger, so its
     activations have outlier channels like a trained model's. With ``folder``: saved in bf16 and loaded back
     as transformers loads a bf16 checkpoint (rotary buffers stay fp32, unlike ``model.to(torch.bfloat16)``)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=2,
-                         num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
-                         max_position_embeddings=256, tie_word_embeddings=True)
-    model = LlamaForCausalLM(config).eval()
+    from quantedu.testmodel import tiny_llama
+
+    model = tiny_llama(seed, vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=2,
+                       num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
+                       max_position_embeddings=256, tie_word_embeddings=True)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:

@@ -5,26 +5,18 @@ from __future__ import annotations
 import copy
 
 import pytest
+from helpers import require_module
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
-
-from quantedu import awq, reference
+from quantedu import awq, testmodel
+from quantedu.engines import llm_compressor
 from quantedu.calibration import capture_block_inputs, decoder_layers
 from quantedu.primitives import QuantConfig, dequantize, fake_quantize
 
 
-def tiny_llama(kv_heads: int = 4, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=kv_heads, vocab_size=256, max_position_embeddings=128)
-    model = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:  # non-trivial norm weights, so folding into them is really tested
-                p.copy_(torch.rand_like(p) + 0.5)
-            elif p.dim() == 2:
-                p.mul_(1 + 4 * torch.rand(p.shape[1]))  # uneven input channels, as in real models
-    return model
+def tiny_llama(kv_heads: int = 4, seed: int = 0):
+    """Non-trivial norm weights (folding into them is really tested) and uneven input channels, untied."""
+    return testmodel.tiny_llama(seed, varied=True, num_key_value_heads=kv_heads, max_position_embeddings=128,
+                                tie_word_embeddings=False)
 
 
 def token_batches(n: int = 4, seq: int = 32, seed: int = 1) -> torch.Tensor:
@@ -55,7 +47,7 @@ def test_folding_preserves_the_function(kv_heads):
     inputs, kwargs = capture_block_inputs(searched, ids)
     res = awq.awq_block(decoder_layers(searched)[0], inputs, kwargs, awq.AWQConfig(group_size=32, clip=False),
                         quantize_weights=False)
-    assert any(a > 0 for a in res["alpha"].values())
+    assert any(a > 0 for a in res.alpha.values())
     assert (searched(ids).logits - ref).abs().max().item() < 1e-4
 
 
@@ -115,8 +107,8 @@ def test_whole_model_codes_reproduce_weights(bits, group):
     model, ids = tiny_llama(kv_heads=2), token_batches()
     fp = copy.deepcopy(model)
     res = awq.awq_quantize_model(model, ids, awq.AWQConfig(bits=bits, group_size=group))
-    assert len(res["layers"]) == 2 * 7
-    for name, q in res["layers"].items():
+    assert len(res) == 2 * 7
+    for name, q in res.items():
         assert int(q.codes.max()) <= 2**bits - 1
         assert torch.equal(q.zeros, q.zeros.round())
         w = dict(model.named_modules())[name].weight
@@ -136,20 +128,20 @@ def test_whole_model_codes_reproduce_weights(bits, group):
 
 
 def test_export_reload_equality(tmp_path):
-    pytest.importorskip("compressed_tensors", reason="CI installs llmcompressor, which brings compressed-tensors")
+    require_module("compressed_tensors")
     from transformers import AutoModelForCausalLM, CompressedTensorsConfig
 
-    from quantedu.export import save_compressed_tensors
+    from quantedu.export.write import save_compressed_tensors
 
     model, ids = tiny_llama(kv_heads=2), token_batches()
     cfg = awq.AWQConfig(bits=4, group_size=32)
     res = awq.awq_quantize_model(model, ids, cfg)
-    path = save_compressed_tensors(model, res["layers"], cfg, tmp_path / "awq")
+    path = save_compressed_tensors(model, res, cfg, tmp_path / "awq")
     # dequantize=True: transformers decompresses into plain nn.Linear weights we can compare.
     reloaded = AutoModelForCausalLM.from_pretrained(
         path, dtype=torch.float32, quantization_config=CompressedTensorsConfig(dequantize=True)).eval()
     for name, m in reloaded.named_modules():
-        if name in res["layers"]:
+        if name in res:
             torch.testing.assert_close(m.weight.data, dict(model.named_modules())[name].weight.data, rtol=0, atol=1e-6)
     # The folded norms travel in the checkpoint too: same logits.
     torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, rtol=0, atol=1e-4)
@@ -166,7 +158,7 @@ def test_scales_agree_with_llm_compressor(tmp_path):
     """
     from llmcompressor.modifiers.transform.awq import AWQModifier
     from tokenizers import Tokenizer, models as tk_models
-    from transformers import PreTrainedTokenizerFast
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
     cfg = awq.AWQConfig(bits=4, group_size=32, clip=False)
     tiny_llama().save_pretrained(tmp_path / "fp")  # oneshot reads the config from disk
@@ -189,16 +181,16 @@ def test_scales_agree_with_llm_compressor(tmp_path):
         tokenizer = PreTrainedTokenizerFast(
             tokenizer_object=Tokenizer(tk_models.WordLevel({f"t{i}": i for i in range(256)}, unk_token="t0")),
             pad_token="t0")
-        reference.run_oneshot(model, ids, reference.awq_recipe(cfg, duo_scaling=False, n_grid=cfg.n_grid),
+        llm_compressor.run_oneshot(model, ids, llm_compressor.awq_recipe(cfg, duo_scaling=False, n_grid=cfg.n_grid),
                               tokenizer, pipeline="sequential")
     finally:
         mp.undo()
 
     inputs, kwargs = capture_block_inputs(ours, ids)
     res = awq.awq_block(decoder_layers(ours)[0], inputs, kwargs, cfg, quantize_weights=False)
-    assert len(res["scales"]) == 4
-    for prev, s in res["scales"].items():
+    assert len(res.scales) == 4
+    for prev, s in res.scales.items():
         theirs = picked[f"model.layers.0.{prev}"]
-        print(f"{prev}: alpha {res['alpha'][prev]}, max |s_ours - s_llmcompressor| = {(s - theirs).abs().max():.1e}")
+        print(f"{prev}: alpha {res.alpha[prev]}, max |s_ours - s_llmcompressor| = {(s - theirs).abs().max():.1e}")
         torch.testing.assert_close(s, theirs, rtol=1e-5, atol=1e-6)
-    assert len(set(res["alpha"].values())) > 1, "a case where every group picks the same alpha proves little"
+    assert len(set(res.alpha.values())) > 1, "a case where every group picks the same alpha proves little"

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import require_module
 import torch
 
 from quantedu import artifacts, gguf
 from quantedu.artifacts import TargetExistsError
 from quantedu.checks import ModelStateError, NonFiniteError
-from quantedu.export import save_compressed_tensors, save_gptq
+from quantedu.export.write import save_compressed_tensors, save_gptq
 from quantedu.gptq import GPTQConfig, gptq_quantize_model, gptq_quantize_weight
 from quantedu.primitives import QuantConfig, choose_qparams, fake_quantize, rtn
 
@@ -86,13 +87,9 @@ def test_export_checks_layers_against_the_config_before_writing(quantized, tmp_p
 @pytest.fixture(scope="module")
 def wide_vocab_llama():
     """A tiny Llama with the offline model's 49152-token vocabulary (its tokenizer metadata fits)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from quantedu.testmodel import tiny_llama
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=True, rope_theta=100000.0)
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_llama(vocab_size=49152, rope_theta=100000.0)
 
 
 def test_write_gguf_into_an_existing_folder_is_refused(wide_vocab_llama, tmp_path):
@@ -136,7 +133,7 @@ def test_write_gguf_metadata_comes_from_the_model_written(wide_vocab_llama, tiny
 
 
 def test_llama_cpp_loads_a_written_non_course_model(wide_vocab_llama, tmp_path):
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is part of the course install")
+    require_module("llama_cpp")
     from quantedu.gguf.io import write_gguf
     path = tmp_path / "tiny.gguf"
     write_gguf(wide_vocab_llama, path, "F16")

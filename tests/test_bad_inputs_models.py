@@ -4,6 +4,7 @@ damaged checkpoints (a local folder, or the cache entry of the converted course 
 Every bad input must end in a ModelError that says what to do; the neighbouring good inputs must keep
 working. Tiny random Llama checkpoints stand in for real models (milliseconds, no download)."""
 import pytest
+from helpers import offline_gguf
 import torch
 
 from quantedu import artifacts, models
@@ -19,15 +20,15 @@ def save_tiny(folder):
     """A 1-layer random Llama + a 3-word tokenizer, as a local checkpoint folder."""
     from tokenizers import Tokenizer, pre_tokenizers
     from tokenizers import models as tok_models
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
+
+    from quantedu.testmodel import tiny_llama
 
     tok = Tokenizer(tok_models.WordLevel({"[UNK]": 0, "hello": 1, "world": 2}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(folder)
-    config = LlamaConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
+    tiny_llama(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+               num_key_value_heads=1, max_position_embeddings=32, tie_word_embeddings=False).save_pretrained(folder)
     return folder
 
 
@@ -217,9 +218,6 @@ def test_unwritable_cache_is_a_model_error_naming_the_variable(tmp_path, monkeyp
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     monkeypatch.setenv("QUANTEDU_CACHE", str(blocker / "cache"))  # under a file: fails for root too
-    try:
-        models.offline_gguf_path()
-    except models.ModelError as exc:
-        pytest.skip(str(exc))
+    offline_gguf()
     with pytest.raises(models.ModelError, match="QUANTEDU_CACHE"):
         models.load_model(models.OFFLINE_NAME, device="cpu", verbose=False)

@@ -1,4 +1,5 @@
-from quantedu import cli, doctor
+from quantedu import cli
+from quantedu.engines import doctor
 
 
 def test_doctor_reports_versions_and_engines(capsys):

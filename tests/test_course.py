@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from quantedu import course
+from quantedu.course import session as course
 from quantedu.data import calibration_batches, load_corpus
 from quantedu.evaluate import perplexity
 
@@ -51,7 +51,8 @@ def test_scored_halves_and_claims(tiny_llama, capsys):
     assert s.better({"ppl, text A": 1, "ppl, text B": 1}, r) != s.better(r, r)
     assert "text A = windows 1-2" in s.halves
     assert s.real_model and s.dtype == torch.float32
-    with pytest.raises(AssertionError, match="GPTQ beats RTN"):
+    from quantedu.course.session import ClaimError
+    with pytest.raises(ClaimError, match="GPTQ beats RTN"):
         s.claim(False, "GPTQ beats RTN")
 
 
@@ -75,3 +76,25 @@ def test_gguf_source_is_the_session_model_written_once(tmp_cache):
     assert t.tensor_type.name == "F32" and np.array_equal(np.asarray(t.data).reshape(w.shape), w)
     s.model_name = "smollm2-135m"
     assert s.is_offline_file and s.gguf_source() == offline_gguf_path()
+
+
+def test_named_window_sets_and_one_baseline_per_purpose(tiny_llama):
+    from quantedu.course import Session
+    from quantedu.course.session import WINDOWS
+    from quantedu.data import Corpus
+
+    class Tok:
+        def __call__(self, text, **kw):
+            return {"input_ids": [hash(w) % 256 for w in text.split()]}
+
+        def get_vocab(self):
+            return {str(i): i for i in range(256)}
+
+    corpus = Corpus("pydoc", "a b " * 3000, "c d e " * 3000)
+    s = Session(tiny_llama, Tok(), corpus, "tiny")
+    assert tuple(s.windows("eval").shape) == WINDOWS["eval"][1:]
+    assert s.baseline("eval") is s.baseline("eval")  # computed once per purpose
+    report = s.report(tiny_llama, "itself")
+    assert report.kld.mean < 1e-9 and report.same_top.mean == 1.0
+    with pytest.raises(ValueError, match="no window set"):
+        s.windows("test")

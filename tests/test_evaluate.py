@@ -66,23 +66,3 @@ def test_generation_speed_reports_both_phases(tiny_llama):
 
     out = evaluate.generation_speed(tiny_llama, Tok(), new_tokens=4)
     assert out["prompt_tokens"] == 4 and out["prefill_tokens_per_s"] > 0 and out["decode_tokens_per_s"] > 0
-
-
-def test_results_table_and_plots():
-    df = evaluate.results_table([{"m": "a", "ppl": 2.0, "bits": 4}, {"m": "b", "ppl": 1.0, "bits": 8}], sort_by="ppl")
-    assert list(df["m"]) == ["b", "a"]
-    ax = evaluate.plot_bars(df, "m", "ppl", reference=1.5)
-    assert len(ax.patches) == 2
-    ax = evaluate.plot_tradeoff(df, "bits", "ppl", "m")
-    assert len(ax.texts) == 2
-
-
-def test_torch_threads_restores_the_setting_even_after_an_error():
-    before = torch.get_num_threads()
-    with pytest.raises(RuntimeError):
-        with evaluate.torch_threads(1):
-            assert torch.get_num_threads() == 1
-            raise RuntimeError
-    assert torch.get_num_threads() == before
-    with evaluate.torch_threads(None):
-        assert torch.get_num_threads() == before

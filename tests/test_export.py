@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from quantedu import export
-from quantedu.export import load_gptq_model, load_gptq_weights, save_compressed_tensors, save_gptq
+from quantedu.export.read import load_gptq_model, load_gptq_weights
+from quantedu.export.write import save_compressed_tensors, save_gptq
 from quantedu.gptq import GPTQConfig, gptq_quantize_model
-from quantedu.packing import unpack_int32
+from quantedu.export.packing import unpack_int32
 
 
 @pytest.fixture(scope="module")
@@ -138,13 +139,14 @@ def awq_copy(tiny_llama, sym=False, group_size=32):
     model = copy.deepcopy(tiny_llama)
     calib = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
     cfg = AWQConfig(bits=4, group_size=group_size, sym=sym, n_grid=4, clip_grid=4)
-    return model, awq_quantize_model(model, calib, cfg)["layers"], cfg
+    return model, awq_quantize_model(model, calib, cfg), cfg
 
 
 @pytest.mark.parametrize("sym", [False, True], ids=["asym", "sym"])
 def test_awq_gemm_layout_round_trips(tiny_llama, tmp_path, sym):
     """save_awq writes AutoAWQ's GEMM layout; our reader gives back the exact weights (fp16 scales)."""
-    from quantedu.export import load_awq_weights, load_quantized_model, save_awq
+    from quantedu.export.read import load_awq_weights, load_quantized_model
+    from quantedu.export.write import save_awq
 
     model, layers, cfg = awq_copy(tiny_llama, sym=sym)
     path = save_awq(model, layers, cfg, tmp_path / "awq")
@@ -165,7 +167,7 @@ def test_awq_gemm_bits_are_where_autoawq_puts_them(tiny_llama, tmp_path):
     """qweight (in, out/8): nibble i of word w holds output 8w + [0,2,4,6,1,3,5,7][i]; qzeros the same."""
     from safetensors.torch import load_file
 
-    from quantedu.export import save_awq
+    from quantedu.export.write import save_awq
 
     model, layers, cfg = awq_copy(tiny_llama)
     sd = load_file(str(save_awq(model, layers, cfg, tmp_path / "a") / "model.safetensors"))
@@ -182,7 +184,7 @@ def test_awq_gemm_bits_are_where_autoawq_puts_them(tiny_llama, tmp_path):
 
 
 def test_awq_gemm_refuses_what_it_cannot_store(tiny_llama, tmp_path):
-    from quantedu.export import save_awq
+    from quantedu.export.write import save_awq
 
     model, results = quantized_copy(tiny_llama, GPTQConfig(bits=3, group_size=32, sym=False))
     with pytest.raises(ValueError, match="4-bit"):
@@ -210,7 +212,7 @@ def test_static_groups_act_order_is_stored_as_natural_order(tiny_llama, tmp_path
 
 
 def test_compressed_tensors_reader_matches_the_records(tiny_llama, tmp_path, ct):
-    from quantedu.export import load_quantized_weights
+    from quantedu.export.read import load_quantized_weights
 
     for cfg in (GPTQConfig(bits=4, group_size=32), GPTQConfig(bits=4, group_size=32, sym=False)):
         model, results = quantized_copy(tiny_llama, cfg)

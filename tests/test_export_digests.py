@@ -1,6 +1,6 @@
 """Issue 11's guard: every export of the course model stays byte-identical through refactors.
 
-``data/export_digests.json`` was written by ``python -m quantedu.export_digest --write`` on the code
+``data/export_digests.json`` was written by ``python tests/export_digest.py --write`` on the code
 before the refactor (and checked equal on the commit before issue 10's input checks); regenerate it
 only for a deliberate change of the stored bytes, and say why in the commit.
 """
@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from quantedu.export_digest import DIGESTS, export_digests
+from export_digest import DIGESTS, export_digests
 
 
 @pytest.fixture(scope="module")
@@ -24,4 +24,4 @@ def test_every_export_format_is_covered(digests):
 def test_export_bytes_unchanged(digests, name):
     assert digests[name] == json.loads(DIGESTS.read_text())[name], (
         f"{name}: the export's bytes changed. If that is intended, regenerate data/export_digests.json "
-        "with python -m quantedu.export_digest --write and say why in the commit.")
+        "with python tests/export_digest.py --write and say why in the commit.")

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from quantedu import formats
-from quantedu.formats import FLOAT_LAYOUTS, FloatLayout
+from quantedu import number_formats as formats
+from quantedu.number_formats import FLOAT_LAYOUTS, FloatLayout
 
 TORCH_FLOATS = [n for n, (_, dt) in FLOAT_LAYOUTS.items() if dt is not None]
 

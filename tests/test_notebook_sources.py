@@ -48,7 +48,7 @@ def test_parser_rejects_malformed_sources():
 
 
 def test_every_notebook_installs_what_it_needs_on_colab():
-    needs = {"llama": ("llama_cpp", "quantedu.gguf import llama", "llama_tools"), "reference": ("reference.", "llmcompressor")}
+    needs = {"llama": ("llama_cpp",), "reference": ("llmcompressor",)}
     for src in SOURCES:
         text, extras = src.read_text(), build_notebooks.EXTRAS[src.name[:2]].split(",")
         for extra, markers in needs.items():

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quantedu.packing import pack_int32, unpack_int32
+from quantedu.export.packing import pack_int32, unpack_int32
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])

@@ -108,7 +108,7 @@ def test_same_weights_as_llm_compressor_spinquant_except_its_centered_embeddings
     from tokenizers import Tokenizer, models as tk_models
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from quantedu import reference
+    from quantedu.engines import llm_compressor as reference
 
     tiny_llama(hidden=128, heads=2, kv_heads=1, head_dim=64, intermediate=256).save_pretrained(tmp_path / "fp")
     theirs = LlamaForCausalLM.from_pretrained(tmp_path / "fp").eval()

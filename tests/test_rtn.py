@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from quantedu.packing import unpack_int32
+from quantedu.export.packing import unpack_int32
 from quantedu.primitives import QuantConfig, dequantize, fake_quantize
-from quantedu.rtn import quantize_model_rtn, rtn_layers, replace_linear, rtn_fn, summarize
+from quantedu.rtn import quantize_model_rtn, rtn_layers, replace_linear, rtn_fn, summary_line
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def test_rtn_touches_every_block_linear_and_skips_the_tied_head(model):
         if isinstance(m, nn.Linear) and name != "lm_head":
             assert torch.equal(m.weight, fake_quantize(before[name], cfg))
             assert m.weight[0, :32].unique().numel() <= 2**3  # at most 8 levels per group
-    assert "14 linear layers quantized, 1 skipped" in summarize(report)
+    assert "14 linear layers quantized, 1 skipped" in summary_line(report)
 
 
 def test_tie_is_never_quantized_silently(model):
@@ -84,7 +84,7 @@ def test_quantized_model_still_runs(model):
 
 
 def test_rtn_records_pack_and_unpack_to_the_rtn_weight(model):
-    from quantedu.export import gptq_state_dict
+    from quantedu.export.write import gptq_state_dict
 
     cfg = QuantConfig(4, 32)
     layers = rtn_layers(model, cfg)

@@ -3,8 +3,8 @@ import math
 
 import pandas as pd
 
-from quantedu import seed_check
-from quantedu.seed_check import FAILS, HOLDS, UNTESTED, Measured
+from quantedu.course import seed_check
+from quantedu.course.seed_check import FAILS, HOLDS, UNTESTED, Measured
 
 CPU = {"gpu": False, "llama_gpu_offload": False, "machine": "x86_64"}
 GPU = {"gpu": True, "llama_gpu_offload": False, "machine": "x86_64"}

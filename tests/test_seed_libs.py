@@ -1,7 +1,7 @@
 """The comparison post's own libraries (issue 14), run in their environment (``.venv-seed``, ``make seed-libs``),
 checked against the course's readers and writer: interoperability both ways.
 
-Every run here is on a tiny random Llama (:func:`quantedu.vllm_formats._tiny_model`: 2 blocks, hidden 128, vocab
+Every run here is on a tiny random Llama (``tiny_llama(**vllm_probe.PROBE_MODEL)``: 2 blocks, hidden 128, vocab
 512, so groups of 128 divide every layer), calibrated on 2 x 64 random tokens: seconds per library once GPTQModel's
 CPU kernels are compiled (``make seed-libs`` compiles them).
 
@@ -26,10 +26,12 @@ from helpers import side_python
 import torch
 from safetensors.torch import load_file
 
-from quantedu import doctor, export, serving
-from quantedu import seed_libs as sl
+from quantedu.engines import doctor
+from quantedu.engines import server as servers
+from quantedu import export
+from quantedu.engines import seed_libs as sl
 from quantedu.evaluate import window_nll
-from quantedu.export_read import load_awq_layers, load_gptq_weights, load_quantized_model
+from quantedu.export.read import load_awq_layers, load_gptq_weights, load_quantized_model
 from quantedu.primitives import QuantConfig
 
 WEIGHT_RTOL = 2 ** -10
@@ -45,10 +47,11 @@ def seed_python():
 @pytest.fixture(scope="module")
 def tiny(seed_python, tmp_path_factory):
     """(folder of the tiny fp32 checkpoint, calibration windows, evaluation windows)."""
-    from quantedu.vllm_formats import _tiny_model
+    from quantedu.engines.vllm_probe import PROBE_MODEL
+    from quantedu.testmodel import tiny_llama
 
     folder = tmp_path_factory.mktemp("seed") / "tiny"
-    _tiny_model().save_pretrained(folder)
+    tiny_llama(**PROBE_MODEL).save_pretrained(folder)
     gen = torch.Generator().manual_seed(1)
     return folder, torch.randint(0, 512, (2, 64), generator=gen), torch.randint(0, 512, (2, 64), generator=gen)
 
@@ -91,7 +94,7 @@ def test_probe_shows_autogptq_real_import_failure(seed_python):
     ag = info["libraries"]["auto-gptq"]
     assert ag["version"] == "0.7.1" and not ag["imports"]
     plain = subprocess.run([seed_python, "-c", "import auto_gptq"], capture_output=True, text=True,
-                           env=sl._env(seed_python))
+                           env=sl.SIDE.env(seed_python))
     assert plain.returncode != 0 and plain.stderr.strip().splitlines()[-1] == ag["error"].splitlines()[-1]
     assert ag["error"].startswith("ImportError") and ag["where"].split(":")[0].endswith(".py")
     assert any(r.startswith("peft") for r in ag["unmet_requirements"])
@@ -112,12 +115,13 @@ def test_missing_env_says_make_seed_libs(monkeypatch, tmp_path):
     with pytest.raises(sl.MissingSeedLibsError, match="make seed-libs"):
         sl.run_autoawq(tmp_path)
     monkeypatch.delenv(sl.ENV_VAR)
-    monkeypatch.setattr(sl, "_ROOT", tmp_path)
+    import dataclasses
+    monkeypatch.setattr(sl, "SIDE", dataclasses.replace(sl.SIDE, roots=(tmp_path,)))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(sl.MissingSeedLibsError, match="make seed-libs"):
         sl.require_python()
     assert not doctor.seed_row()["usable"] and "make seed-libs" in doctor.seed_row()["install"]
-    assert issubclass(sl.MissingSeedLibsError, serving.MissingPackageError)
+    assert issubclass(sl.MissingSeedLibsError, servers.MissingPackageError)
 
 
 # ---------------------------------------------------------------------------------- optimum GPTQ
@@ -170,7 +174,7 @@ def test_course_reader_reads_autoawq_checkpoint(awq_run, tiny):
     for name, r in layers.items():
         assert torch.equal(r.codes.float(), library[f"{name}.codes"]), name
         assert torch.equal(r.zeros, library[f"{name}.zeros"]), name
-    from quantedu.export_read import load_awq_weights
+    from quantedu.export.read import load_awq_weights
     _assert_weights(load_awq_weights(awq_run["out"]), {n: library[n] for n in layers})
     assert _course_ppl(awq_run["out"], tiny[2]) == pytest.approx(awq_run["library_ppl"], rel=PPL_RTOL)
 
@@ -214,15 +218,12 @@ def test_autoawq_fix_changes_exactly_the_backup_line(awq_run, tiny):
 
 def test_vllm_serves_autoawq_and_refuses_optimums_act_order(gptq_run, awq_run, tiny):
     """vLLM 0.32 (``.venv-vllm``) serves AutoAWQ's GEMM checkpoint with the perplexity of the course's reader
-    (bf16 kernels: within vllm_formats.TOLERANCE, measured 0.2%), and refuses the seed's GPTQ checkpoint for
+    (bf16 kernels: within vllm_probe.TOLERANCE, measured 0.2%), and refuses the seed's GPTQ checkpoint for
     the reason the issue names: ``desc_act=True``."""
-    from quantedu import vllm_engine as ve
-    from quantedu.vllm_formats import TOLERANCE
+    from quantedu.engines import vllm as ve
+    from quantedu.engines.vllm_probe import TOLERANCE
 
-    try:
-        ve.require_python()
-    except ve.MissingVLLMError as exc:
-        pytest.skip(str(exc).splitlines()[0])
+    side_python(ve.require_python, ve.MissingVLLMError, ve.unavailable_reason, ".venv-vllm")
     windows = tiny[2]
     runs = {name: {"model": r["out"], "skip_tokenizer_init": True, "max_model_len": 256}
             for name, r in (("optimum", gptq_run), ("autoawq", awq_run))}

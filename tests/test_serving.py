@@ -1,33 +1,29 @@
-"""quantedu.serving + quantedu.serving_bench against a real llama.cpp server on the offline GGUF (1 thread)."""
+"""quantedu.engines.server + quantedu.engines.load against a real llama.cpp server on the offline GGUF (1 thread)."""
 import socket
 import sys
-import textwrap
 import time
 
 import psutil
 import pytest
-from helpers import gone
+from helpers import gone, offline_gguf, require_module
 
-from quantedu import serving
-from quantedu import serving_bench as sb
+from quantedu.engines import llama_cpp as lt
+from quantedu.engines import load as sb
+from quantedu.engines import procs
+from quantedu.engines import server as servers
 
-pytest.importorskip("llama_cpp")
-pytest.importorskip("uvicorn")
 
 
 @pytest.fixture(scope="module")
 def gguf():
-    from quantedu.models import ModelError, offline_gguf_path
-
-    try:
-        return offline_gguf_path()
-    except ModelError as exc:
-        pytest.skip(str(exc))
+    require_module("llama_cpp")
+    require_module("uvicorn")
+    return offline_gguf()
 
 
 @pytest.fixture(scope="module")
 def server(gguf):
-    with serving.start_llama_cpp(gguf, n_ctx=512) as s:
+    with lt.start_llama_cpp(gguf, n_ctx=512) as s:
         yield s
     assert not s.running
 
@@ -37,7 +33,7 @@ def test_server_is_loopback_only_and_answers(server, gguf):
     conns = [c for c in psutil.Process(server.pid).net_connections(kind="inet")
              if c.status == psutil.CONN_LISTEN]
     assert conns and all(c.laddr.ip == "127.0.0.1" for c in conns)
-    assert serving.models(server)  # /v1/models lists the loaded file
+    assert servers.models(server)  # /v1/models lists the loaded file
     r = sb.stream_completion(server, "The capital of France is", max_tokens=8)
     assert r.error == ""
     assert 1 <= r.n_tokens <= 8
@@ -49,7 +45,7 @@ def test_sweep_numbers_are_consistent(server):
     assert len(df) == 4 and (df.error == "").all()
     assert (df.n_tokens >= 1).all() and (df.n_tokens <= 6).all()
     assert (df.ttft_s > 0).all() and (df.ttft_s <= df.latency_s).all()
-    s = sb.summarize(df)
+    s = sb.by_concurrency(df)
     assert list(s.index) == [1, 2]
     assert (s.latency_p50_s <= s.latency_p95_s + 1e-9).all()
     assert (s.throughput_tok_s > 0).all()
@@ -66,40 +62,40 @@ def test_client_refuses_non_loopback():
 
 
 def test_port_in_use_is_refused(server, gguf):
-    with pytest.raises(serving.PortInUseError, match=str(server.port)):
-        serving.start_llama_cpp(gguf, port=server.port)
+    with pytest.raises(servers.PortInUseError, match=str(server.port)):
+        lt.start_llama_cpp(gguf, port=server.port)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        assert serving.port_in_use(port)
-        with pytest.raises(serving.PortInUseError, match="already in use"):
-            serving.llama_cpp_server(gguf, port=port).start()
+        assert procs.port_in_use(port)
+        with pytest.raises(servers.PortInUseError, match="already in use"):
+            lt.llama_cpp_server(gguf, port=port).start()
 
 
 def test_missing_model_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        serving.llama_cpp_server(tmp_path / "nope.gguf")
+        lt.llama_cpp_server(tmp_path / "nope.gguf")
 
 
 def test_missing_server_extra_names_the_extra(gguf, monkeypatch):
-    real = serving._missing
-    monkeypatch.setattr(serving, "_missing", lambda mods: ["uvicorn"] if "uvicorn" in mods else real(mods))
-    with pytest.raises(serving.MissingPackageError, match=r"llama-cpp-python\[server\]"):
-        serving.llama_cpp_server(gguf)
+    real = lt.server._missing
+    monkeypatch.setattr(lt.server, "_missing", lambda mods: ["uvicorn"] if "uvicorn" in mods else real(mods))
+    with pytest.raises(servers.MissingPackageError, match=r"llama-cpp-python\[server\]"):
+        lt.llama_cpp_server(gguf)
 
 
 def test_startup_failure_leaves_nothing_and_quotes_the_log(tmp_path):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 64)  # not a loadable model: the server exits during start-up
-    srv = serving.llama_cpp_server(bad)
-    with pytest.raises(serving.ServerError, match="before it was ready"):
+    srv = lt.llama_cpp_server(bad)
+    with pytest.raises(servers.ServerError, match="before it was ready"):
         srv.start(timeout=60)
-    assert not srv.running and srv not in serving._LIVE
+    assert not srv.running and srv not in servers._LIVE
 
 
 def _kernel_manager():
-    jupyter_client = pytest.importorskip("jupyter_client")
+    jupyter_client = require_module("jupyter_client")
     km = jupyter_client.KernelManager(kernel_name="python3")
     km.kernel_spec  # noqa: B018 - fail early if no kernel spec
     km.kernel_cmd = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
@@ -123,11 +119,11 @@ def _wait_for_pid(path, within=90.0) -> int:
 def test_kernel_interrupted_or_killed_mid_request_leaves_no_server(tmp_path, gguf, how):
     """A notebook cell streams a long completion; the kernel is interrupted (or killed) mid-request."""
     pidfile = tmp_path / "server.pid"
-    request = "serving_bench.stream_completion(server, 'Once upon a time', max_tokens=1000, timeout=120)"
+    request = "load.stream_completion(server, 'Once upon a time', max_tokens=1000, timeout=120)"
     code = [
         "from pathlib import Path",
-        "from quantedu import serving, serving_bench",
-        f"server = serving.start_llama_cpp({str(gguf)!r}, n_ctx=512)",
+        "from quantedu.engines import llama_cpp as lt, load",
+        f"server = lt.start_llama_cpp({str(gguf)!r}, n_ctx=512)",
         f"Path({str(pidfile)!r}).write_text(str(server.pid))",
     ]
     # interrupt: the cell uses the context manager; kill: no context manager, only the kernel's death stops it
@@ -168,8 +164,8 @@ def test_server_left_running_is_stopped_when_python_exits(gguf):
     """No stop(), no context manager: the atexit hook (and the parent-death signal) clean up."""
     import subprocess
 
-    code = ("from quantedu import serving; "
-            f"s = serving.start_llama_cpp({str(gguf)!r}, n_ctx=256); print(s.pid, flush=True)")
+    code = ("from quantedu.engines import llama_cpp as lt; "
+            f"s = lt.start_llama_cpp({str(gguf)!r}, n_ctx=256); print(s.pid, flush=True)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     pid = int(out.stdout.split()[-1])

@@ -81,7 +81,7 @@ def test_scales_equal_llm_compressor_times_the_explained_factor(tmp_path):
     from tokenizers import Tokenizer, models as tk_models
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from quantedu import reference
+    from quantedu.engines import llm_compressor as reference
 
     alpha = 0.6
     tiny_llama().save_pretrained(tmp_path / "fp")  # oneshot reads the config from disk

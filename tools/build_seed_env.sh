@@ -2,7 +2,7 @@
 # `make seed-libs`: the seed-libraries environment (.venv-seed), where the comparison post's own Python snippets
 # run (optimum's GPTQQuantizer on GPTQModel, AutoAWQ) and AutoGPTQ's import failure is shown. Its own virtualenv:
 # GPTQModel 7.7.0 needs transformers >= 5.20.2 while the course's .venv pins 5.17. quantedu runs it as a
-# subprocess (quantedu.seed_libs, quantedu/_seed_worker.py). Versions: constraints-seed.txt. Prints the time of
+# subprocess (quantedu.engines.seed_libs, quantedu/engines/_seed_worker.py). Versions: constraints-seed.txt. Prints the time of
 # each step; checks the result (imports, and both snippets, fixed, on a tiny random Llama).
 # Where the pinned builds do not exist (they are Linux x86_64 wheels: torch 2.13.0+cpu, AutoGPTQ's), it says so,
 # writes the reason to $VENV/UNAVAILABLE (quantedu reports it; the seed-library parts skip with it) and succeeds.
@@ -42,7 +42,7 @@ if [ "$cuda" != None ]; then
 fi
 echo "== seed-libs: checking it (imports; both snippets, fixed, on a tiny Llama; GPTQModel compiles its CPU kernels the first time, about a minute)"
 log=$(mktemp)
-if ! "$VENV/bin/python" quantedu/_seed_worker.py selftest > "$log" 2>&1; then
+if ! "$VENV/bin/python" quantedu/engines/_seed_worker.py selftest > "$log" 2>&1; then
   tail -40 "$log" >&2
   rm -f "$log"
   exit 1

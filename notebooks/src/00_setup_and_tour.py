@@ -28,7 +28,7 @@ NEW_TOKENS = 32    # tokens generated for the speed measurement
 # tools (llama.cpp, llm-compressor, vLLM) this machine can run, and how to install the missing ones.
 
 # %%
-from quantedu.doctor import print_report
+from quantedu.engines.doctor import print_report
 
 print_report()
 
@@ -106,7 +106,8 @@ print(f"one window: by hand {ppl_by_hand:.4f}, package {ppl_package:.4f}")
 # ## The three baseline numbers
 
 # %%
-from quantedu.evaluate import generation_speed, memory_footprint, results_table
+from quantedu.evaluate import generation_speed, memory_footprint
+from quantedu.course.views import results_table
 
 baseline_ppl = perplexity(model, tokenizer, corpus, n_windows=N_WINDOWS, seq_len=SEQ_LEN, progress=False)
 speed = generation_speed(model, tokenizer, new_tokens=NEW_TOKENS)
@@ -178,22 +179,12 @@ course_map()
 
 # %% [markdown]
 # ## Warm-up quiz
-# In Jupyter you get clickable questions; in a terminal they print, and `quiz.answer(i, response)`
-# checks an answer.
+# Commit to an answer before you check it: your first answer to each question is your score. A wrong
+# answer tells you what is off about it; a right one (or "Reveal answer") explains. Where widgets do not
+# show, `quiz.answer(0, 2)` answers Q1 with option 2.
 
 # %%
-from quantedu.quiz import Quiz
+from quantedu.course.quiz import Quiz
 
 quiz = Quiz.load("warmup")
 quiz.show()
-
-# %%
-# The quiz keys, checked against what this notebook computed: Q1 with the size formula of notebook 01
-# (and a wrong answer, half of it), Q3 with the tensor types of the shipped file read above.
-from quantedu import memory as memory_math
-
-fp16_7b_gb = memory_math.naive_bytes(7e9, 16) / 1e9
-assert not quiz.answer(0, fp16_7b_gb / 2).correct and quiz.answer(0, fp16_7b_gb).correct
-linear_type = max(types, key=types.get)        # the type most tensors of the shipped file have
-assert quiz.answer(2, 2 if linear_type == "Q4_1" else 0).correct, f"the shipped file is mostly {linear_type}"
-print(f"Q1: 7e9 x 2 bytes = {fp16_7b_gb:g} GB; Q3: the shipped file is mostly {linear_type}; {quiz.score_text()}")

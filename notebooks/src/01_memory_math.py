@@ -27,7 +27,7 @@ BATCH = 1          # sequences served at once
 # %%
 import pandas as pd
 import torch
-from quantedu import formats
+from quantedu import number_formats as formats
 
 table = formats.formats_table()
 table[["bits", "max", "smallest_normal", "smallest_subnormal", "resolution_at_1", "decimal_digits"]]
@@ -75,31 +75,18 @@ plt.show()
 # %% [markdown]
 # ## The seed's table
 # A popular comparison post (the "seed" this course answers) gives the classic back-of-the-envelope
-# table of weight memory by bit width. Its figures are quoted, with their source, in
-# `data/seed_memory.csv` of the repository; here they are, and the arithmetic that produces them:
+# table of weight memory by bit width. Its figures are quoted, with their source, in the package's data
+# (`quantedu/course/data/seed_memory.csv`); here they are, and the arithmetic that produces them:
 # nominal parameters x bits / 8, in GB (10^9 bytes).
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from pathlib import Path
-
 import numpy as np
 
-import quantedu
 from quantedu import memory
+from quantedu.course.seed import seed_csv
 
-
-def seed_numbers() -> pd.DataFrame:
-    """The seed post's figures as quoted (not measured) in the repository's data/seed_memory.csv."""
-    local = Path(quantedu.__file__).resolve().parents[1] / "data" / "seed_memory.csv"
-    if local.is_file():
-        return pd.read_csv(local)
-    from importlib.metadata import metadata  # installed without the repository (Colab): read it from there
-    repo = next(u.split(", ", 1)[1] for u in metadata("quantedu").get_all("Project-URL") if u.startswith("Repository"))
-    return pd.read_csv(f"{repo}/raw/main/data/seed_memory.csv")
-
-
-seed = seed_numbers()
+seed = seed_csv("seed_memory")                     # quoted, not measured
 seed_mem = seed[seed.table == "memory"].pivot(index="model", columns="item", values="value")
 naive = memory.naive_table()                       # parameters x bits / 8, in GB
 seed_mem = seed_mem.loc[naive.index, naive.columns]
@@ -171,34 +158,7 @@ q8 = layout("Q8_0")
 print(f"Q8_0 is not 8 bits per weight: a block holds {q8.block_size} one-byte codes and an fp16 scale, "
       f"{q8.type_size} bytes = {8 * q8.type_size / q8.block_size:g} bits per weight.")
 
-# %% [markdown]
-# ### Exercise 01.weight_bytes: bytes of a quantized model's weights
-# Write `weight_bytes(shape, bits, group_size)`: the bytes of a Llama-style model's weights when every linear
-# layer is stored as `bits`-bit codes plus, for every group of `group_size` weights of a row (`None`: one group
-# per row), an fp16 scale and a `bits`-bit zero point, as GPTQ/AWQ checkpoints do. The embedding (counted once
-# if the head is tied), the LM head (if not) and the norm weights stay in fp16. `shape` is a
-# `quantedu.memory.ModelShape`: `shape.linear_shapes()` gives `(rows, cols)` of each layer of one block, and
-# it has `layers`, `hidden`, `vocab`, `tied`.
-#
-# *Checked against* `quantedu.memory.weight_bytes(shape, GroupFormat(bits, group_size))`.
-# `hint("01.weight_bytes")` reveals the hints one at a time.
-
-# %%
-# Exercise 01.weight_bytes: bytes of a quantized model's weights
-# Fill in the code marked YOUR CODE, then run the cell. hint("01.weight_bytes") gives a hint.
-import math
-
-from quantedu import memory
-from quantedu.exercises import check, hint
-
-
-def weight_bytes(shape, bits, group_size):
-    """Bytes of all weights: linear layers quantized with group overhead, the rest in fp16."""
-    ...  # YOUR CODE
-
-
-check("01.weight_bytes", weight_bytes)
-
+# %% [exercise 01.weight_bytes]
 # %% [markdown]
 # ## 2 and 3. A real "4-bit" 7B, and the KV cache
 # The KV cache keeps the keys and values of every past token in every layer:
@@ -218,30 +178,7 @@ for name in ("llama-2-70b", "llama-3-8b"):
     print(f"{name}: {s.heads} query heads share {s.kv_heads} KV heads -> "
           f"{memory.kv_cache_bytes(s, CONTEXT) / 2**30:.2f} GiB at {CONTEXT} tokens")
 
-# %% [markdown]
-# ### Exercise 01.kv_cache: the KV cache with grouped-query attention
-# Write `kv_cache_bytes(shape, context, batch, dtype_bits=16)`: the bytes of the KV cache of `batch` sequences
-# of `context` tokens. Every layer stores a key and a value vector of `head_dim` numbers per KV head and per
-# token; with grouped-query attention (GQA) several query heads share one KV head (`shape.kv_heads <
-# shape.heads`).
-#
-# *Checked against* `quantedu.memory.kv_cache_bytes`.
-# `hint("01.kv_cache")` reveals the hints one at a time.
-
-# %%
-# Exercise 01.kv_cache: the KV cache with grouped-query attention
-# Fill in the code marked YOUR CODE, then run the cell. hint("01.kv_cache") gives a hint.
-from quantedu import memory
-from quantedu.exercises import check, hint
-
-
-def kv_cache_bytes(shape, context, batch, dtype_bits=16):
-    """Bytes of the K and V of every layer, KV head and token."""
-    ...  # YOUR CODE
-
-
-check("01.kv_cache", kv_cache_bytes)
-
+# %% [exercise 01.kv_cache]
 # %%
 corrected = memory.corrected_table("llama-2-7b", context=CONTEXT, batch=BATCH)
 corrected.round(3)
@@ -285,7 +222,7 @@ print(f"(GB here; in GiB, what memory tools report, every figure is {1e9 / 2**30
 # At long context the KV cache of a small model can exceed its weights. Stacked, per component:
 
 # %%
-from quantedu import memory_view
+from quantedu.course import views as memory_view
 
 rows = {
     "7B fp16": memory.footprint(llama7, "fp16", CONTEXT, BATCH),
@@ -345,7 +282,7 @@ print(f"fp16 safetensors file: {size16:,} B; predicted tensors {int(pred16):,} B
 # (`GroupFormat.bits_per_weight(cols)` counts it so); the cell prints this model's case.
 
 # %%
-from quantedu.export import gptq_state_dict
+from quantedu.export.write import gptq_state_dict
 from quantedu.primitives import QuantConfig
 from quantedu.rtn import rtn_layers
 
@@ -458,7 +395,7 @@ print(f"{'total':>26}: {sum(fp.values()) / 2**30:7.3f} GiB")
 # ## Quiz
 
 # %%
-from quantedu.quiz import Quiz
+from quantedu.course.quiz import Quiz
 
 w7 = memory.weight_bytes(llama7, "int4-g128")
 quiz = Quiz.load("memory", values={
@@ -468,11 +405,3 @@ quiz = Quiz.load("memory", values={
     "embed_head_naive_gib": memory.naive_bytes(llama7.params()["embedding"] + llama7.params()["lm_head"], 4) / 2**30,
     "kv_mib_per_token": memory.kv_bytes_per_token(llama7) / 2**20})
 quiz.show()
-
-# %%
-# The quiz's numeric answers, checked against this notebook's formulas.
-# NBVAL_CHECK_OUTPUT
-ok = (quiz.answer(0, memory.bits_per_weight("int4-g128")).correct,
-      quiz.answer(1, memory.kv_cache_bytes("llama-2-7b", 4096) / 2**30).correct)
-assert all(ok)
-print(*ok)

@@ -107,36 +107,7 @@ for sym, color in ((True, "tab:blue"), (False, "tab:red")):
 axes[1].set_title("one group of 128: 3-bit levels, symmetric (--) vs asymmetric (:)")
 plt.show()
 
-# %% [markdown]
-# ### Exercise 02.asym_quantize: asymmetric quantization of one group
-# Write `asym_quantize(w, bits)` for one group `w` (a 1-D float tensor): return the integer codes `q` in
-# `[0, 2**bits - 1]`, the group's `scale` and its **integer** zero point `zero`, mapping the range
-# `[min(w, 0), max(w, 0)]` onto the codes. Then `asym_dequantize(q, scale, zero)`: the real values the codes
-# stand for.
-#
-# *Checked against* `quantedu.primitives` (`choose_qparams`, `quantize`, `dequantize`).
-# `hint("02.asym_quantize")` reveals the hints one at a time.
-
-# %%
-# Exercise 02.asym_quantize: asymmetric quantization of one group
-# Fill in the code marked YOUR CODE, then run the cell. hint("02.asym_quantize") gives a hint.
-import torch
-
-from quantedu.exercises import check, hint
-
-
-def asym_quantize(w, bits):
-    """(q, scale, zero) of one group w: codes in [0, 2**bits - 1], float scale, integer zero point."""
-    ...  # YOUR CODE
-
-
-def asym_dequantize(q, scale, zero):
-    """The values the codes q stand for."""
-    ...  # YOUR CODE
-
-
-check("02.asym_quantize", asym_quantize, asym_dequantize)
-
+# %% [exercise 02.asym_quantize]
 # %% [markdown]
 # ## Granularity and outliers
 # One scale for the whole tensor, one per output channel (row), or one per group of columns in a
@@ -192,10 +163,10 @@ print("largest W3 errors:", ", ".join(f"{r.layer} ({r['W3 rel. error']:.3f}, max
 # bit width and group size, evaluated on the evaluation split.
 
 # %%
-from quantedu.rtn import quantize_model_rtn, rtn_sweep, summarize
+from quantedu.rtn import quantize_model_rtn, rtn_sweep, summary_line
 
 report = quantize_model_rtn(copy.deepcopy(model), QuantConfig(4, 128), progress=False)
-print(summarize(report))
+print(summary_line(report))
 
 t = time.perf_counter()
 sweep = rtn_sweep(model, ppl, bits=BITS, groups=GROUPS, progress=False)
@@ -257,35 +228,7 @@ y.sum().backward()
 print(f"forward {y.tolist()}, gradient {x.grad.tolist()}")
 assert y.tolist() == [0.0, 2.0] and x.grad.tolist() == [1.0, 1.0]
 
-# %% [markdown]
-# ### Exercise 02.round_ste: the straight-through estimator as an autograd Function
-# Write `RoundSTE`, a `torch.autograd.Function` whose forward rounds (`torch.round`) and whose backward
-# treats rounding as the identity, so `RoundSTE.apply(w / s)` lets gradients reach the weights and the scale
-# of a fake-quantized layer.
-#
-# *Checked against* `quantedu.qat.round_ste`.
-# `hint("02.round_ste")` reveals the hints one at a time.
-
-# %%
-# Exercise 02.round_ste: the straight-through estimator as an autograd Function
-# Fill in the code marked YOUR CODE, then run the cell. hint("02.round_ste") gives a hint.
-import torch
-
-from quantedu.exercises import check, hint
-
-
-class RoundSTE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ...  # YOUR CODE
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        ...  # YOUR CODE
-
-
-check("02.round_ste", RoundSTE)
-
+# %% [exercise 02.round_ste]
 # %% [markdown]
 # The PTQ side of the comparison: RTN, and RTN with the MSE-optimal clipping search (each group's
 # range shrunk by the factor that minimises its squared error), a stronger PTQ baseline. The QAT run
@@ -334,7 +277,7 @@ del mse_model
 cal = session.calibration(plan.n_samples, plan.seq_len, seed=0)
 qat_model = copy.deepcopy(model)
 run = qat.train_qat(qat_model, cal, qcfg, plan, progress=False)
-print(qat.describe(run))
+print(qat.summary_line(run))
 results.append(scored(qat_model, f"QAT ({run['plan'].mode}, STE + LSQ scales, {run['steps']} steps) {qcfg.label()}"))
 comparison = pd.DataFrame(results).set_index("method")
 comparison.round(3)
@@ -397,19 +340,8 @@ print(f"notebook compute since loading the model: {time.perf_counter() - T0:.0f}
 
 # %%
 from quantedu import memory
-from quantedu.quiz import Quiz
+from quantedu.course.quiz import Quiz
 
 quiz = Quiz.load("ptq_qat", values={"bpw_g32": memory.GroupFormat(4, 32).bits_per_weight(),
                                     "bpw_channel": memory.GroupFormat(4, None).bits_per_weight(cols=W.shape[1])})
 quiz.show()
-
-# %%
-# Two keys, checked against measurements: Q1 with the gradient round_ste gave above, Q2 with the
-# quantization error of a group skewed like the one in the question (3 bits, symmetric vs asymmetric).
-# NBVAL_CHECK_OUTPUT
-ste_passes = y.tolist() == [0.0, 2.0] and x.grad.tolist() == [1.0, 1.0]
-skewed = torch.linspace(-0.01, 0.05, 128)[None]
-err = {sym: ((fake_quantize(skewed, QuantConfig(3, 128, symmetric=sym)) - skewed) ** 2).mean().item() for sym in (True, False)}
-ok = (quiz.answer(0, 1 if ste_passes else 0).correct, quiz.answer(1, 2 if err[False] < err[True] else 0).correct)
-assert all(ok), ok
-print(*ok, f"(skewed group: MSE symmetric {err[True]:.1e}, asymmetric {err[False]:.1e})")

@@ -40,11 +40,12 @@ import copy
 
 import torch
 
-from quantedu.benchmark import timed
+from quantedu.runtime import timed
 from quantedu.course import no_bars, start  # start(): no loading bars or library logs (no_bars(): llm-compressor's)
-from quantedu.evaluate import results_table, torch_threads
+from quantedu.course.views import results_table
+from quantedu.runtime import torch_threads
 
-# Every quantization run is timed the same way: quantedu.benchmark.timed (wall seconds and this
+# Every quantization run is timed the same way: quantedu.runtime.timed (wall seconds and this
 # process's CPU seconds), the model already in memory, with QUANT_THREADS torch threads: one on a CPU,
 # where a shared 2-core machine is steadier with one thread than with two fighting for the cores
 # (GPTQ's column loop runs on one thread anyway), torch's default on a GPU.
@@ -132,57 +133,8 @@ for q in range(3):
     HF_inv = HF_inv - HF_inv[:, q:q + 1] @ HF_inv[q:q + 1] / HF_inv[q, q]  # eliminate column q
 print("row q of U = row q of H_F^-1 / sqrt([H_F^-1]_qq): checked for q = 0, 1, 2")
 
-# %% [markdown]
-# ### Exercise 03.gptq_hinv: GPTQ's Hinv: damping and the Cholesky factor of H^-1
-# Write `gptq_hinv(H, damp_percent)`: give every dead input (a zero on the diagonal of `H`) `H[i, i] = 1`,
-# add `damp_percent * mean(diag(H))` to the diagonal, and return the **upper** Cholesky factor of `H^-1`, whose
-# row `i` GPTQ reads when it quantizes column `i`.
-#
-# *Checked against* `quantedu.gptq.gptq_quantize_weight` (run with your Hinv inside, code for code).
-# `hint("03.gptq_hinv")` reveals the hints one at a time.
-
-# %%
-# Exercise 03.gptq_hinv: GPTQ's Hinv: damping and the Cholesky factor of H^-1
-# Fill in the code marked YOUR CODE, then run the cell. hint("03.gptq_hinv") gives a hint.
-import torch
-
-from quantedu.exercises import check, hint
-
-
-def gptq_hinv(H, damp_percent):
-    """Upper Cholesky factor of (H with dead inputs fixed + damping)^-1."""
-    ...  # YOUR CODE
-
-
-check("03.gptq_hinv", gptq_hinv)
-
-# %% [markdown]
-# ### Exercise 03.gptq_block: GPTQ's inner loop over one block of columns
-# Write `gptq_block(W1, Hinv1, scale, zero, maxq)`: quantize the columns of one block left to right. For column
-# `i`: round it on each row's grid (`scale`, `zero`: one per row; codes in `[0, maxq]`), compute the scaled
-# error `err = (w - q) / Hinv1[i, i]` and push it onto the block's columns not yet quantized with row `i` of
-# `Hinv1` (the OBS update). Return `(Q1, Err1)`: the dequantized block and every column's `err` (the caller
-# applies `Err1 @ Hinv[block, later]` to the later blocks: the lazy batch update). The checker runs your loop
-# inside GPTQ on a real layer and compares the codes with `quantedu.gptq`'s.
-#
-# *Checked against* `quantedu.gptq.gptq_quantize_weight` (run with your block loop inside, code for code).
-# `hint("03.gptq_block")` reveals the hints one at a time.
-
-# %%
-# Exercise 03.gptq_block: GPTQ's inner loop over one block of columns
-# Fill in the code marked YOUR CODE, then run the cell. hint("03.gptq_block") gives a hint.
-import torch
-
-from quantedu.exercises import check, hint
-
-
-def gptq_block(W1, Hinv1, scale, zero, maxq):
-    """(Q1, Err1) of one block: W1 (rows, B) as updated so far, Hinv1 (B, B), scale/zero (rows,)."""
-    ...  # YOUR CODE
-
-
-check("03.gptq_block", gptq_block)
-
+# %% [exercise 03.gptq_hinv]
+# %% [exercise 03.gptq_block]
 # %% [markdown]
 # ## 2. GPTQ for one layer, in ~30 lines
 # First the Hessian: hook the layer, run the calibration data through the model, average `2 x x^T`
@@ -519,14 +471,14 @@ else:
 
 # %% [markdown]
 # **The whole model, live, on the same settings.** Both libraries get the same config object (so
-# `static_groups=True`, llm-compressor's grid rule; `reference.gptq_recipe` builds its recipe from
+# `static_groups=True`, llm-compressor's grid rule; `llm_compressor.gptq_recipe` builds its recipe from
 # it), the same `LIB_SAMPLES x LIB_LEN` calibration windows, the same thread count, and the same
 # timer (`benchmark.timed`, with llm-compressor already imported and the model in memory). The
 # full-size comparison is `benchmarks/bench_gptq.py`. llm-compressor draws progress bars on stderr
 # with no switch to turn them off; the cell keeps them out of the page.
 
 # %%
-from quantedu import reference
+from quantedu.engines import llm_compressor
 
 
 def agreement(a, b, k):
@@ -536,12 +488,12 @@ def agreement(a, b, k):
     return sum((la[n].weight == lb[n].weight).sum().item() for n in la) / sum(la[n].weight.numel() for n in la)
 
 
-if reference.available():
+if llm_compressor.available():
     lib_cfg = GPTQConfig(bits=4, group_size=GROUP, static_groups=True)
     lib_batches = session.calibration(LIB_SAMPLES, LIB_LEN, seed=0)
     lib = copy.deepcopy(model)
     with torch_threads(QUANT_THREADS), no_bars():
-        _, lib_wall, lib_cpu = timed(lambda: reference.run_oneshot(lib, lib_batches, reference.gptq_recipe(lib_cfg)))
+        _, lib_wall, lib_cpu = timed(lambda: llm_compressor.run_oneshot(lib, lib_batches, llm_compressor.gptq_recipe(lib_cfg)))
     ours_m, ours_t, _ = gptq_model(lib_cfg, lib_batches)
     live_df = results_table([scored(ours_m, library="quantedu", **ours_t),
                              scored(lib, library="llm-compressor", **{"wall s": lib_wall, "CPU s": lib_cpu})], index="library")
@@ -562,14 +514,14 @@ if reference.available():
         print(f"(in {BASE} llm-compressor rounds its scales to {BASE}, ours stay fp32: the grids differ, so do the codes)")
     display(live_df)
 else:
-    print(f"llm-compressor is not installed: {reference.INSTALL}")
+    print(f"llm-compressor is not installed: {llm_compressor.INSTALL}")
 
 # %% [markdown]
 # ### The seed's `optimum` snippet, run as written
 # The seed quantizes with optimum's `GPTQQuantizer(bits=4, group_size=128, desc_act=True, damp_percent=0.01,
 # dataset=...)`. optimum 2.3 runs GPTQ through GPTQModel 7.7, whose pins clash with this course's (it wants a
 # newer transformers and declares torch >= 2.14.1), so both live in an environment of their own
-# (`make seed-libs`: `.venv-seed`) and `quantedu.seed_libs` runs them there in a subprocess, on this session's
+# (`make seed-libs`: `.venv-seed`) and `quantedu.engines.seed_libs` runs them there in a subprocess, on this session's
 # model, with `LIB_SAMPLES x LIB_LEN` tokens of the course's calibration text. First the snippet as written,
 # then the smallest fix for each error it hits, then the working run beside the course's own GPTQ with the
 # seed's settings. The checkpoint optimum writes is read back with the course's own loader.
@@ -578,10 +530,10 @@ else:
 import json
 from pathlib import Path
 
-from quantedu import seed_libs
+from quantedu.engines import seed_libs
 
 SEED_DIR = session.model.name_or_path  # the checkpoint folder this session loaded: the libraries load it themselves
-seed_env = seed_libs.describe()
+seed_env = seed_libs.status()
 if not seed_env["usable"]:
     print(f"Skipped: {seed_env['why']}\n  {seed_env['install']}")
 else:
@@ -639,7 +591,7 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM
 
-from quantedu.export import save_compressed_tensors
+from quantedu.export.write import save_compressed_tensors
 
 ct_model, ct_layers, ct_cfg = w4_model, w4_layers, GPTQConfig(bits=4, group_size=GROUP)
 with tempfile.TemporaryDirectory() as tmp, no_bars():
@@ -668,7 +620,7 @@ assert diff < tol
 
 # %%
 live_note = (f"; on {LIB_SAMPLES} x {LIB_LEN} tokens quantedu {q['CPU s']:.0f} s, llm-compressor {l['CPU s']:.0f} s CPU"
-             if reference.available() else "")
+             if llm_compressor.available() else "")
 print(f"measured in this notebook, {THREADS}: quantedu GPTQ W4 g{GROUP} on {CALIB_SAMPLES} x {CALIB_LEN} tokens "
       f"{t4['wall s']:.0f} s wall, {t4['CPU s']:.0f} s CPU{live_note}")
 
@@ -676,32 +628,7 @@ print(f"measured in this notebook, {THREADS}: quantedu GPTQ W4 g{GROUP} on {CALI
 # ## Quiz
 
 # %%
-from quantedu.quiz import Quiz
+from quantedu.course.quiz import Quiz
 
 quiz = Quiz.load("gptq")
 quiz.show()
-
-# %% [markdown]
-# Three keys, checked against this notebook's measurements: what GPTQ minimizes (section 2's layer:
-# GPTQ loses less of the output and more of the weights than RTN), why Cholesky fails on few tokens
-# (a Hessian from fewer tokens than columns, with and without damping), and the bits per weight
-# (notebook 01's formula).
-
-# %%
-at = {q.id: i for i, q in enumerate(quiz.questions)}
-outputs_not_weights = rel_err(pkg.weight) < rel_err(rtn_layer) and weight_err(pkg.weight) > weight_err(rtn_layer)
-session.claim(quiz.answer(at["gptq-objective"], 1 if outputs_not_weights else 0).correct,
-              "GPTQ keeps the layer's outputs, not its weights, closer than RTN")
-few = min(CALIB_LEN, layer.in_features // 2)             # fewer tokens than the layer has input columns
-acc_few = HessianAccumulator(layer.in_features, session.device)
-handle = layer.register_forward_hook(acc_few.hook())
-with torch.no_grad():
-    model(batches[:1, :few].to(session.device))
-handle.remove()
-rank = torch.linalg.matrix_rank(acc_few.H).item()
-damped = acc_few.H + 0.01 * acc_few.H.diag().mean() * torch.eye(layer.in_features, device=acc_few.H.device)
-fixed_by_damping = rank < layer.in_features and torch.linalg.cholesky_ex(damped).info.item() == 0
-assert quiz.answer(at["gptq-damp"], 1 if fixed_by_damping else 0).correct, (rank, layer.in_features)
-assert quiz.answer(at["gptq-bits-per-weight"], memory.GroupFormat(4, 64).bits_per_weight()).correct
-print(f"H from {few} tokens: rank {rank} of {layer.in_features}, positive definite once damped: {fixed_by_damping}; "
-      f"{quiz.score_text()}")

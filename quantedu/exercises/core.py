@@ -7,7 +7,7 @@ learner's function(s) and compares the result with **the package's own code** (`
 or a sentence that says which element differs, expected vs got, and the likely cause when it recognises
 the mistake. :func:`grade` runs the cases and stops at the first difference; :func:`check` grades and
 shows the result (a small ipywidgets panel in Jupyter, printed text elsewhere or whenever
-``QUANTEDU_QUIZ_TEXT=1``, as :mod:`quantedu.quiz` does).
+``QUANTEDU_QUIZ_TEXT=1``, as :mod:`quantedu.course.quiz` does).
 
 A stub that was not filled in (its body is only ``...``, ``pass``, a docstring or ``raise
 NotImplementedError``) is reported as *not attempted yet*, never as an error, so the committed notebooks
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ast
 import dis
-import html
 import inspect
 import math
 import os
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+
+from ..course.widgets import WIDGET_STYLE, in_kernel, inline_html  # the style quizzes share
 
 SOLUTIONS_ENV = "QUANTEDU_EXERCISE_SOLUTIONS"
 TEXT_ENV = "QUANTEDU_QUIZ_TEXT"
@@ -128,8 +129,11 @@ class Result:
             lines.append(f"  note: {self.note}")
         if self.status != PASSED:
             ex = REGISTRY.get(self.exercise)
-            n = len(ex.hints) if ex else 0
-            lines.append(f'  Stuck? hint("{self.exercise}") shows a hint ({n} in all).')
+            hints, read = (ex.hints, _hints_shown.get(ex.id, 0)) if ex else ((), 0)
+            lines += [f"  Hint {k + 1}/{len(hints)}: {h}" for k, h in enumerate(hints[:read])]
+            if read < len(hints):
+                lines.append(f'  Stuck? hint("{self.exercise}") shows {"another" if read else "a"} hint '
+                             f"({len(hints)} in all).")
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
@@ -217,7 +221,7 @@ def _learner_line(exc: BaseException) -> str:
 
 
 def _one_thread():
-    from ..evaluate import torch_threads
+    from ..runtime import torch_threads
 
     return torch_threads(1)
 
@@ -281,18 +285,9 @@ def hint(exercise_id: str) -> str:
 # --- showing a result -------------------------------------------------------------------------------
 
 
-def _in_kernel() -> bool:
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
-
-
 def show(result: Result, text: bool | None = None) -> None:
     if text is None:
-        text = os.environ.get(TEXT_ENV) == "1" or not _in_kernel()
+        text = os.environ.get(TEXT_ENV) == "1" or not in_kernel()
     if text:
         print(result.text())
         return
@@ -302,31 +297,37 @@ def show(result: Result, text: bool | None = None) -> None:
 
 
 def panel(result: Result):
-    """pass/fail, the message and a hint button, as ipywidgets."""
+    """pass/fail, the message and a hint button, as ipywidgets. The hints live in the kernel
+    (:func:`hint` and the button share the count), so a panel drawn again shows those already read."""
     import ipywidgets as w
 
     color = {PASSED: "green", FAILED: "#b00", NOT_ATTEMPTED: "#555"}[result.status]
     icon = {PASSED: "&#10004;", FAILED: "&#10008;", NOT_ATTEMPTED: "&#8230;"}[result.status]
-    extra = "".join(f"<br><small>{html.escape(s)}</small>" for s in (*result.skipped, result.note) if s)
-    head = w.HTML(f"<b style='color:{color}'>{icon} Exercise {result.exercise}: {result.status}</b><br>"
-                  f"{html.escape(result.message)}{extra}")
+    extra = "".join(f"<br><small>{inline_html(s)}</small>" for s in (*result.skipped, result.note) if s)
+    head = w.HTML(f"{WIDGET_STYLE}<b style='color:{color}'>{icon} Exercise {result.exercise}: {result.status}</b><br>"
+                  f"{inline_html(result.message)}{extra}")
     rows = [head]
     if result.status != PASSED:
         ex = get(result.exercise)
-        shown = w.HTML()
-        button = w.Button(description=f"Hint (0/{len(ex.hints)})")
+        shown, button = w.HTML(), w.Button(layout=w.Layout(width="auto"))
+
+        def render():
+            n, total = _hints_shown.get(ex.id, 0), len(ex.hints)
+            shown.value = "".join(f"<p><b>Hint {k + 1}.</b> {inline_html(h)}</p>"
+                                  for k, h in enumerate(ex.hints[:n]))
+            button.description = f"Show hint {n + 1} of {total}" if n < total else f"All {total} hints shown"
+            button.disabled = n >= total
 
         def on_click(_b):
-            n = _hints_shown.get(ex.id, 0)
-            if n < len(ex.hints):
-                _hints_shown[ex.id] = n + 1
-                shown.value += f"<p><b>Hint {n + 1}.</b> {html.escape(ex.hints[n])}</p>"
-            button.description = f"Hint ({_hints_shown[ex.id]}/{len(ex.hints)})"
-            button.disabled = _hints_shown[ex.id] >= len(ex.hints)
+            _hints_shown[ex.id] = min(_hints_shown.get(ex.id, 0) + 1, len(ex.hints))
+            render()
 
+        render()
         button.on_click(on_click)
         rows += [button, shown]
-    return w.VBox(rows)
+    box = w.VBox(rows)
+    box.add_class("quantedu-widget")
+    return box
 
 
 # --- comparing in plain words ------------------------------------------------------------------------
@@ -374,7 +375,7 @@ def first_difference(expected, got, what: str = "value", names: tuple[str, ...] 
     return f"{what}{at}: expected {fmt(exp[idx])}, got {fmt(val[idx])}{count}"
 
 
-def matches(value, candidates: Iterable[tuple[str, object]], rtol: float = 1e-9, atol: float = 0.0) -> str:
+def likely_cause(value, candidates: Iterable[tuple[str, object]], rtol: float = 1e-9, atol: float = 0.0) -> str:
     """The first cause whose predicted value equals ``value`` (``" Likely cause: ..."``), else ``""``."""
     try:
         v = as_array(value).astype(np.float64)
@@ -393,5 +394,5 @@ def case(label: str):
 
 
 __all__ = ["Case", "Exercise", "Result", "Skip", "REGISTRY", "RESULTS", "check", "grade", "hint", "is_stub",
-           "register", "get", "show", "panel", "first_difference", "matches", "case", "MARKER", "SOLUTIONS_ENV",
+           "register", "get", "show", "panel", "first_difference", "likely_cause", "case", "MARKER", "SOLUTIONS_ENV",
            "PASSED", "FAILED", "NOT_ATTEMPTED"]

@@ -1,23 +1,16 @@
 """Notebook 03's exercises: GPTQ's ``Hinv`` (damping + Cholesky of ``H^-1``) and its inner loop over one block.
 
 Frantar et al., "GPTQ" (arXiv:2210.17323), Algorithm 1; the steps are IST-DASLab ``gptq.py``
-``fasterquant``'s, as in :mod:`quantedu.gptq`. The package quantizes a whole layer in one function, so this
-module adds the two pieces as standalone functions (the reference solutions) and :func:`gptq_with`, the
-outer loop of :func:`quantedu.gptq.gptq_quantize_weight` with those pieces pluggable. The tests prove that
-``gptq_with`` with the reference pieces reproduces ``gptq_quantize_weight`` code for code, so a learner's
-piece is graded inside the real algorithm: its codes must be the package's.
-
-``gptq_with`` covers GPTQ without act-order, with the grid of each group chosen from the weights as updated
-so far (the reference's default): each lazy-update block is one group (``block_size == group_size``), or
-the whole row is one group (``group_size=-1``).
+``fasterquant``'s. :mod:`quantedu.gptq` runs them as named steps (:func:`~quantedu.gptq.hessian_inverse`,
+:func:`~quantedu.gptq.gptq_block`, the lazy batch update), and :func:`~quantedu.gptq.gptq_quantize_weight`
+takes a replacement for either step: a learner's piece is graded inside the real algorithm, and its codes must
+be the package's, code for code.
 """
 from __future__ import annotations
 
 import torch
 
-from ..evaluate import torch_threads
-from ..gptq import GPTQConfig, gptq_quantize_weight
-from ..primitives import QuantConfig, choose_qparams
+from ..gptq import GPTQConfig, IntGrid, gptq_quantize_weight, hessian_inverse
 from .core import Exercise, case, first_difference, register
 from .inputs import activations, course_weight, hessian, randn
 
@@ -33,60 +26,43 @@ def gptq_hinv(H, damp_percent):
     return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
 
 
-def gptq_block(W1, Hinv1, scale, zero, maxq):
+def gptq_block(W1, Hinv1, quantize):
     W1 = W1.clone()
     Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
     for i in range(W1.shape[1]):
         w, d = W1[:, i], Hinv1[i, i]
-        q = scale * (torch.clamp(torch.round(w / scale) + zero, 0, maxq) - zero)
+        q = quantize(i, W1)                         # column i, as updated so far, on its grid
         err = (w - q) / d
         W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)   # OBS update of the rest of the block
         Q1[:, i], Err1[:, i] = q, err
     return Q1, Err1
 
 
-# --- the outer loop, with pluggable pieces ------------------------------------------------------------
+# --- the learner's piece inside the package's GPTQ ----------------------------------------------------
 
 
-@torch.no_grad()
-def gptq_with(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig, block_fn=gptq_block, hinv_fn=gptq_hinv):
-    """The dequantized GPTQ weight of ``W``, built from ``hinv_fn`` and ``block_fn``, as
-    :func:`quantedu.gptq.gptq_quantize_weight` computes it (same operations, in the same order)."""
-    if config.desc_act or config.static_groups:
-        raise ValueError("gptq_with follows GPTQ without act-order and without static groups")
-    qc = config.quant_config()
-    per_row = config.group_size == -1
-    if not per_row and config.block_size != config.group_size:
-        raise ValueError("gptq_with needs block_size == group_size (each block is one group)")
-    W, H = W.detach().clone().float(), H.detach().clone().float()
-    rows, cols = W.shape
-    W[:, torch.diag(H) == 0] = 0
-    row_grid = QuantConfig(qc.bits, symmetric=qc.symmetric, granularity="channel")  # one group's grid per row
-    with torch_threads(1):
-        Hinv = torch.as_tensor(hinv_fn(H.clone(), config.damp_percent), dtype=W.dtype)
-        Q = torch.zeros_like(W)
-        for i1 in range(0, cols, config.block_size):
-            i2 = min(i1 + config.block_size, cols)
-            if per_row and i1 == 0 or not per_row:   # a group starts: its grid from the weights as updated
-                s, z = choose_qparams(W if per_row else W[:, i1:i2], row_grid)
-                scale, zero = s[:, 0], z[:, 0]
-            Q1, Err1 = block_fn(W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2].clone(), scale, zero, qc.maxq)
-            Q[:, i1:i2] = torch.as_tensor(Q1, dtype=W.dtype)
-            W[:, i2:] -= torch.as_tensor(Err1, dtype=W.dtype) @ Hinv[i1:i2, i2:]
-    return Q
+def _as_float(t) -> torch.Tensor:
+    return torch.as_tensor(t, dtype=torch.float32)
 
 
-def _codes_vs_package(W, H, config, Q, what: str) -> str | None:
-    """Compare the codes of the learner-built ``Q`` with ``gptq_quantize_weight``'s, code for code."""
+def run_with(W, H, config, hinv_fn=None, block_fn=None):
+    """:func:`quantedu.gptq.gptq_quantize_weight` with the learner's ``hinv_fn`` or ``block_fn`` in its place."""
+    hinv = (lambda H_, damp: _as_float(hinv_fn(H_.clone(), damp))) if hinv_fn else None
+    block = (lambda W1, Hinv1, quantize: tuple(_as_float(t) for t in block_fn(W1.clone(), Hinv1.clone(), quantize))
+             ) if block_fn else None
+    return gptq_quantize_weight(W, H, config, hinv_fn=hinv, block_fn=block)
+
+
+def _codes_vs_package(W, H, config, what: str, **pieces) -> str | None:
+    """GPTQ with the learner's piece inside vs the package alone: codes, then weights, must be the same."""
     res = gptq_quantize_weight(W, H, config)
-    s, z = res.scales[:, res.g_idx.long()], res.zeros[:, res.g_idx.long()]
-    Q = torch.as_tensor(Q).float()
-    if not torch.isfinite(Q).all():
+    theirs = run_with(W, H, config, **pieces)
+    if not torch.isfinite(theirs.weight).all():
         return f"the weight GPTQ built with your {what} holds nan/inf"
-    codes = torch.clamp(torch.round(Q / s + z), 0, config.quant_config().maxq)
-    diff = first_difference(res.codes, codes, "code")
+    diff = first_difference(res.codes, theirs.codes, "code") or first_difference(res.weight, theirs.weight,
+                                                                                   "weight", rtol=1e-6)
     if diff:
-        return (f"with your {what} inside GPTQ, the codes differ from quantedu.gptq.gptq_quantize_weight: "
+        return (f"with your {what} inside GPTQ, the result differs from quantedu.gptq.gptq_quantize_weight: "
                 f"{diff}. GPTQ is a chain of rounding decisions: one different code changes every later "
                 f"update of its row.")
     return None
@@ -180,7 +156,7 @@ def _hinv_case(label, make):
             cause = next((c for c, v in _hinv_slips(H, config.damp_percent)
                           if v.shape == got.shape and torch.allclose(v, got.float(), rtol=1e-4, atol=1e-6)), "")
             return f"{diff}." + (f" Likely cause: {cause}" if cause else "")
-        return _codes_vs_package(W, H, config, gptq_with(W, H, config, hinv_fn=hinv_fn), "Hinv")
+        return _codes_vs_package(W, H, config, "Hinv", hinv_fn=hinv_fn)
     return run
 
 
@@ -211,13 +187,13 @@ def gptq_hinv(H, damp_percent):
 # --- 03.gptq_block -----------------------------------------------------------------------------------
 
 
-def _block_slip(W1, Hinv1, scale, zero, maxq, feedback=True, divide=True, row=True):
+def _block_slip(W1, Hinv1, quantize, feedback=True, divide=True, row=True, stale=False):
     """The inner loop with one classic slip switched on (for the diagnosis only)."""
-    W1 = W1.clone()
+    W1, W0 = W1.clone(), W1.clone()
     Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
     for i in range(W1.shape[1]):
         w, d = W1[:, i], Hinv1[i, i]
-        q = scale * (torch.clamp(torch.round(w / scale) + zero, 0, maxq) - zero)
+        q = quantize(i, W0 if stale else W1)
         err = (w - q) / d if divide else w - q
         if feedback:
             W1[:, i:] -= err.unsqueeze(1) @ (Hinv1[i, i:] if row else Hinv1[i:, i]).unsqueeze(0)
@@ -230,47 +206,46 @@ BLOCK_SLIPS = (
                           "err * Hinv1[i, i:] from W1[:, i:] (that is all GPTQ adds to RTN)."),
     ({"divide": False}, "the error must be divided by Hinv1[i, i]: err = (w - q) / Hinv1[i, i]."),
     ({"row": False}, "use row i of the upper-triangular Hinv1, Hinv1[i, i:], not column i."),
+    ({"stale": True}, "quantize the block as you update it: call quantize(i, W1) on the W1 your loop changes, "
+                      "not on a copy of the block as it came in."),
 )
 
 
 def _block_inputs(W, H, config):
-    """The first block's arguments, as the outer loop passes them."""
-    qc = config.quant_config()
+    """The first block's arguments as the package passes them: the block (one group here), its part of Hinv,
+    and ``quantize(i, W1)`` rounding column ``i`` on the block's grid (chosen from the block as it came in)."""
     B = W.shape[1] if config.group_size == -1 else config.block_size
-    Hinv = gptq_hinv(H, config.damp_percent)
+    Hinv = hessian_inverse(H, config.damp_percent)
     W = W.clone()
     W[:, torch.diag(H) == 0] = 0
-    s, z = choose_qparams(W[:, :B], QuantConfig(qc.bits, symmetric=qc.symmetric, granularity="channel"))
-    return W[:, :B].clone(), Hinv[:B, :B].clone(), s[:, 0], z[:, 0], qc.maxq
+    grid = IntGrid(config.quant_config())
+    params = grid.choose(W[:, :B])
+    return W[:, :B].clone(), Hinv[:B, :B].clone(), lambda i, W1: grid.round(W1[:, i], params)[1]
 
 
 def _block_case(label, make):
     @case(label)
     def run(block_fn):
         W, H, config = make()
-        args = _block_inputs(W, H, config)
-        out = block_fn(*(a.clone() if isinstance(a, torch.Tensor) else a for a in args))
+        W1, Hinv1, quantize = _block_inputs(W, H, config)
+        out = block_fn(W1.clone(), Hinv1.clone(), quantize)
         if not isinstance(out, (tuple, list)) or len(out) != 2:
             return "gptq_block must return (Q1, Err1)"
-        exp_q, exp_err = gptq_block(*args)
+        exp_q, exp_err = gptq_block(W1, Hinv1, quantize)
         got_q, got_err = (torch.as_tensor(t).float() for t in out)
-        scale, zero, maxq = args[2], args[3], args[4]
         diff = first_difference(exp_q, got_q, "Q1", rtol=1e-5, atol=1e-6)
         if diff:
-            codes = torch.clamp(torch.round(exp_q / scale[:, None] + zero[:, None]), 0, maxq)
-            if not torch.equal(codes, exp_q) and torch.equal(got_q, codes):
-                return f"{diff}. Q1 must hold the dequantized values scale * (q - zero), not the codes q."
             found = [cause for flags, cause in BLOCK_SLIPS
-                     if torch.allclose(_block_slip(*args, **flags)[0], got_q, rtol=1e-5, atol=1e-6)]
+                     if torch.allclose(_block_slip(W1, Hinv1, quantize, **flags)[0], got_q, rtol=1e-5, atol=1e-6)]
             return f"{diff}." + (f" Likely cause: {' Or: '.join(found)}" if found else "")
         diff = first_difference(exp_err, got_err, "Err1", rtol=1e-4, atol=1e-5)
         if diff:
             if not got_err.any():
                 return f"{diff}. Err1[:, i] must hold err of column i: the caller pushes it to the later blocks."
-            if torch.allclose(_block_slip(*args, divide=False)[1], got_err, rtol=1e-5, atol=1e-6):
+            if torch.allclose(_block_slip(W1, Hinv1, quantize, divide=False)[1], got_err, rtol=1e-5, atol=1e-6):
                 return f"{diff}. Likely cause: {BLOCK_SLIPS[1][1]}"
             return f"{diff}."
-        return _codes_vs_package(W, H, config, gptq_with(W, H, config, block_fn=block_fn), "block loop")
+        return _codes_vs_package(W, H, config, "block loop", block_fn=block_fn)
     return run
 
 
@@ -278,26 +253,26 @@ register(Exercise(
     id="03.gptq_block",
     title="GPTQ's inner loop over one block of columns",
     statement="""\
-Write `gptq_block(W1, Hinv1, scale, zero, maxq)`: quantize the columns of one block left to right. For column
-`i`: round it on each row's grid (`scale`, `zero`: one per row; codes in `[0, maxq]`), compute the scaled
+Write `gptq_block(W1, Hinv1, quantize)`: quantize the columns of one block left to right. For column `i`:
+`q = quantize(i, W1)` rounds it (as your loop has updated it so far) on its group's grid; compute the scaled
 error `err = (w - q) / Hinv1[i, i]` and push it onto the block's columns not yet quantized with row `i` of
-`Hinv1` (the OBS update). Return `(Q1, Err1)`: the dequantized block and every column's `err` (the caller
+`Hinv1` (the OBS update). Return `(Q1, Err1)`: the quantized block and every column's `err` (the caller
 applies `Err1 @ Hinv[block, later]` to the later blocks: the lazy batch update). The checker runs your loop
-inside GPTQ on a real layer and compares the codes with `quantedu.gptq`'s.""",
-    reference="`quantedu.gptq.gptq_quantize_weight` (run with your block loop inside, code for code)",
+inside `quantedu.gptq` on a real layer and compares the codes with the package's own.""",
+    reference="`quantedu.gptq.gptq_block` (run inside `gptq_quantize_weight`, code for code)",
     imports="import torch\n\nfrom quantedu.exercises import check, hint",
     stubs=('''\
-def gptq_block(W1, Hinv1, scale, zero, maxq):
-    """(Q1, Err1) of one block: W1 (rows, B) as updated so far, Hinv1 (B, B), scale/zero (rows,)."""
+def gptq_block(W1, Hinv1, quantize):
+    """(Q1, Err1) of one block: W1 (rows, B) as updated so far, Hinv1 (B, B), quantize(i, W1) -> column i on its grid."""
     ...  # YOUR CODE
 ''',),
     solution=(gptq_block,),
     cases=lambda context: [_block_case(label, make) for label, make in _layers(context)],
     hints=(
         "Loop i over the block's columns; w = W1[:, i] (the weights as updated so far), d = Hinv1[i, i].",
-        "q = scale * (torch.clamp(torch.round(w / scale) + zero, 0, maxq) - zero); err = (w - q) / d.",
-        "W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0); keep q in Q1[:, i] and err in Err1[:, i].",
-        "Codes must match the package exactly: use exactly these operations (e.g. scale * (q - zero), not "
-        "scale * q - scale * zero), as float rounding decides ties.",
+        "q = quantize(i, W1); err = (w - q) / d. Keep q in Q1[:, i] and err in Err1[:, i].",
+        "The feedback: the columns after i (in this block) absorb err along row i of Hinv1, the upper factor.",
+        "Codes must match the package exactly: compute err before you change W1, and change W1 in place so the "
+        "next quantize(i + 1, W1) sees the update (float rounding decides ties).",
     ),
 ))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from .. import memory
-from .core import Exercise, case, matches, register
+from .core import Exercise, case, likely_cause, register
 
 SHAPES = {
     "smollm2-135m (the course model: tied head, 576 columns, GQA 3:1)": "smollm2-135m",
@@ -79,7 +79,7 @@ def _weight_case(label, shape, bits, g):
             return f"expected a number of bytes, got {type(got).__name__}"
         if math.isclose(float(got), exp, rel_tol=1e-9):
             return None
-        return f"expected {exp:,.0f} bytes, got {float(got):,.0f}." + matches(got, _weight_slips(shape, bits, g))
+        return f"expected {exp:,.0f} bytes, got {float(got):,.0f}." + likely_cause(got, _weight_slips(shape, bits, g))
     return run
 
 
@@ -144,7 +144,7 @@ def _kv_case(label, name, context, batch, dtype_bits=16):
             ("that is bits, not bytes: divide dtype_bits by 8.", exp * 8),
             (f"the cache is stored at dtype_bits ({dtype_bits}) bits, not 16.", exp * 16 / dtype_bits),
         ]
-        return f"expected {exp:,.0f} bytes, got {float(got):,.0f}." + matches(got, slips)
+        return f"expected {exp:,.0f} bytes, got {float(got):,.0f}." + likely_cause(got, slips)
     return run
 
 

@@ -2,7 +2,7 @@
 
 The OpenAI streaming API (``/v1/completions`` with ``"stream": true``) sends ``data: {json}`` lines and a
 final ``data: [DONE]`` (the server-sent events format, WHATWG HTML "Server-sent events"). The reference is
-the package's own client, :func:`quantedu.serving_bench.stream_completion`: each scripted stream is replayed
+the package's own client, :func:`quantedu.engines.load.stream_completion`: each scripted stream is replayed
 through it with a fake connection and a virtual clock (the arrival time of each line), so the expected
 numbers are exactly what the benchmark of notebook 06 would report for that stream.
 """
@@ -13,7 +13,7 @@ import math
 from types import SimpleNamespace
 from unittest import mock
 
-from .. import serving_bench
+from ..engines import load
 from .core import Exercise, case, fmt, register
 
 
@@ -42,7 +42,7 @@ def sse_timings(t_sent, events):
 
 
 def package_timings(t_sent: float, events: list[tuple[float, str]]) -> tuple[float, float]:
-    """``(ttft_s, decode_tps)`` that :func:`serving_bench.stream_completion` measures for this stream."""
+    """``(ttft_s, decode_tps)`` that :func:`quantedu.engines.load.stream_completion` measures for this stream."""
     clock = SimpleNamespace(now=t_sent)
 
     class Response:
@@ -71,10 +71,10 @@ def package_timings(t_sent: float, events: list[tuple[float, str]]) -> tuple[flo
 
     fake_http = SimpleNamespace(client=SimpleNamespace(HTTPConnection=Connection))
     fake_time = SimpleNamespace(perf_counter=lambda: clock.now)
-    with mock.patch.object(serving_bench, "http", fake_http), mock.patch.object(serving_bench, "time", fake_time):
-        r = serving_bench.stream_completion("http://127.0.0.1:8080", "prompt", 16, timeout=1e12)
+    with mock.patch.object(load, "http", fake_http), mock.patch.object(load, "time", fake_time):
+        r = load.stream_completion("http://127.0.0.1:8080", "prompt", 16, timeout=1e12)
     if r.error:
-        raise RuntimeError(f"the scripted stream does not parse in serving_bench: {r.error}")
+        raise RuntimeError(f"the scripted stream does not parse in quantedu.engines.load: {r.error}")
     return r.ttft_s, r.decode_tps
 
 
@@ -186,7 +186,7 @@ Write `sse_timings(t_sent, events)` for one streamed completion: `t_sent` is whe
 whose `choices[0]["text"]` may be empty; `data: [DONE]` ends the stream; blank lines and comments (`: ping`)
 carry nothing. Return `(ttft_s, decode_tps)`: the time from sending to the first chunk **with text**, and
 `(n - 1) / (t_last - t_first)` over the `n` chunks with text (`nan` when there are fewer than two).""",
-    reference="`quantedu.serving_bench.stream_completion` (replayed on each stream with a virtual clock)",
+    reference="`quantedu.engines.load.stream_completion` (replayed on each stream with a virtual clock)",
     imports="import json\n\nfrom quantedu.exercises import check, hint",
     stubs=('''\
 def sse_timings(t_sent, events):

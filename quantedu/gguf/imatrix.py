@@ -87,6 +87,9 @@ def compute_imatrix(model, batches, include_output: bool = False) -> dict[str, n
     """
     model.eval()
     device = next(model.parameters()).device
+    if isinstance(batches, torch.Tensor) and batches.dim() == 2:
+        from ..calibration import warn_if_starved
+        warn_if_starved(model, batches, "importance matrix")  # fewer than 2 tokens per input: inconclusive
     if isinstance(batches, torch.Tensor):
         batches = batches.reshape(-1, batches.shape[-1]).split(1) if batches.dim() > 1 else [batches[None]]
     with ImatrixCollector(model, include_output) as col:

@@ -1,4 +1,4 @@
-"""Write and read GGUF files: a transformers model -> GGUF with any per-tensor type mix, and ``describe``.
+"""Write and read GGUF files: a transformers model -> GGUF with any per-tensor type mix, and :func:`contents` (what a file holds).
 
 Writing follows what llama.cpp's ``convert_hf_to_gguf.py`` does for a Llama-architecture model:
 HF module names become GGUF tensor names (gguf-py's tensor name map), ``q_proj``/``k_proj`` rows are
@@ -20,6 +20,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
 from . import quantize as _quantize
+from .header import GGUFError, read_header
 from .imatrix import gguf_tensor_names
 from .layouts import LAYOUTS
 from .mixes import TensorInfo, assign_types
@@ -27,10 +28,6 @@ from .mixes import TensorInfo, assign_types
 FLOAT_TYPES = {T.F32: np.float32, T.F16: np.float16}
 SKIP_KEYS = {"general.architecture", "general.file_type", "general.quantization_version", "GGUF.version",
              "GGUF.tensor_count", "GGUF.kv_count"}
-
-
-class GGUFError(ValueError):
-    """A file is not a readable GGUF (truncated, corrupt, or not GGUF at all)."""
 
 
 def open_gguf(path) -> GGUFReader:
@@ -55,82 +52,13 @@ def open_gguf(path) -> GGUFReader:
     return reader
 
 
-_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-
-
 def tensor_table(path):
-    """Fast path to the tensor table (name, type, shape, bytes) without decoding the metadata values.
-
-    ``GGUFReader`` turns every tokenizer string into a numpy array (seconds for a 49k vocabulary); this
-    walks the header with ``struct`` and skips the values. Same truncation checks as :func:`open_gguf`.
-    """
-    import struct
-
+    """The tensor table (name, type, shape, bytes, bits per weight, offset) from the header alone
+    (:func:`quantedu.gguf.header.read_header`: instant, where ``GGUFReader`` decodes the whole vocabulary)."""
     import pandas as pd
-    from gguf import GGML_QUANT_SIZES
-    path = Path(path)
-    with open(path, "rb") as f:
-        buf = f.read(min(path.stat().st_size, 64 << 20))  # the header: metadata + tensor infos
-    pos = 0
 
-    def take(fmt):
-        nonlocal pos
-        size = struct.calcsize(fmt)
-        if pos + size > len(buf):
-            raise GGUFError(f"{path} is truncated or corrupt (header ends early); re-create it")
-        out = struct.unpack_from(fmt, buf, pos)
-        pos += size
-        return out[0] if len(out) == 1 else out
-
-    def skip_value(vtype):
-        nonlocal pos
-        if vtype == 8:  # string
-            n = take("<Q")
-            pos += n
-        elif vtype == 9:  # array
-            sub, n = take("<I"), take("<Q")
-            if sub == 8:
-                for _ in range(n):
-                    ln = take("<Q")
-                    pos += ln
-            else:
-                pos += n * struct.calcsize(_SCALAR[sub])
-        else:
-            pos += struct.calcsize(_SCALAR[vtype])
-
-    if take("<4s") != b"GGUF":
-        raise GGUFError(f"{path} is not a GGUF file")
-    _version, n_tensors, n_kv = take("<I"), take("<Q"), take("<Q")
-    alignment = 32
-    for _ in range(n_kv):
-        n = take("<Q")
-        key = bytes(buf[pos: pos + n]).decode("utf-8", errors="replace")
-        pos += n
-        vtype = take("<I")
-        if key == "general.alignment" and vtype == 4:
-            alignment = take("<I")
-        else:
-            skip_value(vtype)
-    rows = []
-    for _ in range(n_tensors):
-        n = take("<Q")
-        name = bytes(buf[pos: pos + n]).decode()
-        pos += n
-        shape = tuple(take("<Q") for _ in range(take("<I")))
-        qtype, offset = T(take("<I")), take("<Q")
-        n_el = int(np.prod(shape))
-        bs, ts = GGML_QUANT_SIZES[qtype]
-        rows.append({"name": name, "type": qtype.name, "shape": shape, "ndim": len(shape), "n_params": n_el,
-                     "bytes": n_el // bs * ts, "bits_per_weight": 8 * ts / bs, "offset": offset})
-    start = -(-pos // alignment) * alignment
-    for r in rows:
-        r["offset"] += start  # absolute, like GGUFReader's data_offset
-    size = path.stat().st_size
-    end = max((r["offset"] + r["bytes"] for r in rows), default=0)
-    if end > size:
-        raise GGUFError(f"{path} is truncated: tensor data ends at byte {end:,} but the file has {size:,}; "
-                        "re-create it")
-    return pd.DataFrame(rows)
+    rows = read_header(path, values=False)[1]
+    return pd.DataFrame([{**r, "ndim": len(r["shape"])} for r in rows])
 
 
 def read_metadata(reader: GGUFReader) -> dict[str, tuple]:
@@ -149,16 +77,16 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def model_tensors(model) -> dict[str, np.ndarray]:
-    """GGUF name -> float32 numpy tensor (GGUF row-major: ``(rows, n_per_row)``), in llama.cpp's order."""
+def tensor_names(model) -> dict[str, str]:
+    """HF state-dict name -> GGUF tensor name, for every tensor a GGUF file of ``model`` holds (a tied
+    ``lm_head`` is stored once, as ``token_embd``)."""
     cfg = model.config
     names = gguf_tensor_names(model)
     import gguf as _g
     tmap = _g.get_tensor_name_map(_g.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
-    out = {}
-    state = model.state_dict()
     tied = getattr(cfg, "tie_word_embeddings", False)
-    for hf_name, tensor in state.items():
+    out = {}
+    for hf_name in model.state_dict():
         base, _, suffix = hf_name.rpartition(".")
         if tied and hf_name.startswith("lm_head"):
             continue
@@ -170,13 +98,60 @@ def model_tensors(model) -> dict[str, np.ndarray]:
             g = f"{mapped}.{suffix}"
         elif suffix != "weight":
             g = g.replace(".weight", f".{suffix}")
-        w = tensor.detach().float().cpu().numpy()
-        if g.endswith("attn_q.weight"):
-            w = permute_qk(w, cfg.num_attention_heads)
-        elif g.endswith("attn_k.weight"):
-            w = permute_qk(w, cfg.num_key_value_heads)
-        out[g] = np.ascontiguousarray(w)
+        out[hf_name] = g
     return out
+
+
+def _qk_heads(model, gguf_name: str) -> int | None:
+    """Heads of a q/k projection, whose rows llama.cpp stores permuted (:func:`permute_qk`); None otherwise."""
+    cfg = model.config
+    if gguf_name.endswith("attn_q.weight"):
+        return cfg.num_attention_heads
+    if gguf_name.endswith("attn_k.weight"):
+        return cfg.num_key_value_heads
+    return None
+
+
+def model_tensors(model) -> dict[str, np.ndarray]:
+    """GGUF name -> float32 numpy tensor (GGUF row-major: ``(rows, n_per_row)``), in llama.cpp's order."""
+    state = model.state_dict()
+    out = {}
+    for hf_name, g in tensor_names(model).items():
+        w = state[hf_name].detach().float().cpu().numpy()
+        heads = _qk_heads(model, g)
+        out[g] = np.ascontiguousarray(permute_qk(w, heads) if heads else w)
+    return out
+
+
+def read_weights_into(model, path):
+    """Copy every tensor of the GGUF file at ``path``, dequantized, into ``model`` (in place; returned): the
+    weights a quantized file holds, in torch, for comparing them with the model they came from on the same
+    tokens. The inverse of :func:`write_gguf` (q/k rows un-permuted); the file must be of this model's shapes."""
+    import torch
+
+    from . import dequantize
+    reader, names = open_gguf(path), tensor_names(model)
+    tensors = {t.name: t for t in reader.tensors}
+    missing = sorted(set(names.values()) - set(tensors))
+    if missing:
+        raise ValueError(f"{path} lacks {len(missing)} of this model's tensors (e.g. {missing[0]}): "
+                         "a GGUF file of another model? Read a file written from this model.")
+    state = model.state_dict()
+    with torch.no_grad():
+        for hf_name, g in names.items():
+            t, target = tensors[g], state[hf_name]
+            shape = tuple(int(n) for n in reversed(t.shape))  # GGUF lists the row length first
+            if t.tensor_type in FLOAT_TYPES:
+                w = np.asarray(t.data, dtype=np.float32).reshape(shape)
+            else:
+                w = dequantize(np.asarray(t.data).reshape(shape[0], -1), t.tensor_type)
+            heads = _qk_heads(model, g)
+            if heads:  # undo permute_qk: (heads, half, 2, cols) -> (heads, 2, half, cols)
+                w = w.reshape(heads, -1, 2, w.shape[-1]).swapaxes(1, 2).reshape(w.shape)
+            if tuple(w.shape) != tuple(target.shape):
+                raise ValueError(f"{g} is {tuple(w.shape)} in {path} but {tuple(target.shape)} in the model")
+            target.copy_(torch.tensor(w))  # a copy: the file's arrays are read-only memory maps
+    return model
 
 
 def plan_types(tensors: dict[str, np.ndarray], types, model_config=None, has_imatrix=False) -> dict[str, T]:
@@ -299,8 +274,8 @@ def bits_summary(path) -> dict:
 
 
 @dataclass
-class GGUFDescription:
-    """What :func:`describe` returns: metadata, the tensor table and the effective bits per weight."""
+class GGUFContents:
+    """What :func:`contents` returns: metadata, the tensor table and the effective bits per weight."""
 
     path: Path
     metadata: "object"  # DataFrame: key, type, value (long arrays shortened)
@@ -334,7 +309,7 @@ def _short(v):
     return v
 
 
-def describe(path) -> GGUFDescription:
+def contents(path) -> GGUFContents:
     """Metadata and per-tensor type/shape/bytes of a GGUF file, plus effective bits per weight."""
     import pandas as pd
     path = Path(path)
@@ -348,4 +323,4 @@ def describe(path) -> GGUFDescription:
         rows.append({"name": t.name, "type": t.tensor_type.name, "shape": shape, "ndim": len(shape),
                      "n_params": int(t.n_elements), "bytes": int(t.n_bytes),
                      "bits_per_weight": 8 * int(t.n_bytes) / int(t.n_elements), "offset": int(t.data_offset)})
-    return GGUFDescription(path, mdf, pd.DataFrame(rows), os.path.getsize(path))
+    return GGUFContents(path, mdf, pd.DataFrame(rows), os.path.getsize(path))

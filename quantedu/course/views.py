@@ -1,0 +1,164 @@
+"""What the notebooks draw and tabulate: result tables, bar charts, trade-off scatters, and the memory math's
+pictures (:mod:`quantedu.memory`: a stacked-bar breakdown and a calculator widget)."""
+from __future__ import annotations
+
+from typing import Iterable
+
+from ..memory import GIB, GroupFormat, footprint, llama_like
+
+
+def plot_breakdown(rows: dict, ax=None, unit: float = GIB, title: str = ""):
+    """Stacked bars: ``rows`` maps a bar label to a component -> bytes dict (from :func:`footprint`)."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(7, 3.5))[1]
+    labels = list(rows)
+    components = list(next(iter(rows.values())))
+    bottom = [0.0] * len(labels)
+    for comp in components:
+        vals = [rows[l][comp] / unit for l in labels]
+        ax.bar(labels, vals, bottom=bottom, label=comp)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    for x, total in enumerate(bottom):
+        ax.annotate(f"{total:.2f}", (x, total), ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("GiB" if unit == GIB else f"x {unit:g} bytes")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def calculator():
+    """Interactive memory calculator (ipywidgets): a Llama-shaped model of N parameters."""
+    import ipywidgets as W
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    params = W.FloatLogSlider(value=7e9, base=10, min=8, max=11.2, description="parameters")
+    bits = W.Dropdown(options=[16, 8, 6, 5, 4, 3, 2], value=4, description="bits")
+    group = W.Dropdown(options=[("per-channel", 0), ("32", 32), ("64", 64), ("128", 128)], value=128,
+                       description="group")
+    context = W.IntSlider(value=8192, min=512, max=131072, step=512, description="context")
+    batch = W.IntSlider(value=1, min=1, max=64, description="batch")
+    gqa = W.Dropdown(options=[1, 4, 8], value=1, description="heads/kv head")
+    out = W.Output()
+
+    def draw(*_):
+        shape = llama_like(params.value, gqa.value)
+        spec = "fp16" if bits.value == 16 else GroupFormat(bits.value, group.value or None)
+        fp = footprint(shape, spec, context.value, batch.value)
+        with out:
+            out.clear_output(wait=True)
+            plot_breakdown({shape.name: fp}, title=f"{shape.name}: {sum(fp.values()) / GIB:.2f} GiB")
+            plt.show()
+
+    for w in (params, bits, group, context, batch, gqa):
+        w.observe(draw, names="value")
+    draw()
+    display(W.VBox([W.HBox([params, bits, group]), W.HBox([context, batch, gqa]), out]))
+
+
+def results_table(records: Iterable[dict], index: str | None = None, sort_by: str | None = None):
+    """A pandas DataFrame of result records (one dict per method/config), optionally indexed/sorted."""
+    import pandas as pd
+
+    df = pd.DataFrame(list(records))
+    if sort_by is not None:
+        df = df.sort_values(sort_by)
+    if index is not None:
+        df = df.set_index(index)
+    return df
+
+
+def plot_bars(df, x: str, y: str, title: str = "", log: bool = False, ax=None, reference: float | None = None):
+    """Bar chart of ``df[y]`` per ``df[x]``; ``reference`` draws a dashed baseline (e.g. fp32 ppl)."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(7, 3.2))[1]
+    ax.bar(df[x].astype(str), df[y], color="tab:blue")
+    if reference is not None:
+        ax.axhline(reference, color="k", ls="--", lw=1, label=f"baseline {reference:.2f}")
+        ax.legend()
+    ax.set_ylabel(y)
+    ax.set_title(title)
+    if log:
+        ax.set_yscale("log")
+    ax.tick_params(axis="x", rotation=30)
+    return ax
+
+
+def plot_tradeoff(df, x: str, y: str, label: str, title: str = "", log_y: bool = False, ax=None):
+    """Scatter of a size/quality trade-off (e.g. bits per weight vs perplexity), each point labelled."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(6, 4))[1]
+    ax.scatter(df[x], df[y])
+    for _, row in df.iterrows():
+        ax.annotate(str(row[label]), (row[x], row[y]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title)
+    if log_y:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    return ax
+
+
+# --- quality against the baseline: numbers rounded to what their noise allows -----------------------
+
+
+def decimals_for(se: float) -> int:
+    """Decimal places that show an estimate with standard error ``se`` honestly: the se to one significant
+    digit (two when it starts with 1), the estimate to the same place."""
+    import math
+    if not se or not math.isfinite(se) or se <= 0:
+        return 3
+    first = math.floor(math.log10(se))
+    digits = 2 if se / 10 ** first < 2 else 1
+    return max(0, digits - 1 - first)
+
+
+def plus_minus(mean: float, se: float, scale: float = 1.0, unit: str = "") -> str:
+    """``"0.325 ± 0.015"``, rounded by :func:`decimals_for` (``scale=100, unit="%"`` for fractions)."""
+    d = decimals_for(se * scale)
+    return f"{mean * scale:.{d}f}{unit} ± {se * scale:.{d}f}{unit}"
+
+
+def quality_table(reports, verdicts: bool = True):
+    """One row per :class:`~quantedu.evaluate.QualityReport`: perplexity, its change over the baseline on the
+    same windows with the 95% interval, mean KLD, same top token, and the verdict of the one rule
+    (:mod:`quantedu.verdict`) against the baseline. Every number is rounded to what its noise allows."""
+    import math
+
+    import pandas as pd
+
+    rows = []
+    for r in reports:
+        d, kld, top = r.delta_nll, r.kld, r.same_top
+        half = (math.expm1(d.high) - math.expm1(d.low)) / 2 / 1.96 * 100  # the interval as a se, in percent
+        dp = decimals_for(half)
+        row = {"model": r.name, "perplexity": round(r.ppl, max(2, dp)),
+               "vs baseline": f"{100 * math.expm1(d.mean):+.{dp}f}% [{100 * math.expm1(d.low):+.{dp}f}, "
+                              f"{100 * math.expm1(d.high):+.{dp}f}]",
+               "mean KLD": plus_minus(kld.mean, kld.se), "same top token": plus_minus(top.mean, top.se, 100, "%")}
+        if verdicts:
+            v = r.verdict()
+            row["verdict"] = "tie" if v.tie else ("better" if v.winner == r.name else "worse")
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("model")
+
+
+def plot_kld(reports, ax=None, title: str = "per-token KL divergence from the baseline"):
+    """The distribution of per-token KLD of each report (an empirical CDF on a log axis): where the mean
+    comes from, and how heavy the tail of badly damaged tokens is."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    ax = ax or plt.subplots(figsize=(7, 3.6))[1]
+    for r in reports:
+        x = np.sort(np.clip(r.per_token["kld"].ravel(), 1e-6, None))
+        ax.plot(x, np.arange(1, x.size + 1) / x.size, label=f"{r.name} (mean {r.kld.mean:.3g})")
+    ax.set_xscale("log")
+    ax.set(xlabel="KL divergence of one token's prediction (nats)", ylabel="fraction of tokens", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
