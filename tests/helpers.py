@@ -58,3 +58,35 @@ def side_python(require, missing_error: type[Exception], unavailable, venv: str)
         if os.environ.get("CI") and not unavailable():
             pytest.fail(f"CI runs `make setup`, which makes {venv}: {exc}")
         pytest.skip(str(exc).splitlines()[0])
+
+
+def random_llama(hidden=64, heads=4, kv_heads=2, head_dim=None, intermediate=128, vocab=256, seed=0,
+                 norm_noise=0.3, outlier_channels=(), outlier_gain=30.0, folder=None):
+    """A random 2-layer Llama (:func:`quantedu.testmodel.tiny_llama`, tied embeddings) with random norm weights ``1 + norm_noise * N(0, 1)``, so folding
+    into a norm is really exercised, and optionally a few norm channels ``outlier_gain`` times larger, so its
+    activations have outlier channels like a trained model's. With ``folder``: saved in bf16 and loaded back
+    as transformers loads a bf16 checkpoint (rotary buffers stay fp32, unlike ``model.to(torch.bfloat16)``)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from quantedu.testmodel import tiny_llama
+
+    model = tiny_llama(seed, vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=2,
+                       num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
+                       max_position_embeddings=256, tie_word_embeddings=True)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1 + norm_noise * torch.randn_like(p))
+                p[list(outlier_channels)] *= outlier_gain
+    if folder is None:
+        return model
+    model.to(torch.bfloat16).save_pretrained(folder)
+    return LlamaForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
+
+
+def token_ids(n=4, seq=32, seed=3, vocab=256):
+    """Seeded random token ids ``(n, seq)``."""
+    import torch
+
+    return torch.randint(0, vocab, (n, seq), generator=torch.Generator().manual_seed(seed))

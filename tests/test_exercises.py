@@ -11,6 +11,7 @@ from quantedu.exercises import FAILED, NOT_ATTEMPTED, PASSED, REGISTRY, grade
 from quantedu.exercises.choose_format import example_table
 from quantedu.course.guide import ACCURACY, ENGINES, SPEED_TIE
 from quantedu.primitives import QuantConfig, fake_quantize
+from test_exercises_activations import WRONG as WRONG_09
 
 
 def run(ex_id, *fns):
@@ -398,6 +399,7 @@ WRONG = [
     ("08.nvfp4_scales", (_nv(groups="columns"),), "16 consecutive weights of a ROW"),
     ("08.nvfp4_scales", (_nv(codes=False),), "Return the E4M3 bit patterns"),
 ]
+WRONG += WRONG_09  # notebook 09's mistakes are written out in test_exercises_activations.py
 
 
 @pytest.mark.parametrize("ex_id, fns, message", WRONG, ids=[f"{w[0]}-{w[2][:30]}" for w in WRONG])

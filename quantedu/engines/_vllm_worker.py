@@ -115,7 +115,8 @@ class _Capture:
 def _one(run, windows, LLM, SamplingParams, capture):
     capture.lines.clear()
     t0 = time.perf_counter()
-    kwargs = {k: run[k] for k in ("quantization", "tokenizer", "tensor_parallel_size") if run.get(k)}
+    kwargs = {k: run[k] for k in ("quantization", "tokenizer", "kv_cache_dtype", "max_num_batched_tokens",
+                                  "tensor_parallel_size") if run.get(k)}
     llm = LLM(model=run["model"], dtype=run.get("dtype", "bfloat16"), max_model_len=run.get("max_model_len", 1024),
               enforce_eager=True, seed=0, kv_cache_memory_bytes=run.get("kv_cache_bytes", 256 * 2**20),
               skip_tokenizer_init=run.get("skip_tokenizer_init", False), **kwargs)
@@ -127,13 +128,15 @@ def _one(run, windows, LLM, SamplingParams, capture):
         t1 = time.perf_counter()
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
         outs = llm.generate([{"prompt_token_ids": w} for w in windows], params, use_tqdm=False)
-        nll, n = 0.0, 0
-        for w, o in zip(windows, outs):
-            for i in range(1, len(w)):
-                nll -= o.prompt_logprobs[i][w[i]].logprob
-                n += 1
+        logprobs = [[o.prompt_logprobs[i][w[i]].logprob for i in range(1, len(w))] for w, o in zip(windows, outs)]
+        nll, n = -sum(map(sum, logprobs)), sum(map(len, logprobs))
         gib = capture.memory_gib()
-        return {"ppl": math.exp(nll / n), "nll": nll, "tokens": n, "kernels": kernels,
+        extra = {"token_logprobs": logprobs} if run.get("token_logprobs") else {}
+        if run.get("greedy_prompt"):  # decode steps read the KV cache (a prefill may not)
+            greedy = SamplingParams(max_tokens=run.get("greedy_tokens", 16), temperature=0.0)
+            gen = llm.generate([{"prompt_token_ids": run["greedy_prompt"]}], greedy, use_tqdm=False)[0]
+            extra["greedy_ids"] = list(gen.outputs[0].token_ids)
+        return {**extra, "ppl": math.exp(nll / n), "nll": nll, "tokens": n, "kernels": kernels,
                 "checkpoint_bytes": _checkpoint_bytes(run["model"]),
                 "reported_bytes": None if gib is None else int(gib * 2**30), "shards": shards,
                 "kv_cache": {"blocks": cache.num_gpu_blocks, "block_size": cache.block_size,
@@ -259,15 +262,36 @@ def guard(cmd):
         time.sleep(0.2)
 
 
+def int8_ops(cases_path, out):
+    """vLLM's CPU int8 ops (oneDNN) on the cases saved by :func:`quantedu.engines.w8a8_served.vllm_kernel_check`:
+    per case the activation codes and scales vLLM computes, and the layer's output."""
+    import torch
+    from vllm import _custom_ops as ops
+
+    cases, results = torch.load(cases_path), {}
+    for name, c in cases.items():
+        torch.set_default_dtype(c["x"].dtype)
+        handler = ops.create_onednn_scaled_mm(c["qweight"].t(), c["weight_scale"], c["x"].dtype,
+                                              c["input_scale"] is None, False, 32)
+        xq, xs, xzp = ops.onednn_scaled_int8_quant(c["x"], c["input_scale"], None, True)
+        y = torch.empty((c["x"].shape[0], c["qweight"].shape[0]), dtype=c["x"].dtype)
+        ops.onednn_scaled_mm(handler, xq, y, xs, xzp, None, None)
+        results[name] = {"codes": xq, "scales": xs, "y": y}
+    torch.set_default_dtype(torch.float32)
+    torch.save(results, out)
+
+
 if __name__ == "__main__":
     command = sys.argv[1] if len(sys.argv) > 1 else ""
     if command == "probe":
         probe(sys.argv[2])
     elif command == "ppl":
         ppl(sys.argv[2], sys.argv[3])
+    elif command == "int8_ops":
+        int8_ops(sys.argv[2], sys.argv[3])
     elif command == "selftest":
         selftest()
     elif command == "guard":
         guard(sys.argv[2:])
     else:
-        sys.exit(f"usage: {sys.argv[0]} probe OUT.json | ppl JOB.json OUT.json | selftest | guard CMD...")
+        sys.exit(f"usage: {sys.argv[0]} probe OUT.json | ppl JOB.json OUT.json | int8_ops IN.pt OUT.pt | selftest | guard CMD...")

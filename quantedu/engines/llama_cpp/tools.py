@@ -186,8 +186,10 @@ class PerplexityResult:
 
 
 def perplexity(model_gguf, text_file, ctx: int = 512, chunks: int | None = None, n_threads: int = 1,
-               batch: int | None = None, extra=(), timeout: float = 900.0) -> PerplexityResult:
-    """``llama-perplexity -m MODEL -f TEXT -c CTX [--chunks N] -t N`` and its final estimate.
+               batch: int | None = None, extra=(), timeout: float = 900.0,
+               env: dict | None = None) -> PerplexityResult:
+    """``llama-perplexity -m MODEL -f TEXT -c CTX [--chunks N] -t N`` and its final estimate (``env``: extra
+    environment variables for the tool, e.g. :data:`.kv_cache.ROTATION_ENV`).
 
     llama-perplexity's protocol: the whole text tokenized (a BOS in front if the model asks for one), cut
     into chunks of ``ctx`` tokens, and only the **second half** of each chunk scored (every scored token
@@ -195,7 +197,7 @@ def perplexity(model_gguf, text_file, ctx: int = 512, chunks: int | None = None,
     scores every position of each window, so its numbers are higher on the same text.
     """
     cmd = _text_command("llama-perplexity", model_gguf, text_file, ctx, chunks, n_threads, batch)
-    run = run_tool([*cmd, *extra], timeout=timeout, env=tool_env(n_threads))
+    run = run_tool([*cmd, *extra], timeout=timeout, env={**tool_env(n_threads), **(env or {})})
     m = _PPL.search(run.output)
     if not m:
         raise ToolError(f"llama-perplexity printed no final estimate.\n  command: {' '.join(run.cmd)}\n{run.tail(25)}")
