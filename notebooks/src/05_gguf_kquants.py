@@ -83,10 +83,10 @@ m = np.frombuffer(block[2:4], np.float16)[0]
 qs = np.frombuffer(block[4:20], np.uint8)
 q = np.concatenate([qs & 0xF, qs >> 4])
 by_hand = np.float32(d) * q.astype(np.float32) + np.float32(m)
-print(f"d = {float(d):.6f}, m = {float(m):.6f}, codes = {q.tolist()}")
+print(f"d = {float(d):.4g}, m = {float(m):.4g} (float16), codes = {q.tolist()}")
 reference = gguf_quants.dequantize(np.asarray(tq.data)[:1, :20], tq.tensor_type).reshape(-1)
 assert np.array_equal(by_hand, reference)
-print("first weights:", np.round(by_hand[:6], 5), "- identical to gguf-py's dequantize")
+print("first weights:", np.round(by_hand[:6], 4), "- identical to gguf-py's dequantize")
 
 # %% [markdown]
 # ## 2. Legacy block formats: Q8_0, Q4_0, Q4_1
@@ -443,8 +443,8 @@ if {"Q5_K", "Q4_K"} <= set(alone):
     print(f"rms error on blk.0.ffn_down: Q4_K {err['Q4_K']:.2e}, Q5_K {err['Q5_K']:.2e}")
 
 # %% [markdown]
-# Read the two lines of each pair. The perplexity of 2,000 tokens moves by several percent from window to
-# window, so a 1% gap between two files is usually "a tie at this much text"; the KL divergence of the same
+# Read the two lines of each pair. The perplexity of a few thousand tokens moves by several percent from window
+# to window, so a gap of a percent or two between two files is usually "a tie at this much text"; the KL divergence of the same
 # tokens is far less noisy (every token's whole distribution counts, not just the probability of the one
 # correct token) and can separate them. Where the files differ mostly in their fallback types (the counts
 # under the first pair), only the second pair is about Q5_K and Q4_K. And if Q4_K wins with one bit less, look
@@ -580,9 +580,9 @@ if HAVE_TOOLS:
     tolerance = quality.kld_tolerance(stored, base_tool.logprobs.numpy(), q4_logprobs).mean()
     gap = abs(tool.kld - ours.kld.mean)
     print(f"{ours.tokens} tokens (the second half of {len(windows)} chunks of {stored.n_ctx})")
-    print(f"llama-perplexity: mean KLD {tool.kld:.5f} ± {tool.kld_se:.5f}, same top {tool.same_top:.2%}, "
+    print(f"llama-perplexity: mean KLD {tool.kld:.4f} (± {tool.kld_se:.4f}), same top {tool.same_top:.2%}, "
           f"perplexity {tool.ppl_base:.3f} -> {tool.ppl:.3f}")
-    print(f"quantedu:         mean KLD {ours.kld.mean:.5f} ± {ours.kld.se:.5f}, same top {ours.same_top.mean:.2%}, "
+    print(f"quantedu:         mean KLD {ours.kld.mean:.4f} (± {ours.kld.se:.4f}), same top {ours.same_top.mean:.2%}, "
           f"perplexity {ours.ppl_base:.3f} -> {ours.ppl:.3f}")
     print(f"|difference| {gap:.1e} nats, tolerance {tolerance:.1e}")
     session.claim(gap <= tolerance, "the package's mean KLD lands on llama-perplexity's within the derived tolerance")
