@@ -279,7 +279,7 @@ def gptq_quantize_model(
     Returns ``{"model.layers.3.self_attn.q_proj": QuantizedLayer, ...}`` (codes/scales/zeros/g_idx for export).
     """
     from .calibration import warn_if_starved
-    warn_if_starved(model, batches, f"GPTQ {config.label()}")  # fewer than 2 tokens per input: inconclusive
+    warn_if_starved(model, batches, config.label())  # "GPTQ W4 sym g64"; fewer than 2 tokens per input: inconclusive
     if inputs_from not in ("quantized", "fp"):
         raise ValueError(f"inputs_from must be 'quantized' or 'fp', got {inputs_from!r}")
     with InPlaceGuard(model, config.label()):

@@ -140,8 +140,15 @@ class Verdict:
         return self.sentence
 
 
-def _fmt(v: float, as_ppl: bool) -> str:
-    return f"{math.expm1(v):+.2%}" if as_ppl else f"{v:+.4g}"
+def _fmt(v: float, as_ppl: bool, largest: float = 0.0) -> str:
+    """A perplexity ratio in percent, or a metric's difference to 3 significant digits of ``largest`` (the
+    largest magnitude in the sentence, so its numbers share one precision; scientific below 0.01)."""
+    if as_ppl:
+        return f"{math.expm1(v):+.2%}"
+    largest = max(abs(largest), abs(v))
+    if largest < 0.01:
+        return f"{v:+.2e}"
+    return f"{v:+.{max(0, 2 - math.floor(math.log10(largest)))}f}"
 
 
 def verdict(diff, a: str = "A", b: str = "B", what: str = "negative log-likelihood per token",
@@ -158,9 +165,11 @@ def verdict(diff, a: str = "A", b: str = "B", what: str = "negative log-likeliho
     # the difference is stated as (loser - winner) for a verdict, so it reads as a positive gap; (a - b) for a tie
     x, y, sign = (b, a, -1) if called and iv.high < 0 else (a, b, 1)
     mean, (low, high) = sign * iv.mean, sorted((sign * iv.low, sign * iv.high))
+    largest = max(abs(mean), abs(low), abs(high)) if math.isfinite(low) and math.isfinite(high) else abs(mean)
     gap = (f"{x}'s perplexity is {_fmt(mean, True)} against {y}'s" if as_ppl else
-           f"{x}'s {what} minus {y}'s is {_fmt(mean, False)}")
-    span = f"{iv.confidence:.0%} interval {_fmt(low, as_ppl)} to {_fmt(high, as_ppl)}, {iv.tokens:,} tokens"
+           f"{x}'s {what} minus {y}'s is {_fmt(mean, False, largest)}")
+    span = (f"{iv.confidence:.0%} interval {_fmt(low, as_ppl, largest)} to {_fmt(high, as_ppl, largest)}, "
+            f"{iv.tokens:,} tokens")
     if called:
         winner = y
         sentence = f"{y} is better than {x}: {gap} ({span})."

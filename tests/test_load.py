@@ -31,6 +31,10 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
         if mode == "die":
             os._exit(1)
+        if mode == "error":  # vLLM's way when its engine dies: an error object, then [DONE]
+            error = {"error": {"message": "EngineDeadError: engine died", "type": "InternalServerError", "code": 500}}
+            self.wfile.write(b"data: " + json.dumps(error).encode() + b"\n\ndata: [DONE]\n\n")
+            return
         last = {"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}
         self.wfile.write(b"data: " + json.dumps(last).encode() + b"\n\ndata: [DONE]\n\n")
 
@@ -67,3 +71,9 @@ def test_a_server_that_dies_mid_stream_is_a_failed_request_not_a_short_success(f
     assert r.text == "one two three"  # it did receive the partial answer ...
     s = sb.by_concurrency(pd.DataFrame([asdict(r)]))
     assert s.loc[1, "failed"] == 1 and not s.loc[1, "throughput_tok_s"] > 0  # ... and it counts for nothing
+
+
+def test_an_error_sent_inside_the_stream_is_a_failed_request(fake_server):
+    r = sb.stream_completion(fake_server("error"), "hi", max_tokens=3)
+    assert "error in the stream: EngineDeadError: engine died" in r.error, r
+    assert sb.by_concurrency(pd.DataFrame([asdict(r)])).loc[1, "failed"] == 1

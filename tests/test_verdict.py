@@ -1,5 +1,6 @@
 """The verdict rule (quantedu.verdict): honest intervals on correlated per-token differences."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -88,3 +89,12 @@ def test_bad_input_says_what_is_expected():
         V.paired_interval(np.zeros((2, 8)), block=0)
     with pytest.raises(ValueError, match="confidence"):
         V.paired_interval(np.zeros((2, 8)), confidence=95)
+
+
+def test_small_differences_are_stated_to_three_digits_not_to_seven():
+    rng = np.random.default_rng(3)
+    for mean, shown in ((3e-4, "e-04"), (0.013, "+0.01"), (0.5, "+0.5")):
+        sentence = V.verdict(rng.normal(mean, 2 * mean, 4096), "A", "B", what="KL divergence").sentence
+        numbers = re.findall(r"[+-]\d+\.\d+(?:e-\d+)?", sentence)
+        assert len(numbers) == 3 and shown in sentence, sentence
+        assert all(len(n.split("e")[0].split(".")[1]) <= 4 for n in numbers), sentence

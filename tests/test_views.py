@@ -15,6 +15,8 @@ def test_numbers_are_rounded_to_their_noise():
     assert views.decimals_for(0.015) == 3 and views.decimals_for(0.4) == 1 and views.decimals_for(3.0) == 0
     assert views.plus_minus(0.32512, 0.0151) == "0.325 ± 0.015"
     assert views.plus_minus(0.97234, 0.0031, 100, "%") == "97.2% ± 0.3%"
+    # a small KL divergence keeps its two significant digits of noise without a run of zeros
+    assert views.plus_minus(0.003341, 0.000131) == "3.34e-3 ± 0.13e-3"
 
 
 def test_quality_table_and_kld_figure(tiny_llama):

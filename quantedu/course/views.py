@@ -120,6 +120,9 @@ def decimals_for(se: float) -> int:
 def plus_minus(mean: float, se: float, scale: float = 1.0, unit: str = "") -> str:
     """``"0.325 ± 0.015"``, rounded by :func:`decimals_for` (``scale=100, unit="%"`` for fractions)."""
     d = decimals_for(se * scale)
+    if d > 4:  # 0.00334 ± 0.00013 reads as 3.34e-3 ± 0.13e-3: one exponent, the digits the noise allows
+        k = d - 2
+        return f"{mean * scale * 10 ** k:.2f}e-{k}{unit} ± {se * scale * 10 ** k:.2f}e-{k}{unit}"
     return f"{mean * scale:.{d}f}{unit} ± {se * scale:.{d}f}{unit}"
 
 

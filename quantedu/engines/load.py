@@ -60,7 +60,8 @@ def _base(url) -> tuple[str, int]:
 def stream_completion(url, prompt: str, max_tokens: int = 32, model: str | None = None, timeout: float = 60.0,
                       concurrency: int = 1, index: int = 0, t_origin: float | None = None) -> RequestResult:
     """One streamed greedy completion; returns its timings (``error`` set instead of raising). Only a complete
-    answer counts: a stream that ends without ``[DONE]`` or a ``finish_reason`` (the server died) is an error."""
+    answer counts: a stream that ends without ``[DONE]`` or a ``finish_reason`` (the server died), or that carries
+    an error object (a server whose engine died mid-answer says so, then ends the stream), is an error."""
     host, port = _base(url)
     body = {"prompt": prompt, "max_tokens": int(max_tokens), "temperature": 0.0, "stream": True}
     if model:
@@ -85,6 +86,10 @@ def stream_completion(url, prompt: str, max_tokens: int = 32, model: str | None 
                 finished = True
                 break
             chunk = json.loads(data)
+            if chunk.get("error"):  # vLLM reports a dead engine inside the stream, then still ends it with [DONE]
+                err = chunk["error"]
+                raise RuntimeError(f"the server sent an error in the stream: "
+                                   f"{err.get('message', err) if isinstance(err, dict) else err}")
             finished = finished or any(c.get("finish_reason") for c in chunk.get("choices", ()))
             if chunk.get("usage") and chunk["usage"].get("completion_tokens"):
                 usage_tokens = chunk["usage"]["completion_tokens"]
