@@ -62,8 +62,16 @@ def hub_reachable(timeout: float = 2.0) -> tuple[bool, str]:
     try:
         with socket.create_connection(("huggingface.co", 443), timeout=timeout):
             return True, "huggingface.co answered"
-    except OSError as exc:
-        return False, f"huggingface.co is unreachable ({exc.__class__.__name__})"
+    except OSError as exc:  # said in words: a notebook's stored output carries no exception names
+        return False, f"huggingface.co is unreachable from here ({_no_connection(exc)})"
+
+
+def _no_connection(exc: OSError) -> str:
+    if isinstance(exc, socket.gaierror):
+        return "its name does not resolve: no network"
+    if isinstance(exc, TimeoutError):
+        return "no answer within the time-out"
+    return "the connection failed"
 
 
 DEVICES = "'auto', 'cpu', 'cuda' or 'cuda:N'"
@@ -227,7 +235,7 @@ def offline_checkpoint() -> Path:
     def convert(tmp: Path) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        print(f"Converting {gguf.name} to fp32 safetensors (once; cached in {artifacts.cache_dir()})")
+        print(f"Converting {gguf.name} to fp32 safetensors (once: later loads read the course's cache)")
         # transformers' GGUF reader draws a tqdm bar with no switch (a widget in a notebook, else stderr):
         # keep it out of saved notebooks; errors still raise
         with _no_gguf_reader_bar(), contextlib.redirect_stderr(io.StringIO()):
@@ -302,7 +310,7 @@ def load_model(
         why = "Hugging Face hub" if kind == "hub" else "local checkpoint"
     if name == "auto":
         ok, reason = hub_reachable()
-        why += f" — MODEL='auto' and {reason}"
+        why += f"; MODEL='auto' chose it because {reason}"
     if kind == "local" and not (Path(source) / "config.json").is_file():
         what = "a folder without config.json" if Path(source).is_dir() else "a file, not a checkpoint folder"
         raise ModelError(f"{source} is not a model checkpoint ({what}): give the folder that "
@@ -344,10 +352,17 @@ def load_model(
     model = model.to(dev)
     model.eval()
     model.quantedu_source = why
-    if verbose:
-        banner = f"MODEL={name!r} -> {target} on {dev} ({dt}): {why}"
+    model.quantedu_name = model_label(kind, target, config)
+    if verbose:  # one short statement of what was loaded and why (a notebook keeps it)
         import textwrap
-        lines = textwrap.wrap(banner, width=96, subsequent_indent="    ")
-        rule = "=" * max(map(len, lines))
-        print("\n".join([rule, *lines, rule]))
+        dtype_name = str(dt).removeprefix("torch.")
+        print(textwrap.fill(f"Loaded {model.quantedu_name} on {dev} in {dtype_name}: {why}.", width=100))
     return model, tokenizer
+
+
+def model_label(kind: str, target: str, config=None) -> str:
+    """A short name for the loaded model, for tables and figures: the offline name, the hub id, or a
+    local folder's name (never the machine's path); the CI test model says what it is."""
+    if getattr(config, "quantedu_test_model", False):
+        return "quantedu test model (random weights)"
+    return Path(target).name if kind == "local" else target

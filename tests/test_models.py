@@ -75,3 +75,25 @@ def test_cuda_requested_without_gpu_is_an_error():
 def test_parameter_estimate_matches_the_real_count(course_model):
     model, _ = course_model
     assert models.estimate_parameters(model.config) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("exc, words", [(models.socket.gaierror(-3, "Temporary failure in name resolution"), "no network"),
+                                        (TimeoutError("timed out"), "no answer"),
+                                        (ConnectionRefusedError(111, "refused"), "connection failed")])
+def test_offline_hub_probe_says_why_in_words(monkeypatch, exc, words):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def fail(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(models.socket, "create_connection", fail)
+    ok, why = models.hub_reachable()
+    assert not ok and words in why and type(exc).__name__ not in why and "resolution" not in why
+
+
+def test_loading_says_what_was_loaded_in_one_short_statement(monkeypatch, capsys, course_model):
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: (False, "huggingface.co is unreachable from here (x)"))
+    model, _ = models.load_model("auto")
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("Loaded smollm2-135m on cpu in float32") and "because huggingface.co is unreachable" in out
+    assert "===" not in out and len(out.splitlines()) <= 3 and model.quantedu_name == "smollm2-135m"
