@@ -62,16 +62,8 @@ def hub_reachable(timeout: float = 2.0) -> tuple[bool, str]:
     try:
         with socket.create_connection(("huggingface.co", 443), timeout=timeout):
             return True, "huggingface.co answered"
-    except OSError as exc:  # said in words: a notebook's stored output carries no exception names
-        return False, f"huggingface.co is unreachable from here ({_no_connection(exc)})"
-
-
-def _no_connection(exc: OSError) -> str:
-    if isinstance(exc, socket.gaierror):
-        return "its name does not resolve: no network"
-    if isinstance(exc, TimeoutError):
-        return "no answer within the time-out"
-    return "the connection failed"
+    except OSError as exc:
+        return False, "huggingface.co is unreachable"  # the exception class name means nothing to a learner
 
 
 DEVICES = "'auto', 'cpu', 'cuda' or 'cuda:N'"
@@ -235,7 +227,7 @@ def offline_checkpoint() -> Path:
     def convert(tmp: Path) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        print(f"Converting {gguf.name} to fp32 safetensors (once: later loads read the course's cache)")
+        print(f"Converting {gguf.name} to fp32 safetensors (once; cached)")  # no machine path in a notebook
         # transformers' GGUF reader draws a tqdm bar with no switch (a widget in a notebook, else stderr):
         # keep it out of saved notebooks; errors still raise
         with _no_gguf_reader_bar(), contextlib.redirect_stderr(io.StringIO()):

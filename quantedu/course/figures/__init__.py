@@ -1,1 +1,2 @@
-"""Figures of the lessons' ideas, drawn from live data: one module per topic (each notebook's own)."""
+"""Figures of the course's ideas, drawn from live data: one module per topic (each function returns the axes
+it drew on; the notebook shows the figure and states its one-line takeaway)."""
