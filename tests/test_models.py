@@ -96,3 +96,12 @@ def test_loading_says_what_was_loaded_in_one_short_statement(monkeypatch, capsys
     out = capsys.readouterr().out.strip()
     assert out.startswith("Loaded smollm2-135m on cpu in float32") and "because huggingface.co is unreachable" in out
     assert "===" not in out and len(out.splitlines()) <= 3 and model.quantedu_name == "smollm2-135m"
+
+
+def test_model_label_names_a_folder_never_its_path_and_says_when_weights_are_random(tmp_path):
+    from types import SimpleNamespace
+
+    assert models.model_label("local", str(tmp_path / "my-model")) == "my-model"
+    assert models.model_label("hub", "HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    test_config = SimpleNamespace(quantedu_test_model=True)
+    assert "random weights" in models.model_label("local", str(tmp_path / "tm"), test_config)

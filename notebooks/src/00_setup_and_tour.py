@@ -138,13 +138,12 @@ for purpose, b in baselines.items():
 
 # %% [markdown]
 # ### One model, many baselines
-# Before these names existed, the course printed four different baselines for this same model, and a
-# learner could not tell which one a "+10%" was about. They were all right; they scored different tokens.
-# Rebuilt here, with the held-out set beside them: the sweep and eval sets; two windows of 256 tokens (what notebooks 02-04 used on a CPU:
-# the same text as the first 512 tokens of *eval*, with half the context); and the sweep windows scored the
-# way `llama-perplexity` scores them (notebook 05): only the second half of each window, where every
-# token has at least half a window of context. (Notebook 05's table also showed the Q4_1 file run by
-# llama.cpp on the sweep windows: another engine's arithmetic, a hair away from the torch number.)
+# The same model, with the same weights, has as many baselines as there are ways to choose its windows.
+# Five of them, side by side: the *sweep* and *eval* sets; the first 512 tokens of *eval* cut into two
+# windows of 256 tokens (the same text with half the context); the *sweep* windows scored the way
+# `llama-perplexity` scores them (notebook 05: only the second half of each window, where every token has
+# at least half a window of context); and the *heldout* code. Each bar is a set's perplexity, each dot
+# one of its windows.
 
 # %%
 import matplotlib.pyplot as plt
@@ -155,7 +154,7 @@ from quantedu.evaluate import Baseline, evaluation_windows
 short = Baseline(model, evaluation_windows(tokenizer, corpus, 2, 256), tokenizer)
 sweep_windows = session.windows("sweep")
 tool_protocol = Baseline(model, sweep_windows, tokenizer, score_from=sweep_windows.shape[1] // 2)
-sets = {"2 x 256\n(02-04 before)": short, "sweep": baselines["sweep"], "eval": baselines["eval"],
+sets = {"first 512 of eval\nas 2 x 256": short, "sweep": baselines["sweep"], "eval": baselines["eval"],
         "sweep, 2nd halves\n(llama-perplexity)": tool_protocol, "heldout\n(code)": baselines["heldout"]}
 plot_baselines({label: (b.ppl, window_perplexities(b)) for label, b in sets.items()},
                title=f"{session.label}: one model, one set of weights, five baselines")
@@ -203,7 +202,6 @@ r4, r8 = reports[4], reports[8]
 assert torch.allclose(kld_by_hand.double().cpu(), torch.from_numpy(r4.per_token["kld"][0]), rtol=1e-3, atol=1e-5)
 print(f"first window, W4: mean KLD {kld_by_hand.mean():.4f} by hand, {r4.per_token['kld'][0].mean():.4f} package; "
       f"same top token {same_top_by_hand:.1%}")
-print(r4)
 
 # %%
 from quantedu.course.views import plot_kld, quality_table
