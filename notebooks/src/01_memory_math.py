@@ -49,6 +49,9 @@ shown.map(lambda v: f"{v:.4g}" if v == v else "-")  # 4 significant digits; "-" 
 # gives its largest value and its spacing; torch's own dtype must agree.
 
 # %%
+import math
+
+
 def decode_e4m3(byte: int) -> float:
     sign = -1.0 if byte >> 7 else 1.0
     exp, man = (byte >> 3) & 0xF, byte & 0x7
@@ -62,7 +65,8 @@ by_hand = torch.tensor([decode_e4m3(b) for b in range(256)], dtype=torch.float64
 by_torch = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).to(torch.float64)
 assert torch.equal(by_hand.nan_to_num(7e7), by_torch.nan_to_num(7e7))
 finite = by_hand[torch.isfinite(by_hand)]
-print(f"E4M3: max {finite.max().item():g}, smallest subnormal {finite[finite > 0].min().item():g}, "
+tiny = finite[finite > 0].min().item()
+print(f"E4M3: max {finite.max().item():g}, smallest subnormal 2^{math.log2(tiny):.0f} = {tiny:.4g}, "
       f"{len(finite.unique())} distinct finite values")
 assert finite.max().item() == table.loc["fp8_e4m3", "max"]
 

@@ -85,9 +85,12 @@ print(f"symmetric, {bits} bits, one row of block 0's {LAYER}: mean squared error
 from quantedu.course.figures.ptq import plot_group_grids, telling_groups
 
 picked = telling_groups(model, GRID_GROUP)
-plot_group_grids([("the most lopsided group, symmetric grid", picked["skewed"]["w"], True),
-                  ("the same group, asymmetric grid", picked["skewed"]["w"], False),
-                  ("the group with the farthest outlier, asymmetric", picked["outlier"]["w"], False)], GRID_BITS)
+panels = [("the most lopsided group, symmetric grid", picked["skewed"]["w"], True),
+          ("the same group, asymmetric grid", picked["skewed"]["w"], False)]
+if not torch.equal(picked["outlier"]["w"], picked["skewed"]["w"]):  # on some models one group is both
+    panels.append(("the group with the farthest outlier, asymmetric", picked["outlier"]["w"], False))
+panels.append(("a typical group (the median max |w| / std), asymmetric", picked["typical"]["w"], False))
+plot_group_grids(panels, GRID_BITS)
 plt.show()
 for kind, what in (("skewed", "lopsidedness |max + min| / (max - min)"), ("outlier", "max |w| / std"),
                    ("typical", "max |w| / std (the median group)")):
@@ -145,12 +148,15 @@ axes[1].set(xlabel="max |w| / std (outlier ratio)", ylabel="relative error", xsc
 axes[0].legend(fontsize=7)
 plt.show()
 worst = layer_err.sort_values("W3 rel. error", ascending=False).head(3)
+by_kind = layer_err.groupby("kind")["W3 rel. error"].median().sort_values(ascending=False)
+print("median W3 error by kind:", ", ".join(f"{k} {v:.3f}" for k, v in by_kind.items()))
 print("largest W3 errors:", ", ".join(f"{r.layer} ({r['W3 rel. error']:.3f}, max/std {r['max/std']:.0f})"
                                        for _, r in worst.iterrows()))
 
 # %% [markdown]
-# **Takeaway:** the layers with the most extreme weights lose the most under the same grid: the error
-# follows the outlier ratio, not the layer's kind or depth.
+# **Takeaway:** under the same grid, layers do not lose alike: the error differs several-fold from layer to
+# layer, by kind (the medians printed above) and wherever a layer holds extreme outliers. Spending more
+# bits where the error is (mixed precision, llama.cpp's K-quant mixes in notebook 05) follows from this picture.
 
 # %% [markdown]
 # ## PTQ: RTN on the whole model
@@ -278,8 +284,8 @@ plot_in_and_out_of_domain(reports, ax=axes[1])
 plt.show()
 rtn_e, mse_e, qat_e = reports["eval"]
 rtn_h, mse_h, qat_h = reports["heldout"]
-for verdict in (mse_e.verdict(rtn_e), qat_e.verdict(mse_e), qat_h.verdict(mse_h)):
-    print(verdict)
+for where, verdict in (("eval", mse_e.verdict(rtn_e)), ("eval", qat_e.verdict(mse_e)), ("heldout", qat_h.verdict(mse_h))):
+    print(f"on {where}: {verdict}")
 
 # %% [markdown]
 # **Takeaway:** training through the rounding moves the error of every block, and the verdicts say what
