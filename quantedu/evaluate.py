@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data import Corpus, check_windows, tokenize
+from .runtime import torch_threads
 
 
 def _text(text: str | Corpus) -> str:
@@ -67,41 +68,84 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.no_grad()
-def generation_speed(
-    model, tokenizer, prompt: str = "Explain what quantization does to a neural network.",
-    new_tokens: int = 32, repeats: int = 1,
-) -> dict:
-    """Prefill and decode throughput of greedy generation with the KV cache.
+def _prompt(ids) -> torch.Tensor:
+    ids = torch.as_tensor(ids)
+    if ids.dim() == 1:
+        ids = ids[None]
+    if ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] < 1 or ids.is_floating_point():
+        raise ValueError(f"expected the token ids of one prompt, shaped (tokens,) or (1, tokens), got "
+                         f"{tuple(ids.shape)} {ids.dtype}: e.g. session.windows('eval')[:1]")
+    return ids
 
-    Prefill: one forward pass over the prompt. Decode: ``new_tokens`` generated one at a time;
-    its rate excludes the prefill (time of N tokens minus time of 1 token, over N - 1).
-    """
-    device = model_device(model)
-    ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    def timed_generate(n: int) -> float:
+def _best_time(fn, repeats: int, device) -> float:
+    times = []
+    for _ in range(repeats):
         _sync(device)
         t0 = time.perf_counter()
-        model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=pad)
+        fn()
         _sync(device)
-        return time.perf_counter() - t0
+        times.append(time.perf_counter() - t0)
+    return min(times)  # the least disturbed run: other jobs only ever add time
 
-    timed_generate(2)  # warm-up: first call allocates caches and picks kernels
-    prefill, full = [], []
-    for _ in range(repeats):
-        prefill.append(timed_generate(1))
-        full.append(timed_generate(new_tokens))
-    t_prefill, t_full = min(prefill), min(full)
-    return {
-        "prompt_tokens": ids.shape[1],
-        "new_tokens": new_tokens,
-        "prefill_tokens_per_s": ids.shape[1] / t_prefill,
-        "decode_tokens_per_s": (new_tokens - 1) / max(t_full - t_prefill, 1e-9),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-    }
+
+@torch.no_grad()
+def forward_rates(model, ids, sizes=(1, 8, 64, 512), threads: int | None = 1, repeats: int = 3) -> list[dict]:
+    """Tokens/s of ONE forward pass over the first ``n`` tokens of ``ids``, for each ``n`` in ``sizes``
+    (after a warm-up pass; best of ``repeats``; ``threads`` torch threads, None = torch's choice).
+
+    Why prefill is fast and decode slow: a forward pass reads every weight once whatever the number of
+    tokens it processes, so at few tokens its time is the time to read the weights (memory-bound), and
+    only at many tokens does the arithmetic take over (compute-bound)."""
+    ids, device = _prompt(ids), model_device(model)
+    with torch_threads(threads):
+        out = []
+        for n in sizes:
+            if not 1 <= n <= ids.shape[1]:
+                raise ValueError(f"size {n} is not between 1 and the {ids.shape[1]} tokens given")
+            x = ids[:, :n].to(device)
+            step = lambda: model(x, use_cache=False, logits_to_keep=1)  # noqa: E731 - a generator keeps 1 logit
+            step()
+            seconds = _best_time(step, repeats, device)
+            out.append({"tokens": n, "seconds": seconds, "tokens_per_s": n / seconds})
+    return out
+
+
+@torch.no_grad()
+def generation_speed(model, prompt_ids, new_tokens: int = 32, threads: int | None = 1, repeats: int = 3) -> dict:
+    """Prefill and decode throughput, measured as llama.cpp's ``llama-bench`` does (``pp`` and ``tg``).
+
+    Prefill: ONE forward pass over the whole prompt (``prompt_ids``: one prompt's token ids; a long one,
+    e.g. a 512-token window), tokens/s = prompt tokens / its time, best of ``repeats`` after a warm-up.
+    Decode: then ``new_tokens`` greedy tokens (the first comes from the prefill, each later one from one
+    forward pass of one token with the KV cache; ``"generated"``: their ids), tokens/s = 1 / the median
+    time per token. ``threads`` torch threads for both (None: torch's choice;
+    1 is the course's choice on a CPU, like its llama.cpp rows: a busy 2-core machine slows 2 threads more).
+    """
+    ids, device = _prompt(prompt_ids), model_device(model)
+    if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or new_tokens < 2:
+        raise ValueError(f"new_tokens must be an int >= 2 (decode is timed per token), got {new_tokens!r}")
+    ids = ids.to(device)
+    with torch_threads(threads):
+        used = torch.get_num_threads()
+        prefill = lambda: model(ids, use_cache=True, logits_to_keep=1)  # noqa: E731
+        out = prefill()  # warm-up
+        t_prefill = _best_time(prefill, repeats, device)
+        cache, token, steps = out.past_key_values, out.logits[:, -1:].argmax(-1), []
+        generated = [int(token)]
+        for _ in range(new_tokens - 1):
+            _sync(device)
+            t0 = time.perf_counter()
+            out = model(token, past_key_values=cache, use_cache=True)
+            token = out.logits[:, -1:].argmax(-1)
+            _sync(device)
+            steps.append(time.perf_counter() - t0)
+            cache = out.past_key_values
+            generated.append(int(token))
+    per_token = float(np.median(steps))
+    return {"prompt_tokens": ids.shape[1], "new_tokens": new_tokens, "prefill_tokens_per_s": ids.shape[1] / t_prefill,
+            "decode_tokens_per_s": 1 / per_token, "decode_ms_per_token": 1000 * per_token, "threads": used,
+            "device": str(device), "generated": generated}
 
 
 def memory_footprint(model) -> dict:
@@ -186,6 +230,11 @@ class Baseline:
     @property
     def tokens(self) -> int:
         return self.targets.numel()
+
+    @property
+    def ppl(self) -> float:
+        """The baseline model's own perplexity on the scored positions of these windows."""
+        return math.exp(-self.logprobs.gather(-1, self.targets.long().unsqueeze(-1)).double().mean().item())
 
     def _check(self, model, tokenizer) -> None:
         digest = _vocabulary_digest(tokenizer)

@@ -302,7 +302,7 @@ def load_model(
         why = "Hugging Face hub" if kind == "hub" else "local checkpoint"
     if name == "auto":
         ok, reason = hub_reachable()
-        why += f" — MODEL='auto' and {reason}"
+        why += f"; MODEL='auto' chose it because {reason}"
     if kind == "local" and not (Path(source) / "config.json").is_file():
         what = "a folder without config.json" if Path(source).is_dir() else "a file, not a checkpoint folder"
         raise ModelError(f"{source} is not a model checkpoint ({what}): give the folder that "
@@ -344,10 +344,17 @@ def load_model(
     model = model.to(dev)
     model.eval()
     model.quantedu_source = why
-    if verbose:
-        banner = f"MODEL={name!r} -> {target} on {dev} ({dt}): {why}"
+    model.quantedu_name = model_label(kind, target, config)
+    if verbose:  # one short statement of what was loaded and why (a notebook keeps it)
         import textwrap
-        lines = textwrap.wrap(banner, width=96, subsequent_indent="    ")
-        rule = "=" * max(map(len, lines))
-        print("\n".join([rule, *lines, rule]))
+        dtype_name = str(dt).removeprefix("torch.")
+        print(textwrap.fill(f"Loaded {model.quantedu_name} on {dev} in {dtype_name}: {why}.", width=100))
     return model, tokenizer
+
+
+def model_label(kind: str, target: str, config=None) -> str:
+    """A short name for the loaded model, for tables and figures: the offline name, the hub id, or a
+    local folder's name (never the machine's path); the CI test model says what it is."""
+    if getattr(config, "quantedu_test_model", False):
+        return "quantedu test model (random weights)"
+    return Path(target).name if kind == "local" else target

@@ -28,9 +28,10 @@ Two ways to run it (``QATPlan.mode``):
   like the Block-AP phase of EfficientQAT (Chen et al. 2024). A step costs one block's forward and
   backward instead of the whole model's (and no 49k-way softmax), so a small CPU can afford it.
 
-Full QAT (LLM-QAT, EfficientQAT) trains all weights for thousands of steps on billions of tokens
-on GPUs. :func:`plan` picks what fits the hardware at hand: block-wise with short sequences and a
-few steps per block on a CPU, end-to-end on a GPU.
+Full QAT trains all weights for thousands of steps on GPUs: LLM-QAT distils on ~100k self-generated
+sequences of up to 1,024 tokens, on the order of 10^8 tokens (:data:`FULL_QAT_TOKENS`). :func:`plan`
+picks what fits the hardware at hand: block-wise with short sequences and a few steps per block on a
+CPU, end-to-end on a GPU.
 """
 from __future__ import annotations
 
@@ -308,7 +309,10 @@ def _train_blockwise(model, data, config, p: QATPlan, seed: int, progress: bool,
             "seconds": time.perf_counter() - t0, "tokens": steps * min(p.batch_size, len(data)) * p.seq_len}
 
 
-def full_qat_cost(n_params: float, tokens: float = 1e8, flops_per_s: float = 5e13) -> dict:
+FULL_QAT_TOKENS = 1e8  # LLM-QAT (Liu et al. 2023): ~100k generated sequences of up to 1,024 tokens
+
+
+def full_qat_cost(n_params: float, tokens: float = FULL_QAT_TOKENS, flops_per_s: float = 5e13) -> dict:
     """Order of magnitude of a full QAT run: ~6 FLOPs per parameter per token (forward + backward),
     plus one forward of the teacher (2 FLOPs) for distillation. ``flops_per_s`` is sustained throughput."""
     flops = 8 * n_params * tokens

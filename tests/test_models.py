@@ -75,3 +75,33 @@ def test_cuda_requested_without_gpu_is_an_error():
 def test_parameter_estimate_matches_the_real_count(course_model):
     model, _ = course_model
     assert models.estimate_parameters(model.config) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("exc", [models.socket.gaierror(-3, "Temporary failure in name resolution"),
+                                 TimeoutError("timed out"), ConnectionRefusedError(111, "refused")])
+def test_offline_hub_probe_says_why_in_words(monkeypatch, exc):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def fail(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(models.socket, "create_connection", fail)
+    ok, why = models.hub_reachable()
+    assert not ok and "unreachable" in why and type(exc).__name__ not in why and "resolution" not in why
+
+
+def test_loading_says_what_was_loaded_in_one_short_statement(monkeypatch, capsys, course_model):
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: (False, "huggingface.co is unreachable from here (x)"))
+    model, _ = models.load_model("auto")
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("Loaded smollm2-135m on cpu in float32") and "because huggingface.co is unreachable" in out
+    assert "===" not in out and len(out.splitlines()) <= 3 and model.quantedu_name == "smollm2-135m"
+
+
+def test_model_label_names_a_folder_never_its_path_and_says_when_weights_are_random(tmp_path):
+    from types import SimpleNamespace
+
+    assert models.model_label("local", str(tmp_path / "my-model")) == "my-model"
+    assert models.model_label("hub", "HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    test_config = SimpleNamespace(quantedu_test_model=True)
+    assert "random weights" in models.model_label("local", str(tmp_path / "tm"), test_config)

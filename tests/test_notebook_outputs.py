@@ -27,7 +27,9 @@ NOISE = [
     (re.compile(r"^(llama_|ggml_|load_tensors|llm_load|print_info|main: )", re.M), "llama.cpp's log"),
     (re.compile(r"\[\s*\d+%\]\s+(Building|Linking)|cmake|-- Configuring", re.I), "a build log"),
 ]
-UNROUNDED = re.compile(r"(?<![\w.])\d+\.\d{5,}(?![\de])")  # 23.080212: more digits than any noise allows
+# 23.080212: more significant digits after the point than any noise allows (0.00145 +/- 0.00006 is rounded:
+# the zeros after the point only place it)
+UNROUNDED = re.compile(r"(?<![\w.])\d+\.0*[1-9]\d{4,}(?![\de])")
 
 
 def _outputs(nb):

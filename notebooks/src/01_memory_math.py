@@ -16,6 +16,16 @@ from quantedu.course import parameter
 MODEL = parameter("MODEL", "auto")  # or "smollm2-135m", a hub id, a local path (env: QUANTEDU_MODEL)
 CONTEXT = 8192     # tokens of context for the KV cache
 BATCH = 1          # sequences served at once
+PREFILL_CHUNK = 512  # prompt tokens in one forward pass (llama.cpp's default batch): the activations' peak
+
+# %% [markdown]
+# The course model, loaded now: its shape joins the real 7-70B shapes in this notebook's pictures.
+
+# %%
+from quantedu.course import start
+
+session = start(MODEL)
+model = session.model
 
 # %% [markdown]
 # ## Number formats
@@ -30,7 +40,8 @@ import torch
 from quantedu import number_formats as formats
 
 table = formats.formats_table()
-table[["bits", "max", "smallest_normal", "smallest_subnormal", "resolution_at_1", "decimal_digits"]]
+shown = table[["bits", "max", "smallest_normal", "smallest_subnormal", "resolution_at_1", "decimal_digits"]]
+shown.map(lambda v: f"{v:.4g}" if v == v else "-")  # 4 significant digits; "-" where a grid has no such number
 
 # %% [markdown]
 # **From scratch.** An 8-bit float E4M3 (`float8_e4m3fn`) has 1 sign, 4 exponent and 3 mantissa bits,
@@ -38,6 +49,9 @@ table[["bits", "max", "smallest_normal", "smallest_subnormal", "resolution_at_1"
 # gives its largest value and its spacing; torch's own dtype must agree.
 
 # %%
+import math
+
+
 def decode_e4m3(byte: int) -> float:
     sign = -1.0 if byte >> 7 else 1.0
     exp, man = (byte >> 3) & 0xF, byte & 0x7
@@ -51,7 +65,8 @@ by_hand = torch.tensor([decode_e4m3(b) for b in range(256)], dtype=torch.float64
 by_torch = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).to(torch.float64)
 assert torch.equal(by_hand.nan_to_num(7e7), by_torch.nan_to_num(7e7))
 finite = by_hand[torch.isfinite(by_hand)]
-print(f"E4M3: max {finite.max().item():g}, smallest subnormal {finite[finite > 0].min().item():g}, "
+tiny = finite[finite > 0].min().item()
+print(f"E4M3: max {finite.max().item():g}, smallest subnormal 2^{math.log2(tiny):.0f} = {tiny:.4g}, "
       f"{len(finite.unique())} distinct finite values")
 assert finite.max().item() == table.loc["fp8_e4m3", "max"]
 
@@ -121,8 +136,8 @@ assert memory.GroupFormat(4, 128).bits_per_weight() == 4 + (16 + 4) / 128   # th
 zero_points = {"no zero point (sym)": 0, "4-bit zero (GPTQ/AWQ)": None, "fp16 zero": 16}
 overhead = pd.DataFrame({f"int4, group {g}": {name: memory.GroupFormat(4, g, zero_bits=z).bits_per_weight()
                                              for name, z in zero_points.items()} for g in (32, 64, 128)}).T
-print(overhead.to_string(float_format=lambda x: f"{x:.5f}"))
-print(f"int8 per channel (one group per row): {memory.GroupFormat(8, None).bits_per_weight(cols=4096):.5f} "
+print(overhead.to_string(float_format=lambda x: f"{x:.3f}"))
+print(f"int8 per channel (one group per row): {memory.GroupFormat(8, None).bits_per_weight(cols=4096):.3f} "
       f"bits/weight at 4096 columns")
 
 # %% [markdown]
@@ -141,7 +156,7 @@ for name in ("Q4_0", "Q4_K"):
           f"{8 * lay.type_size / lay.block_size:.4f} bits/weight")
 gguf_bpw = pd.Series({n: memory.bits_per_weight(n) for n in ("Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q4_1", "Q4_0",
                                                             "IQ4_XS", "Q3_K", "Q2_K")}, name="bits/weight")
-print(gguf_bpw.to_string())
+print(gguf_bpw.to_string(float_format=lambda x: f"{x:.4g}"))
 
 # %% [markdown]
 # The seed also lists bits per weight of GGUF types. Next to what their block structs give
@@ -161,27 +176,28 @@ print(f"Q8_0 is not 8 bits per weight: a block holds {q8.block_size} one-byte co
 # %% [exercise 01.weight_bytes]
 # %% [markdown]
 # ## 2 and 3. A real "4-bit" 7B, and the KV cache
-# The KV cache keeps the keys and values of every past token in every layer:
-# `2 (K and V) x layers x kv_heads x head_dim x bytes` per token. Llama-2-7B has 32 layers of
-# 32 KV heads of dimension 128; with grouped-query attention (GQA, Llama-2-70B, Llama-3) several query
-# heads share one KV head, which divides the cache.
+# To predict the next token, attention looks at every earlier token's key and value vectors. Recomputing
+# them for every new token would cost a forward pass over the whole context, so a server keeps them: the
+# **KV cache**, one key and one value vector per KV head, per layer, per token of every sequence it serves.
+# It grows with context and batch, not with the weights. With grouped-query attention (GQA, Llama-2-70B,
+# Llama-3) several query heads share one KV head, and only the KV heads are cached.
+#
+# Write it yourself first:
+
+# %% [exercise 01.kv_cache]
+# %% [markdown]
+# The package's version, on real published shapes (`quantedu.memory.PRESETS`, from each model's
+# config.json):
 
 # %%
 # NBVAL_CHECK_OUTPUT
 llama7 = memory.model_shape("llama-2-7b")
-per_token = 2 * llama7.layers * llama7.kv_heads * llama7.head_dim * 2        # fp16 = 2 bytes
-assert per_token == memory.kv_bytes_per_token(llama7)
-print(f"Llama-2-7B: {per_token / 2**20:.3f} MiB of KV cache per token; "
-      f"{per_token * CONTEXT / 2**30:.2f} GiB at {CONTEXT} tokens x batch 1")
-for name in ("llama-2-70b", "llama-3-8b"):
+print(f"llama-2-7b: {memory.kv_bytes_per_token(llama7) / 2**20:.3f} MiB of fp16 KV cache per token; "
+      f"{memory.kv_cache_bytes(llama7, CONTEXT) / 2**30:.2f} GiB at {CONTEXT} tokens x batch 1")
+for name in ("llama-2-13b", "llama-3-8b", "llama-2-70b"):
     s = memory.model_shape(name)
     print(f"{name}: {s.heads} query heads share {s.kv_heads} KV heads -> "
           f"{memory.kv_cache_bytes(s, CONTEXT) / 2**30:.2f} GiB at {CONTEXT} tokens")
-
-# %% [exercise 01.kv_cache]
-# %%
-corrected = memory.corrected_table("llama-2-7b", context=CONTEXT, batch=BATCH)
-corrected.round(3)
 
 # %% [markdown]
 # ### The seed's table, corrected
@@ -198,8 +214,7 @@ for label, preset in (("7B", "llama-2-7b"), ("70B", "llama-2-70b")):
     kv = memory.kv_cache_bytes(s, CONTEXT, BATCH)
     for prec, spec in specs.items():
         w = memory.weight_bytes(s, spec, embed_spec="fp32" if spec == "fp32" else "fp16")
-        fixed.append({"model": f"{label} ({preset}, {s.n_params() / 1e9:.2f} B params)", "format": prec,
-                      "seed GB": seed_mem.loc[label, prec],
+        fixed.append({"model": f"{label} ({preset})", "format": prec, "seed GB": seed_mem.loc[label, prec],
                       "linear bits/weight": 8 * w["linear"] / s.params()["linear"],
                       "weights GB": w["total"] / 1e9, "+ KV cache GB": kv / 1e9,
                       "total GB": (w["total"] + kv) / 1e9})
@@ -219,36 +234,47 @@ print(f"'FP16 -> INT4 saves about {claim:g}x': the weights shrink {w16 / r7['wei
 print(f"(GB here; in GiB, what memory tools report, every figure is {1e9 / 2**30:.3f}x smaller.)")
 
 # %% [markdown]
-# At long context the KV cache of a small model can exceed its weights. Stacked, per component:
+# ### Where a model's bytes go
+# Weights, KV cache and activations, for the loaded model and for real 7-70B shapes, serving `CONTEXT`
+# tokens x `BATCH` sequences. Activations are the peak of the largest step, a prefill chunk of
+# `PREFILL_CHUNK` prompt tokens in one pass; a one-token decode step needs far less. Each bar is one
+# model in one format, split into shares of its total, which is written at its end.
 
 # %%
-from quantedu.course import views as memory_view
+import matplotlib.pyplot as plt
+import torch
 
-rows = {
-    "7B fp16": memory.footprint(llama7, "fp16", CONTEXT, BATCH),
-    "7B int4-g128": memory.footprint(llama7, "int4-g128", CONTEXT, BATCH),
-    "7B int4, 8-bit KV": memory.footprint(llama7, "int4-g128", CONTEXT, BATCH, kv_bits=8),
-    "Llama-3-8B int4 (GQA)": memory.footprint("llama-3-8b", "int4-g128", CONTEXT, BATCH),
-}
-memory_view.plot_breakdown(rows, title=f"inference memory at {CONTEXT} tokens, batch {BATCH}")
+from quantedu.course.figures.memory import bytes_by_part, plot_where_bytes_go
+
+import dataclasses
+
+shape = dataclasses.replace(memory.model_shape(model), name=session.label)
+# the model is in memory in its session dtype (fp32 on a CPU, bf16/fp16 on a GPU)
+in_memory = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[session.dtype]
+rows = {f"{session.label}, {in_memory} (as loaded)": bytes_by_part(shape, in_memory, CONTEXT, BATCH, PREFILL_CHUNK,
+                                                                  embed_spec=in_memory),
+        f"{session.label}, int4-g128": bytes_by_part(shape, "int4-g128", CONTEXT, BATCH, PREFILL_CHUNK)}
+for name, spec in (("llama-2-7b", "fp16"), ("llama-2-7b", "int4-g128"), ("llama-2-13b", "int4-g128"),
+                   ("llama-3-8b", "int4-g128"), ("llama-2-70b", "int4-g128")):
+    rows[f"{name}, {spec}"] = bytes_by_part(name, spec, CONTEXT, BATCH, PREFILL_CHUNK)
+plot_where_bytes_go(rows, title=f"where the bytes go: {CONTEXT} tokens of context x batch {BATCH}")
 plt.show()
+kv_small = rows[f"{session.label}, int4-g128"]
+print(f"{session.label} in int4: KV cache {kv_small['KV cache'] / 2**20:.0f} MiB against "
+      f"{(kv_small['linear weights'] + kv_small['embeddings + head + norms']) / 2**20:.0f} MiB of weights")
+
+# %% [markdown]
+# **Takeaway:** quantizing the weights shrinks one part of the bar. At long context the KV cache takes a
+# large share, or most, of what is left, and the models without GQA (Llama-2-7B and 13B) pay several
+# times more cache per token than those with it (Llama-3-8B, Llama-2-70B): the KV cache needs its own
+# plan (a shorter context, fewer sequences, a quantized cache).
 
 # %% [markdown]
 # ## Predicted vs measured on the course model
-# Now the course model. First the prediction, from its config alone.
+# Now the course model: first the prediction, from its config alone.
 
 # %%
-from transformers.utils import logging as hf_logging
-
-from quantedu.course import start
-
-hf_logging.disable_progress_bar()  # transformers' loading bars would stay in the saved notebook as fragments
-session = start(MODEL)
-model = session.model
-shape = memory.model_shape(model)
 print(shape)
-# The model is in memory in its session dtype (fp32 on a CPU, bf16/fp16 on a GPU): predict for that.
-in_memory = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[session.dtype]
 pred_mem = memory.weight_bytes(shape, in_memory, embed_spec=in_memory)
 print(f"in {in_memory}:", {k: f"{v / 2**20:.2f} MiB" for k, v in pred_mem.items()})
 
@@ -259,6 +285,7 @@ print(f"in {in_memory}:", {k: f"{v / 2**20:.2f} MiB" for k, v in pred_mem.items(
 # %%
 import tempfile
 from pathlib import Path
+
 from safetensors.torch import save_file
 
 measured = memory.measured_tensor_bytes(model)
@@ -305,6 +332,45 @@ ragged = shape.hidden % 128
 print(f"rows of {shape.hidden} columns: {shape.hidden // 128} groups of 128" + (f" + one of {ragged}" if ragged else "")
       + f" -> {memory.GroupFormat(4, 128).bits_per_weight(cols=shape.hidden):.4f} bits/weight "
       f"(whole groups: {memory.GroupFormat(4, 128).bits_per_weight():.4f})")
+
+# %% [markdown]
+# ### One model, three "4-bit" sizes
+# The course prints three sizes for a 4-bit checkpoint of this model: the file above (this notebook),
+# notebook 03's saved checkpoint and notebook 07's "GPTQ-4bit" row. All three are right; they count
+# different things, in different units. Computed here from what each notebook writes (RTN codes, the same
+# bytes as GPTQ's for the same grid):
+#
+# * **MiB or MB**: a MiB is 2^20 bytes, an MB 10^6 bytes;
+# * **group size**: 03 and 07 use groups of 64 (they divide this model's rows; 128 does not), twice the
+#   scales of 128;
+# * **what else is stored, in which dtype**: 03 saves in the session's dtype (fp32 on a CPU: the embedding
+#   and the scales at 4 bytes a number) and counts its whole folder, tokenizer files included; 07 counts
+#   the tensors vLLM loads (16-bit floats, the packed integers as stored, `g_idx` included).
+
+# %%
+cfg64 = QuantConfig(bits=4, group_size=64, symmetric=True)
+v1 = gptq_state_dict(model, rtn_layers(model, cfg64), cfg64, checkpoint_format="gptq", dtype=torch.float16)
+tensors_07 = sum(t.numel() * t.element_size() for t in v1.values())       # 16-bit floats: as vLLM holds them
+session.tokenizer.save_pretrained(tmp / "tokenizer")
+tokenizer_files = sum(f.stat().st_size for f in (tmp / "tokenizer").iterdir())
+sym64 = memory.GroupFormat(4, 64, scale_bits=torch.finfo(session.dtype).bits, zero_bits=0)  # scales in that dtype
+folder_03 = memory.weight_bytes(shape, sym64, embed_spec=in_memory)["total"] + tokenizer_files
+sizes = pd.DataFrame([
+    {"notebook": "01 (this file)", "format": "GPTQ layout, int4 g128, 4-bit zeros", "other tensors": "fp16",
+     "counts": "the .safetensors file", "bytes": size4},
+    {"notebook": "07 (GPTQ-4bit row)", "format": "GPTQ v1, int4 g64 sym, 4-bit zeros", "other tensors": "fp16/bf16",
+     "counts": "tensors vLLM loads", "bytes": tensors_07},
+    {"notebook": "03 (saved ... MB)", "format": "compressed-tensors, int4 g64 sym", "other tensors": in_memory,
+     "counts": "predicted: tensors + tokenizer files", "bytes": folder_03},
+]).set_index("notebook")
+sizes["MiB (2^20 B)"] = (sizes["bytes"] / 2**20).round(1)
+sizes["MB (10^6 B)"] = (sizes["bytes"] / 1e6).round(1)
+display(sizes.drop(columns="bytes"))
+by_group = {g: memory.weight_bytes(shape, memory.GroupFormat(4, g, zero_bits=0))["linear"] for g in (64, 128)}
+embed = {d: memory.tensor_bytes(shape.vocab, shape.hidden, d) for d in (in_memory, "fp16")}
+print(f"1 MiB = {2**20 / 1e6:.4f} MB. Groups of 64 instead of 128: {(by_group[64] - by_group[128]) / 1e6:.1f} MB more "
+      f"scales. The embedding in {in_memory} instead of fp16: {(embed[in_memory] - embed['fp16']) / 1e6:.1f} MB more. "
+      f"The tokenizer files: {tokenizer_files / 1e6:.1f} MB.")
 
 # %% [markdown]
 # The shipped GGUF file of the offline model, predicted from block layouts and checked tensor by
@@ -371,20 +437,22 @@ else:
 
 # %% [markdown]
 # ## Interactive calculator
-# Move the sliders: a Llama-shaped model of that many parameters, its weights at the chosen bits and
-# group size (fp16 scale and zero per group, fp16 embeddings), the fp16 KV cache at that context and
-# batch, and the activations of one decoding step.
+# Pick a real model shape and move the sliders: its linear layers at the chosen bits and group size (fp16
+# scale and zero per group, fp16 embeddings), the KV cache at that context, batch and width, and the
+# activations of one decoding step.
 
 # %%
+from quantedu.course import views as memory_view
+
 memory_view.calculator()
 
 # %% [markdown]
-# The calculator draws what this plain function returns; for example a 13B-parameter model at 3 bits,
-# group 64, 32k context, batch 4, 8 query heads per KV head:
+# The calculator draws what this plain function returns; for example Llama-2-13B at 3 bits, group 64,
+# 32k context, batch 4 (40 query heads, each with its own KV head: no GQA):
 
 # %%
 # NBVAL_CHECK_OUTPUT
-shape13 = memory.llama_like(13e9, gqa=8)
+shape13 = memory.model_shape("llama-2-13b")
 fp = memory.footprint(shape13, memory.GroupFormat(3, 64), context=32768, batch=4)
 print(shape13)
 for part, nbytes in fp.items():

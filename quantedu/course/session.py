@@ -104,6 +104,12 @@ class Session:
         return self.baseline(purpose).compare(model, name, self.tokenizer)
 
     @property
+    def label(self) -> str:
+        """The model actually loaded (``MODEL='auto'`` resolved; a folder's name, never a path): what tables
+        and figures call it."""
+        return getattr(self.model, "quantedu_name", None) or self.model_name
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -215,7 +221,7 @@ def start(model: str = "auto", corpus: str = "pydoc", seed: int = 0, n_windows: 
 
 
 COURSE_MAP = [
-    ("00_setup_and_tour", "Set-up and tour", "baseline perplexity, tokens/s, memory of the fp32 model"),
+    ("00_setup_and_tour", "Set-up and tour", "the course's measurement: windows, baseline, KLD, verdicts; speed"),
     ("01_memory_math", "Memory math", "bytes of weights/KV cache/activations, predicted vs measured"),
     ("02_ptq_vs_qat", "PTQ vs QAT", "RTN perplexity by bits x group size; QAT vs PTQ at the same bits"),
     ("03_gptq", "GPTQ", "GPTQ vs RTN perplexity, vs llm-compressor, quantization time"),

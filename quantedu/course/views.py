@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from ..memory import GIB, GroupFormat, footprint, llama_like
+from ..memory import GIB, GroupFormat, footprint
 
 
 def plot_breakdown(rows: dict, ax=None, unit: float = GIB, title: str = ""):
@@ -28,33 +28,37 @@ def plot_breakdown(rows: dict, ax=None, unit: float = GIB, title: str = ""):
 
 
 def calculator():
-    """Interactive memory calculator (ipywidgets): a Llama-shaped model of N parameters."""
+    """Interactive memory calculator (ipywidgets): a model of a real published shape (:data:`quantedu.memory.
+    PRESETS`), its linear layers at the chosen bits and group size, its KV cache at the chosen width."""
     import ipywidgets as W
     import matplotlib.pyplot as plt
     from IPython.display import display
 
-    params = W.FloatLogSlider(value=7e9, base=10, min=8, max=11.2, description="parameters")
+    from ..memory import PRESETS, model_shape
+
+    model = W.Dropdown(options=sorted(PRESETS, key=lambda n: model_shape(n).n_params()), value="llama-2-7b",
+                       description="model")
     bits = W.Dropdown(options=[16, 8, 6, 5, 4, 3, 2], value=4, description="bits")
     group = W.Dropdown(options=[("per-channel", 0), ("32", 32), ("64", 64), ("128", 128)], value=128,
                        description="group")
     context = W.IntSlider(value=8192, min=512, max=131072, step=512, description="context")
     batch = W.IntSlider(value=1, min=1, max=64, description="batch")
-    gqa = W.Dropdown(options=[1, 4, 8], value=1, description="heads/kv head")
+    kv_bits = W.Dropdown(options=[16, 8, 4], value=16, description="KV bits")
     out = W.Output()
 
     def draw(*_):
-        shape = llama_like(params.value, gqa.value)
+        shape = model_shape(model.value)
         spec = "fp16" if bits.value == 16 else GroupFormat(bits.value, group.value or None)
-        fp = footprint(shape, spec, context.value, batch.value)
+        fp = footprint(shape, spec, context.value, batch.value, kv_bits=kv_bits.value)
         with out:
             out.clear_output(wait=True)
             plot_breakdown({shape.name: fp}, title=f"{shape.name}: {sum(fp.values()) / GIB:.2f} GiB")
             plt.show()
 
-    for w in (params, bits, group, context, batch, gqa):
+    for w in (model, bits, group, context, batch, kv_bits):
         w.observe(draw, names="value")
     draw()
-    display(W.VBox([W.HBox([params, bits, group]), W.HBox([context, batch, gqa]), out]))
+    display(W.VBox([W.HBox([model, bits, group]), W.HBox([context, batch, kv_bits]), out]))
 
 
 def results_table(records: Iterable[dict], index: str | None = None, sort_by: str | None = None):

