@@ -62,10 +62,8 @@ def hub_reachable(timeout: float = 2.0) -> tuple[bool, str]:
     try:
         with socket.create_connection(("huggingface.co", 443), timeout=timeout):
             return True, "huggingface.co answered"
-    except OSError as exc:  # said in words: the exception's class name (gaierror) means nothing to a learner
-        why = ("its name does not resolve (no network or no DNS)" if isinstance(exc, socket.gaierror) else
-               "no answer in time" if isinstance(exc, TimeoutError) else "the connection failed")
-        return False, f"huggingface.co is unreachable: {why}"
+    except OSError as exc:
+        return False, "huggingface.co is unreachable"  # the exception class name means nothing to a learner
 
 
 DEVICES = "'auto', 'cpu', 'cuda' or 'cuda:N'"
@@ -229,7 +227,7 @@ def offline_checkpoint() -> Path:
     def convert(tmp: Path) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        print(f"Converting {gguf.name} to fp32 safetensors (once; then cached)")  # no machine path on the page
+        print(f"Converting {gguf.name} to fp32 safetensors (once; cached)")  # no machine path in a notebook
         # transformers' GGUF reader draws a tqdm bar with no switch (a widget in a notebook, else stderr):
         # keep it out of saved notebooks; errors still raise
         with _no_gguf_reader_bar(), contextlib.redirect_stderr(io.StringIO()):
@@ -346,6 +344,10 @@ def load_model(
     model = model.to(dev)
     model.eval()
     model.quantedu_source = why
-    if verbose:  # one line: which model, where, in which dtype, and why (no banner)
-        print(f"MODEL={name!r} -> {target} on {dev} ({str(dt).removeprefix('torch.')}): {why}")
+    if verbose:
+        banner = f"MODEL={name!r} -> {target} on {dev} ({dt}): {why}"
+        import textwrap
+        lines = textwrap.wrap(banner, width=96, subsequent_indent="    ")
+        rule = "=" * max(map(len, lines))
+        print("\n".join([rule, *lines, rule]))
     return model, tokenizer
