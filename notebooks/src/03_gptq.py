@@ -475,6 +475,12 @@ else:
     print(f"llm-compressor is not installed: {llm_compressor.INSTALL}")
 
 # %% [markdown]
+# Read the rule's answer for what it is. Its interval covers the noise of *this text*: these two quantized
+# models do differ on it. It does not cover the noise of *the quantization*: both libraries run the same
+# algorithm on the same settings, their codes agree in block 0, and they part only where float noise (another
+# summation order) flipped a code and the difference grew block by block. Another thread count could change
+# which of the two comes out ahead by that much; it is no verdict on either library.
+#
 # ### The seed's `optimum` snippet, run as written
 # The seed quantizes with optimum's `GPTQQuantizer(bits=4, group_size=128, desc_act=True, damp_percent=0.01,
 # dataset=...)`. optimum 2.3 runs GPTQ through GPTQModel 7.7, whose pins clash with this course's (it wants a
@@ -494,7 +500,8 @@ if not seed_env["usable"]:
     print(f"Skipped: {seed_env['why']}\n  {seed_env['install']}")
 else:
     for dist, info in seed_env["libraries"].items():
-        print(f"{dist:10s} {info['version']:8s} " + ("imports" if info["imports"] else f"does not import: {info['error']}"))
+        print(f"{dist:10s} {info['version']:8s} " + ("imports" if info["imports"] else
+                                                 f"does not import: {info['error'].split(' (/')[0]}"))  # no path
     seed_dir = runs.truncated_checkpoint(session, SEED_BLOCKS)
     seed_runs = {"as written": seed_libs.run_optimum_gptq(seed_dir, calibration=CALIB, fix=False),
                  "+ act_group_aware=False": seed_libs.run_optimum_gptq(seed_dir, calibration=CALIB, fix=True)}

@@ -414,6 +414,7 @@ if llm_compressor.available():
     recipe = llm_compressor.awq_recipe(lib_cfg, duo_scaling=lib_cfg.duo_scaling, n_grid=lib_cfg.n_grid)
     with torch_threads(session.quant_threads), no_bars():
         _, lib_wall, lib_cpu = timed(lambda: llm_compressor.run_oneshot(lib, CALIB, recipe, tokenizer))
+    llm_compressor.bake_weights(lib)  # it quantizes inside forward: write the quantized weights before copying them
     lib_run = runs.external(session, f"llm-compressor AWQ, block(s) 0-{LIB_BLOCKS - 1}", runs.with_blocks(model, lib),
                             lib_wall, lib_cpu, CALIB, purposes=("sweep",)).release()
     ours_lib = runs.quantize(session, "awq", lib_cfg, CALIB, blocks=LIB_BLOCKS, purposes=("sweep",))
@@ -431,7 +432,8 @@ else:
 
 # %%
 v4 = aw.report("eval").verdict(gq.report("eval"))
-print(f"W4 asym g64, {CALIB_SAMPLES} x {CALIB_LEN} calibration tokens: {v4}")
+print(f"W4 asym g64, {CALIB_SAMPLES} x {CALIB_LEN} calibration tokens, perplexity: {v4}")
+print(f"   KL divergence: {aw.report('eval').verdict(gq.report('eval'), metric='kld')}")
 print(f"time, {THREADS}: AWQ {aw.wall_s:.0f} s wall / {aw.cpu_s:.0f} s CPU ({N_GRID}-point grids"
       + (", alpha scored on 1 window" if FAST else "") + f"), GPTQ {gq.wall_s:.0f} s / {gq.cpu_s:.0f} s CPU")
 
