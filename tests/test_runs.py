@@ -223,3 +223,12 @@ def test_figures_draw_from_real_steps(tiny_llama):
     assert len(fig.axes) == 2
     ax = awq_figures.plot_scale_search([0, 0.5], {"all": [1.0, 0.5]})
     assert len(ax.lines) == 3
+
+
+def test_baselines_name_each_window_set_and_its_perplexity(session):
+    lines = runs.baselines(session, ("eval", "heldout")).splitlines()
+    assert [ln.split()[0] for ln in lines] == ["eval", "heldout"]
+    assert "of pydoc" in lines[0] and "of pysource" in lines[1]
+    b = session.baseline("heldout")
+    nll = -b.logprobs.gather(-1, b.targets.unsqueeze(-1)).mean().item()
+    assert lines[1].endswith(f"perplexity {np.exp(nll):.2f}")

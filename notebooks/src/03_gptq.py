@@ -42,7 +42,6 @@ import torch
 
 from quantedu import calibration
 from quantedu.course import no_bars, runs, start  # start(): no loading bars or library logs (no_bars(): llm-compressor's)
-from quantedu.course.session import WINDOWS
 from quantedu.runtime import timed, torch_threads
 
 # Every quantization is timed the same way (quantedu.runtime.timed: wall and this process's CPU seconds, the
@@ -56,11 +55,7 @@ THREADS = f"{session.quant_threads or torch.get_num_threads()} torch thread(s)"
 CALIB_SAMPLES = calibration.samples_needed(model, CALIB_LEN, at_least=MIN_SAMPLES)
 CALIB = session.calibration(CALIB_SAMPLES, CALIB_LEN, seed=0)
 print(f"calibration: {CALIB_SAMPLES} x {CALIB_LEN} tokens of the help pages; {calibration.budget(model, CALIB)}")
-for purpose in ("eval", "heldout"):
-    b = session.baseline(purpose)
-    ppl = b.logprobs.gather(-1, b.targets.unsqueeze(-1)).mean().neg().exp().item()
-    print(f"{purpose:8s} {b.windows.shape[0]} x {b.windows.shape[1]} tokens of {WINDOWS[purpose][0]}: "
-          f"{BASE} perplexity {ppl:.2f}")
+print(runs.baselines(session, ("eval", "heldout")))
 
 # %% [markdown]
 # ## 1. The objective: a quadratic in the weights

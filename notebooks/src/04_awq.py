@@ -57,10 +57,7 @@ THREADS = f"{session.quant_threads or torch.get_num_threads()} torch thread(s)"
 CALIB_SAMPLES = calibration.samples_needed(model, CALIB_LEN, at_least=MIN_SAMPLES)
 CALIB = session.calibration(CALIB_SAMPLES, CALIB_LEN, seed=0)
 print(f"calibration: {CALIB_SAMPLES} x {CALIB_LEN} tokens of the help pages; {calibration.budget(model, CALIB)}")
-for purpose in ("sweep", "eval", "heldout"):
-    b = session.baseline(purpose)
-    ppl = b.logprobs.gather(-1, b.targets.unsqueeze(-1)).mean().neg().exp().item()
-    print(f"{purpose:8s} {b.windows.shape[0]} x {b.windows.shape[1]} tokens: {BASE} perplexity {ppl:.2f}")
+print(runs.baselines(session, ("sweep", "eval", "heldout")))
 
 # %% [markdown]
 # ## 1. Salient weights: 1% of the channels

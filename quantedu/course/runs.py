@@ -290,6 +290,19 @@ def _report(run: Run, purpose: str):
 # --- tables ------------------------------------------------------------------------------------------------
 
 
+def baselines(session, purposes=("eval", "heldout")) -> str:
+    """One line per window set: its windows, its source and the session model's perplexity on them (the
+    baseline every "% over baseline" of the notebook refers to)."""
+    from . import session as session_module
+    lines = []
+    for purpose in purposes:
+        b = session.baseline(purpose)
+        ppl = math.exp(-b.logprobs.gather(-1, b.targets.unsqueeze(-1)).double().mean().item())
+        lines.append(f"{purpose:8s} {b.windows.shape[0]} x {b.windows.shape[1]} tokens of "
+                     f"{session_module.WINDOWS[purpose][0]}: {session.dtype_name} perplexity {ppl:.2f}")
+    return "\n".join(lines)
+
+
 def table(runs, purpose: str = "eval"):
     """:func:`~quantedu.course.views.quality_table` of the runs on one window set, with how each was made:
     calibration (samples x tokens) and the seconds its quantization took (wall / CPU)."""
@@ -375,5 +388,5 @@ def identical_weights(a, b) -> list[tuple[int, int]]:
     return counts
 
 
-__all__ = ["METHODS", "Run", "quantize", "external", "table", "domain_table", "truncated_model", "truncated_checkpoint",
+__all__ = ["METHODS", "Run", "quantize", "external", "baselines", "table", "domain_table", "truncated_model", "truncated_checkpoint",
            "with_blocks", "identical_weights", "model_id", "tokens_digest"]
