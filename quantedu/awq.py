@@ -50,6 +50,7 @@ from .primitives import (QuantConfig, QuantizedLayer, WeightOnlyConfig, fake_qua
 __all__ = [
     "AWQConfig", "ScaleGroup", "AWQBlock", "llama_scale_groups", "activation_scale", "weight_scale",
     "candidate_scales", "fold_scales", "search_scale", "search_clip", "awq_block", "awq_quantize_model",
+    "channel_magnitudes",
 ]
 
 
@@ -356,3 +357,26 @@ def _awq_model(model: nn.Module, batches: torch.Tensor, config: AWQConfig,
     sequential_blocks(model, batches, process, quantized_inputs=config.quantized_inputs, desc=config.label(),
                       progress=progress)
     return result
+
+
+@torch.no_grad()
+def channel_magnitudes(model: nn.Module, batches: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Step 1 of AWQ over the whole model as it is: ``s_x`` (mean |activation| per input channel, float32, CPU)
+    of every linear layer of the decoder blocks, keyed by full name (``model.layers.0.self_attn.q_proj``), over
+    every token of ``batches``."""
+    from .calibration import check_batches
+    batches = check_batches(batches)
+    sums: dict[str, torch.Tensor] = {}
+    count = {"tokens": 0}
+    layers = decoder_layers(model)
+    prefix = next(name for name, m in model.named_modules() if m is layers)
+
+    def add(name, x):
+        sums[name] = sums.get(name, 0) + x.abs().float().sum(0).cpu()
+
+    device = next(model.parameters()).device
+    with observe_linear_inputs(layers, add):
+        for row in batches:
+            model(row.unsqueeze(0).to(device), use_cache=False)
+            count["tokens"] += row.numel()
+    return {f"{prefix}.{name}": s / count["tokens"] for name, s in sums.items()}

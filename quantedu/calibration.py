@@ -274,3 +274,30 @@ def warn_if_starved(model, batches, method: str) -> CalibrationBudget:
         raise CalibrationBudgetError(message)
     warnings.warn(message, UserWarning, stacklevel=3)
     return b
+
+
+def samples_needed(model, seq_len: int, at_least: int = 1) -> int:
+    """How many calibration windows of ``seq_len`` tokens reach :func:`budget`'s minimum for ``model`` (at
+    least ``at_least``): the course model's down_proj (1,536 inputs) needs 3,072 tokens, 12 windows of 256."""
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+        raise ValueError(f"seq_len must be a positive number of tokens, got {seq_len!r}")
+    return max(at_least, -(-budget(model, torch.zeros(1, 1, dtype=torch.long)).minimum // seq_len))
+
+
+@torch.no_grad()
+def layer_inputs(model, batches, names) -> dict[str, torch.Tensor]:
+    """The inputs ``(tokens, in_features)`` (float32, CPU) of the named linear layers (full names, e.g.
+    ``model.layers.3.mlp.down_proj``) over every row of ``batches``, in token order: row ``r``'s tokens are
+    rows ``r * seq_len`` to ``(r + 1) * seq_len - 1``. For measuring a layer on held-out text, token by token."""
+    batches = check_batches(batches, _vocab_size(model))
+    names = set(names)
+    unknown = names - set(linear_layers(model))
+    if unknown:
+        raise ValueError(f"no linear layer named {sorted(unknown)[0]!r} in the model; names look like "
+                         f"{next(iter(linear_layers(model)))!r}")
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    device = next(model.parameters()).device
+    with observe_linear_inputs(model, lambda n, x: seen[n].append(x.float().cpu()), names=names):
+        for row in batches:
+            model(row.unsqueeze(0).to(device), use_cache=False)
+    return {n: torch.cat(xs) for n, xs in seen.items()}

@@ -40,6 +40,8 @@ __all__ = [
     "gptq_block",
     "gptq_quantize_weight",
     "gptq_quantize_model",
+    "layer_hessians",
+    "output_error",
 ]
 
 
@@ -339,3 +341,49 @@ def _input_owners(layer, linears, x, kwargs) -> dict[str, str]:
         for hd in handles:
             hd.remove()
     return owner
+
+
+# --- measuring GPTQ on single layers (notebook 03's sweeps) ---------------------------------------------
+
+
+@torch.no_grad()
+def layer_hessians(model: nn.Module, batches: torch.Tensor, names, per_sample: bool = False) -> dict[str, torch.Tensor]:
+    """GPTQ's Hessian of each named linear layer (full names) from calibration ``batches``, accumulated as
+    :func:`gptq_quantize_model` does (one sample per row, :class:`HessianAccumulator`), but on the model as it
+    is (no block-by-block quantization). ``per_sample=True``: one ``2 x^T x`` per row, stacked ``(rows, in,
+    in)``, whose mean over the first ``n`` rows is the Hessian of ``n`` samples (for a sweep over the amount of
+    calibration). Fewer tokens than the budget asks warn, as a quantization would
+    (:func:`quantedu.calibration.warn_if_starved`)."""
+    from .calibration import check_batches, observe_linear_inputs, warn_if_starved
+    batches = check_batches(batches)
+    warn_if_starved(model, batches, "GPTQ Hessians")
+    names = list(names)
+    widths = {n: model.get_submodule(n).in_features for n in names}
+    device = next(model.parameters()).device
+    acc = {n: HessianAccumulator(widths[n], device) for n in names}
+    samples: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+
+    def add(name, x):
+        if per_sample:
+            xf = x.float()
+            samples[name].append((2 * xf.T @ xf).cpu())
+        else:
+            acc[name].add(x)
+
+    with observe_linear_inputs(model, add, names=set(names)):
+        for row in batches:
+            model(row.unsqueeze(0).to(device), use_cache=False)
+    return {n: torch.stack(samples[n]) if per_sample else acc[n].H for n in names}
+
+
+def output_error(W: torch.Tensor, Q: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """Per-token squared output error of ``Q`` in place of ``W`` on inputs ``X`` ``(tokens, in)``, relative to
+    the mean squared output: ``||(W - Q) x_t||^2 / mean_t ||W x_t||^2``. Its mean over the tokens is GPTQ's
+    objective as a share of the output's energy, ``tr(E H E^T) / tr(W H W^T)`` with ``H`` from ``X``; per token,
+    two quantizations can be compared with the verdict rule (:func:`quantedu.verdict.verdict`)."""
+    if W.shape != Q.shape or X.dim() != 2 or X.shape[1] != W.shape[1]:
+        raise ValueError(f"need W and Q (rows, in) and X (tokens, in); got {tuple(W.shape)}, {tuple(Q.shape)}, "
+                         f"{tuple(X.shape)}")
+    X = X.float().to(W.device)
+    err = ((X @ (W.float() - Q.float()).T) ** 2).sum(1)
+    return err / ((X @ W.float().T) ** 2).sum(1).mean()

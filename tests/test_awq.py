@@ -194,3 +194,16 @@ def test_scales_agree_with_llm_compressor(tmp_path):
         print(f"{prev}: alpha {res.alpha[prev]}, max |s_ours - s_llmcompressor| = {(s - theirs).abs().max():.1e}")
         torch.testing.assert_close(s, theirs, rtol=1e-5, atol=1e-6)
     assert len(set(res.alpha.values())) > 1, "a case where every group picks the same alpha proves little"
+
+    # llm-compressor quantizes in forward and keeps the original weights: a plain copy of its state dict is not
+    # the quantized model until bake_weights writes the quantized weights in
+    plain = LlamaForCausalLM.from_pretrained(tmp_path / "fp").eval()
+    weights = {k: v for k, v in model.state_dict().items() if k in plain.state_dict()}
+    with torch.no_grad():
+        quantized = model(ids[:1]).logits
+        plain.load_state_dict(weights)
+        assert not torch.allclose(plain(ids[:1]).logits, quantized, atol=1e-4)
+        assert llm_compressor.bake_weights(model) == 7 * len(decoder_layers(model))
+        assert torch.equal(model(ids[:1]).logits, quantized)  # the forward's own quantization changes nothing now
+        plain.load_state_dict({k: v for k, v in model.state_dict().items() if k in plain.state_dict()})
+        torch.testing.assert_close(plain(ids[:1]).logits, quantized, rtol=0, atol=1e-5)

@@ -79,3 +79,22 @@ def run_oneshot(model, batches: torch.Tensor, recipe, tokenizer=None, **oneshot_
         t0 = time.perf_counter()
         oneshot(model=model, dataset=data, recipe=recipe, processor=tokenizer, **kwargs)
         return time.perf_counter() - t0
+
+
+@torch.no_grad()
+def bake_weights(model) -> int:
+    """Write into each quantized layer's ``weight`` the weight its forward uses, and return how many layers.
+
+    After ``QuantizationModifier`` (AWQ's rounding step) llm-compressor keeps the original weights and quantizes
+    them inside every forward call (GPTQModifier writes its result into ``weight`` itself). Baked, the state dict
+    alone carries the quantization: what :func:`quantedu.course.runs.with_blocks` copies into another model.
+    Baking twice changes nothing: the weights are already on their grid."""
+    from compressed_tensors.quantization.lifecycle.forward import forward_quantize
+    baked = 0
+    for module in model.modules():
+        scheme = getattr(module, "quantization_scheme", None)
+        if scheme is None or scheme.weights is None or not hasattr(module, "weight_scale"):
+            continue
+        module.weight.data = forward_quantize(module, module.weight, "weight", scheme.weights).to(module.weight.dtype)
+        baked += 1
+    return baked
