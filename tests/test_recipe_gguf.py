@@ -12,14 +12,12 @@ its buffer sizes), on a free port.
 import re
 import subprocess
 import sys
-import time
 
 import gguf
 import pytest
 from helpers import missing
 
 from quantedu import memory, recipes
-from quantedu.engines import server as servers
 from quantedu.engines import llama_cpp as lt
 from quantedu import plan as P
 from quantedu.engines.procs import free_port
@@ -37,40 +35,24 @@ def built(tmp_path_factory):
     st = lt.status()
     if not st["ok"]:
         missing(st["why"])
-    from quantedu.engines.llama_cpp.tools import _CONVERT_RUNNER
-    from quantedu.models import offline_checkpoint, offline_gguf_path
+    from quantedu.recipes import local
 
     work = tmp_path_factory.mktemp("gguf-recipe")
-    source = lt.checkpoint_with_gguf_tokenizer(offline_checkpoint(), offline_gguf_path(), work / "hf",
-                                               model_name="SmolLM2-135M-Instruct")
-    r = recipes.recipe(str(source), method="gptq", group_size=64, dataset="pydoc", n_samples=8, seq_len=256,
-                       context=CONTEXT, batch=BATCH, gguf_mix="Q4_K_M")
+    r = recipes.recipe(str(local.source_checkpoint("smollm2-135m")), method="gptq", group_size=64, dataset="pydoc",
+                       n_samples=8, seq_len=256, context=CONTEXT, batch=BATCH, gguf_mix="Q4_K_M")
     folder = work / "recipe"
     recipes.write(r, folder)
-    (folder / "gguf").mkdir()
     steps = recipes.gguf_commands(r, port=free_port())
-    for name, cmd in steps.items():
-        if name == "serve":
-            continue
-        if cmd[1:2] == ["convert_hf_to_gguf.py"]:
-            cmd = [sys.executable, "-c", _CONVERT_RUNNER, str(lt.convert_script()), *cmd[2:]]
-        else:
-            cmd = [str(lt.binary(cmd[0])) if cmd[0].startswith("llama-") else sys.executable, *cmd[1:]]
-        t0 = time.perf_counter()
-        out = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=600,
-                             env={**lt.tools.tool_env(2), "HF_HUB_OFFLINE": "1"})
-        TIMES[name] = time.perf_counter() - t0
-        assert out.returncode == 0, f"{name}: {' '.join(cmd)}\n{out.stdout[-2000:]}{out.stderr[-2000:]}"
+    TIMES.update(local.run_gguf(steps, folder))
     return r, folder, steps
 
 
 @pytest.fixture(scope="module")
 def server(built):
+    from quantedu.recipes import local
+
     r, folder, steps = built
-    cmd = [str(lt.binary("llama-server")), *steps["serve"][1:], "-t", "1", "-lv", "4"]
-    cmd[cmd.index("-m") + 1] = str(folder / cmd[cmd.index("-m") + 1])  # the written path, from the recipe's folder
-    port = int(cmd[cmd.index("--port") + 1])
-    with servers.Server(cmd, port, name="llama-server[recipe]", health_path="/health", env=lt.tools.tool_env(1)) as s:
+    with local.llama_server(steps, folder) as s:
         yield s
 
 
@@ -89,11 +71,9 @@ def test_plan_bytes_equal_what_llama_cpp_reports(built, server):
     """Weights and KV cache of the 1-GPU Q4_K_M plan = llama.cpp's own "model buffer" and "KV cache" lines."""
     r = built[0]
     p = P.plan(r.model, scheme="Q4_K_M", gpus=1, context=CONTEXT, batch=BATCH)
-    log = server.log_tail(400)
-    mib = lambda pattern: float(re.search(pattern, log)[1]) * 2**20  # noqa: E731
-    model = mib(r"CPU_Mapped model buffer size =\s+([\d.]+) MiB")
-    kv = mib(r"llama_kv_cache: size =\s+([\d.]+) MiB")
-    compute = mib(r"CPU compute buffer size =\s+([\d.]+) MiB")
+    from quantedu.recipes import local
+
+    model, kv, compute = local.reported_buffers(server.log_tail(400)).values()
     # on a CPU every tensor sits in the one mapped buffer; on GPUs the plan moves token_embd to host RAM
     assert abs(model - p.per_gpu["weights"]) <= 0.005 * 2**20
     assert abs(kv - p.per_gpu["KV cache"]) <= 0.005 * 2**20  # -c CONTEXT*BATCH, -np BATCH: BATCH x CONTEXT cells

@@ -229,6 +229,7 @@ COURSE_MAP = [
     ("05_gguf_kquants", "GGUF and K-quants", "bit-exact K-quants vs llama.cpp; size/ppl/speed per GGUF type"),
     ("06_serving", "Serving", "llama.cpp server (CPU) / vLLM (GPU): latency, throughput, concurrency"),
     ("07_benchmark_and_guide", "Benchmark and guide", "the seed's comparison table re-measured; selection guide"),
+    ("10_from_laptop_to_cluster", "From the laptop to the cluster", "plan per GPU and a recipe for 8B-70B; run here"),
 ]
 
 

@@ -11,7 +11,7 @@ machinery; one module per lesson holds its exercises (reference solution, inputs
 :mod:`.notebooks` the instructor side (``quantedu exercises --solutions`` / ``--status DIR``).
 """
 from . import (activations, awq_scales, choose_format, fp4_blocks, gguf_blocks, gptq_block, memory_math, quantize,  # noqa: F401
-               serving_stream)
+               serving_stream, tensor_parallel)
 from .core import (FAILED, NOT_ATTEMPTED, PASSED, REGISTRY, RESULTS, SOLUTIONS_ENV, Exercise, Result, check, grade,
                    hint, is_stub)
 
