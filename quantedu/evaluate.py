@@ -203,12 +203,12 @@ class Baseline:
     def compare(self, model, name: str = "quantized", tokenizer=None, progress: bool = False) -> "QualityReport":
         """Score ``model`` on the baseline's windows: a :class:`QualityReport` (one forward pass per window)."""
         self._check(model, tokenizer)
-        return self.compare_logprobs(lambda row: _window_logprobs(model, row, self.score_from), name, progress)
+        return self.score(lambda row: _window_logprobs(model, row, self.score_from), name, progress)
 
-    def compare_logprobs(self, logprobs_of, name: str = "quantized", progress: bool = False) -> "QualityReport":
-        """Score another engine on the baseline's windows: ``logprobs_of(window)`` returns that engine's
-        ``(tokens, vocab)`` log-probabilities for positions ``score_from .. seq_len - 2`` of the ``(seq_len,)``
-        token window (e.g. llama.cpp's full-vocabulary logits: :func:`quantedu.engines.llama_cpp.bindings.quality_report`)."""
+    def score(self, logprobs_of, name: str = "quantized", progress: bool = False) -> "QualityReport":
+        """A :class:`QualityReport` from any engine: ``logprobs_of(window)`` returns the ``(positions, vocab)``
+        log-probabilities of the predictions from ``score_from`` on for one ``(seq_len,)`` window of token ids
+        (llama.cpp's: :func:`quantedu.engines.llama_cpp.quality.report`)."""
         t0 = time.perf_counter()
         rows = [token_metrics(base, logprobs_of(row), target)
                 for base, row, target in tqdm(list(zip(self.logprobs, self.windows, self.targets)), desc=name,

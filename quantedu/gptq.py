@@ -104,7 +104,7 @@ class HessianAccumulator:
 class IntGrid:
     """The integer grid of :mod:`quantedu.primitives` as GPTQ uses it: a group's ``(scale, zero)`` per row
     chosen from its columns, and one column rounded on it. Any object with these two methods is a grid GPTQ
-    can quantize onto (floating-point grids: :mod:`quantedu.fp`); error feedback does not care how a column
+    can quantize onto (floating-point grids: :mod:`quantedu.fp_grids`); error feedback does not care how a column
     is rounded."""
 
     def __init__(self, config: QuantConfig):

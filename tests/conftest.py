@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random Llama (fast) and the real course model (loaded once per session)."""
+"""Shared fixtures: a tiny random Llama (fast), the real course model (loaded once per session), ggml's C reference."""
 import pytest
 
 
@@ -23,3 +23,15 @@ def tmp_cache(tmp_path, monkeypatch):
     """An empty artifact cache for the test."""
     monkeypatch.setenv("QUANTEDU_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def ggml():
+    """ggml's C quantizers (the bit-exact reference of quantedu.gguf); fail (not skip) with the install command
+    when llama-cpp-python is missing."""
+    from quantedu.engines.llama_cpp import ggml as ggml_reference
+    try:
+        ggml_reference.lib()
+    except (ImportError, OSError) as exc:
+        pytest.fail(f"ggml reference unavailable: {exc}\n{ggml_reference.INSTALL_HINT}")
+    return ggml_reference

@@ -58,14 +58,3 @@ def side_python(require, missing_error: type[Exception], unavailable, venv: str)
         if os.environ.get("CI") and not unavailable():
             pytest.fail(f"CI runs `make setup`, which makes {venv}: {exc}")
         pytest.skip(str(exc).splitlines()[0])
-
-
-def missing_tool(why: str) -> None:
-    """A tool `make setup` installs is missing: FAIL on CI (``$CI`` set), where its absence is a broken set-up,
-    SKIP with ``why`` elsewhere."""
-    import os
-
-    import pytest
-    if os.environ.get("CI"):
-        pytest.fail(f"CI runs `make setup`, which installs it: {why}")
-    pytest.skip(why)

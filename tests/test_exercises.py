@@ -280,6 +280,45 @@ def _pick(measured_only=True, tie=True, credible=True, strict_budget=False, user
     return pick
 
 
+# --- 08 -------------------------------------------------------------------------------------------------
+
+
+def _mx(scale="floor", bias=127, pairs="half", nibble="low", sign="ggml", ties="first"):
+    def mxfp4_block(xb):
+        xb = np.asarray(xb, np.float32)
+        amax = np.abs(xb).max(axis=1)
+        safe = np.where(amax > 0, amax, np.float32(1))
+        E = np.ceil(np.log2(safe / 6)) if scale == "ceil" else np.floor(np.log2(safe)) - 2
+        e = np.where(amax > 0, E + bias, 0).astype(np.int64).astype(np.uint8)
+        d = np.ldexp(np.float32(1), np.where(amax > 0, E, -127).astype(np.int64)).astype(np.float32)
+        mags = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6], np.float32)
+        v = xb / d[:, None]
+        if ties == "first":
+            mag = np.argmin(np.abs(mags * d[:, None, None] - np.abs(xb)[:, :, None]), axis=-1)
+        else:  # "away": halves up, via thresholds
+            mag = np.searchsorted([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0], np.abs(v), side="right")
+        neg = (xb < 0) if sign == "signbit" else (xb < 0) & (mag > 0)
+        codes = (mag | neg << 3).astype(np.uint8)
+        a, b = (codes[:, :16], codes[:, 16:]) if pairs == "half" else (codes[:, 0::2], codes[:, 1::2])
+        qs = a | b << 4 if nibble == "low" else b | a << 4
+        return np.concatenate([e[:, None], qs], axis=1)
+    return mxfp4_block
+
+
+def _nv(g_rule="2688", div=6, groups="rows", codes=True):
+    def nvfp4_scales(w):
+        w = torch.as_tensor(w, dtype=torch.float32)
+        amax = w.abs().max()
+        g = {"2688": 448 * 6 / amax, "one": torch.tensor(1.0), "inverted": amax / (448 * 6), "448": 448 / amax}[g_rule]
+        x = w if groups == "rows" else w.T
+        a16 = x.reshape(x.shape[0], -1, 16).abs().amax(dim=-1)
+        if groups != "rows":
+            a16 = a16.reshape(w.shape[1], w.shape[0] // 16).T
+        s = (g * (a16 / div)).clamp(max=448).to(torch.float8_e4m3fn)
+        return g, (s.view(torch.uint8) if codes else s.float())
+    return nvfp4_scales
+
+
 WRONG = [
     ("01.weight_bytes", (_wb(overhead=False),), "left out the per-group fp16 scale"),
     ("01.weight_bytes", (_wb(ceil=False),), "ragged last group"),
@@ -342,6 +381,18 @@ WRONG = [
     ("07.pick_format", (_pick(credible=False),), "its 95% interval reaches +12.0%"),
     ("07.pick_format", (_pick(strict_budget=True),), "105 MB <= budget 105 MB"),
     ("07.pick_format", (_pick(users_matter=False),), "with 8 request(s) at once"),
+    ("08.mxfp4_block", (_mx(scale="ceil"),), "ceil(log2(amax / 6)) is the no-clipping variant"),
+    ("08.mxfp4_block", (_mx(bias=0),), "without the bias"),
+    ("08.mxfp4_block", (_mx(pairs="adjacent"),), "not neighbours"),
+    ("08.mxfp4_block", (_mx(nibble="high"),), "LOW nibble"),
+    ("08.mxfp4_block", (_mx(sign="signbit"),), "never code 8"),
+    ("08.mxfp4_block", (_mx(ties="away"),), "halves do not round away from zero"),
+    ("08.nvfp4_scales", (_nv(g_rule="one"),), "the per-tensor scale is missing"),
+    ("08.nvfp4_scales", (_nv(g_rule="inverted"),), "not amax(w) / (448 * 6)"),
+    ("08.nvfp4_scales", (_nv(g_rule="448"),), "the tensor's largest group"),
+    ("08.nvfp4_scales", (_nv(div=1),), "6 is E2M1's largest value"),
+    ("08.nvfp4_scales", (_nv(groups="columns"),), "16 consecutive weights of a ROW"),
+    ("08.nvfp4_scales", (_nv(codes=False),), "Return the E4M3 bit patterns"),
 ]
 
 

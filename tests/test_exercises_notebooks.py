@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("build_notebooks", ROOT / "tools" / "build_notebooks.py")
 build_notebooks = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(build_notebooks)
-SOURCES = sorted((ROOT / "notebooks" / "src").glob("0[1-7]_*.py"))
+SOURCES = sorted(p for p in (ROOT / "notebooks" / "src").glob("[0-9][0-9]_*.py") if p.name[:2] != "00")  # 00 has no exercise
 
 
 def src_cells(src):

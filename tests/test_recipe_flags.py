@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import missing_tool, side_python
+from helpers import missing, side_python
 
 from quantedu.engines import recipe_check
 from quantedu import recipes
@@ -35,7 +35,7 @@ def tools():
     if not ok:
         pytest.skip(why)
     if not lt.status()["ok"]:
-        missing_tool(lt.status()["why"])
+        missing(lt.status()["why"])
 
 
 def _commands(r) -> dict:

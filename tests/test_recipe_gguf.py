@@ -16,7 +16,7 @@ import time
 
 import gguf
 import pytest
-from helpers import missing_tool
+from helpers import missing
 
 from quantedu import memory, recipes
 from quantedu.engines import server as servers
@@ -36,7 +36,7 @@ def built(tmp_path_factory):
         pytest.skip(why)
     st = lt.status()
     if not st["ok"]:
-        missing_tool(st["why"])
+        missing(st["why"])
     from quantedu.engines.llama_cpp.tools import _CONVERT_RUNNER
     from quantedu.models import offline_checkpoint, offline_gguf_path
 

@@ -21,7 +21,7 @@ import time
 
 import pytest
 import torch
-from helpers import missing_tool, side_python
+from helpers import missing, side_python
 
 from quantedu.engines import llm_compressor, recipe_check
 from quantedu import recipes, testmodel
@@ -37,7 +37,7 @@ TIMES: dict = {}
 def run(tmp_path_factory):
     side_python(ve.require_python, ve.MissingVLLMError, ve.unavailable_reason, ".venv-vllm")
     if not llm_compressor.available():
-        missing_tool(f"llm-compressor is not installed: {llm_compressor.INSTALL}")
+        missing(f"llm-compressor is not installed: {llm_compressor.INSTALL}")
     r = recipes.recipe(str(testmodel.test_model_path()), method="gptq", group_size=64, dataset="pydoc", n_samples=8,
                        seq_len=256, gpus=2, gpu_memory_gb=24, context=1024, batch=4)
     folder = tmp_path_factory.mktemp("recipe") / "ci-model"

@@ -5,7 +5,7 @@ same windows (``session.baseline("eval")``: perplexity, % over the baseline with
 same top token +/-), and the verdict of the one rule (:mod:`quantedu.verdict`):
 
 * **llama.cpp rows** (:func:`gguf_row`): llama.cpp's own full-vocabulary logits on the baseline's very windows
-  (:func:`quantedu.engines.llama_cpp.bindings.quality_report`), compared in torch.
+  (:func:`quantedu.engines.llama_cpp.quality.measure`), compared in torch.
 * **vLLM rows** (:func:`checkpoint_row`, :func:`dense_row`, then :func:`add_vllm`): vLLM returns only the top-k
   log-probabilities of a prompt, not the whole distribution a KL divergence needs. So the KLD is computed in
   torch on the exact checkpoint vLLM serves (read back by the package's reader), and vLLM's served
@@ -109,7 +109,7 @@ def baseline_row(session) -> Row:
     base = session.baseline("eval")
     own = iter(base.logprobs)
     name = f"{session.dtype_name} (baseline)"
-    report = base.compare_logprobs(lambda _row: next(own), name)
+    report = base.score(lambda _row: next(own), name)
     params = {id(p): p for p in session.model.parameters()}.values()  # tied embeddings counted once
     return Row(name, "fp16", "torch", report, sum(p.numel() * p.element_size() for p in params) / 1e6,
                note="the reference: quality 0 by definition; no engine kernel, so no speed")
@@ -180,14 +180,14 @@ def gguf_row(session, mix: str, imatrix: dict | None = None, heldout: bool = Fal
     (and the held-out ones), decode speed (1 thread) and, where the tools are built, ``llama-server``'s throughput
     with many clients. The file itself is not kept (the numbers are); cached."""
     from ..engines.llama_cpp import bindings as llama
+    from ..engines.llama_cpp import quality
     from ..gguf.imatrix import imatrix_digest
-    from ..gguf.io import bits_summary
 
     src = session.gguf_source()
     variant = ("FP16" if mix == "F16" else f"GGUF {mix}") + (" +imatrix" if imatrix is not None else "")
     bases = {"eval": session.baseline("eval"), **({"heldout": session.baseline("heldout")} if heldout else {})}
     key = _key("gguf-row", mix, str(src), src.stat().st_size, imatrix_digest(imatrix) if imatrix else "",
-               [b.id for b in bases.values()], CLIENTS, artifacts.code_fingerprint(llama, gguf_row, kquant_coverage))
+               [b.id for b in bases.values()], CLIENTS, artifacts.code_fingerprint(llama, quality, gguf_row, kquant_coverage))
     names = [f"{variant} [{p}]" for p in bases]
 
     def compute():
@@ -197,17 +197,14 @@ def gguf_row(session, mix: str, imatrix: dict | None = None, heldout: bool = Fal
             t0 = time.perf_counter()
             llama.quantize_file(src, path, mix, imatrix, nthread=1)
             quant_s = time.perf_counter() - t0
-            llm = llama.load(path, n_ctx=session.windows("eval").shape[1], n_threads=1, logits_all=True)
-            try:
-                reports = [llama.quality_report(path, b, n, llm=llm) for n, b in zip(names, bases.values())]
-                speed = {"1": llama.tokens_per_second(llm, PROMPT, n_tokens=MAX_TOKENS)}
-            finally:
-                llm.close()
+            m = quality.measure(path, bases, variant, n_threads=1, n_tokens=MAX_TOKENS)
+            reports = [_named(m.reports[p], n) for p, n in zip(bases, names)]
+            speed = {"1": m.tokens_per_s}
             many = _llama_server_throughput(path, CLIENTS[-1])
             if many is not None:
                 speed[str(CLIENTS[-1])] = many
             record = {"memory_mb": path.stat().st_size / 1e6, "quant_s": quant_s if mix != "F16" else math.nan,
-                      "speed": {"cpu": speed}, "bits": bits_summary(path)["linear_bits_per_weight"],
+                      "speed": {"cpu": speed}, "bits": m.sizes["linear_bits_per_weight"],
                       "coverage": None if mix == "F16" else kquant_coverage(session.model, mix, path)}
         return record, reports
 

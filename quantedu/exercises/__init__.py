@@ -10,7 +10,8 @@ which input and which element differ, expected vs got, and the likely cause. :mo
 machinery; one module per lesson holds its exercises (reference solution, inputs, diagnoses);
 :mod:`.notebooks` the instructor side (``quantedu exercises --solutions`` / ``--status DIR``).
 """
-from . import awq_scales, choose_format, gguf_blocks, gptq_block, memory_math, quantize, serving_stream  # noqa: F401
+from . import (awq_scales, choose_format, fp4_blocks, gguf_blocks, gptq_block, memory_math, quantize,  # noqa: F401
+               serving_stream)
 from .core import (FAILED, NOT_ATTEMPTED, PASSED, REGISTRY, RESULTS, SOLUTIONS_ENV, Exercise, Result, check, grade,
                    hint, is_stub)
 

@@ -71,6 +71,14 @@ def _check(name: str, q, config: QuantConfig, layer: nn.Linear) -> None:
         raise ValueError(f"{name}: scales must be positive")
 
 
+def _checked_layers(model: nn.Module, quantized: dict, config: QuantConfig):
+    """``(name, record, nn.Linear)`` of each quantized layer, its record checked against ``config`` first."""
+    linears = _linear_modules(model)
+    for name, q in quantized.items():
+        _check(name, q, config, linears[name])
+        yield name, q, linears[name]
+
+
 def _linear_modules(model: nn.Module) -> dict[str, nn.Linear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
 
@@ -194,11 +202,8 @@ def gptq_state_dict(model: nn.Module, quantized: dict, config, checkpoint_format
     config, _ = _settings(config)
     if config.bits not in (2, 3, 4, 8):
         raise ValueError(f"the GPTQ layout packs 2, 3, 4 or 8 bits, not {config.bits}")
-    linears = _linear_modules(model)
     sd = _base_state_dict(model, quantized, dtype)
-    for name, q in quantized.items():
-        layer = linears[name]
-        _check(name, q, config, layer)
+    for name, q, layer in _checked_layers(model, quantized, config):
         rows, cols = layer.weight.shape
         if (cols * config.bits) % 32 or (rows * config.bits) % 32:
             raise ValueError(f"{name}: {rows}x{cols} does not pack into whole int32 words at {config.bits} bits")
@@ -255,11 +260,8 @@ def awq_state_dict(model: nn.Module, quantized: dict, config, dtype: torch.dtype
     if config.bits != 4:
         raise ValueError(f"the AWQ GEMM layout stores 4-bit codes only, not {config.bits} (use save_gptq or "
                          "save_compressed_tensors)")
-    linears = _linear_modules(model)
     sd = _base_state_dict(model, quantized, dtype)
-    for name, q in quantized.items():
-        layer = linears[name]
-        _check(name, q, config, layer)
+    for name, q, layer in _checked_layers(model, quantized, config):
         rows, cols = layer.weight.shape
         if rows % 8:
             raise ValueError(f"{name}: {rows} output rows do not pack 8 per int32 word (AWQ packs along outputs)")

@@ -6,6 +6,7 @@
 
 Modules: :mod:`~quantedu.gguf.layouts` (block structs), :mod:`~quantedu.gguf.legacy` (Q4_0 ... Q8_0),
 :mod:`~quantedu.gguf.kquants` (Q2_K ... Q6_K), :mod:`~quantedu.gguf.iquants` (IQ4_NL, IQ4_XS),
+:mod:`~quantedu.gguf.fp4` (MXFP4, NVFP4), :mod:`~quantedu.gguf.fp4_files` (FP4 GGUF files),
 :mod:`~quantedu.gguf.search` (llama.cpp's scale searches), :mod:`~quantedu.gguf.imatrix`,
 :mod:`~quantedu.gguf.mixes` (the ``llama-quantize`` mixes), :mod:`~quantedu.gguf.io` (the file: header reader,
 writer). llama.cpp itself (its C quantizer, the bit-exact reference; its tools and servers) lives in
@@ -17,12 +18,15 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from .base import BlockQuant, dequantize_rows, quantize_rows
+from .fp4 import FP4
+from .fp4 import LAYOUTS as FP4_LAYOUTS
 from .iquants import IQUANTS
 from .kquants import KQUANTS
 from .layouts import LAYOUTS, BlockLayout, layout
 from .legacy import LEGACY
 
-QUANTIZERS: dict[GGMLQuantizationType, type[BlockQuant]] = {**LEGACY, **KQUANTS, **IQUANTS}
+LAYOUTS.update(FP4_LAYOUTS)  # MXFP4 / NVFP4 (issue 23): their layouts live beside their quantizers in fp4.py
+QUANTIZERS: dict[GGMLQuantizationType, type[BlockQuant]] = {**LEGACY, **KQUANTS, **IQUANTS, **FP4}
 TYPES = tuple(t.name for t in QUANTIZERS)
 
 

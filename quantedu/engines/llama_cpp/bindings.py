@@ -6,8 +6,6 @@
 * :func:`greedy` - deterministic generation (temperature 0, no repeat penalty).
 * :func:`perplexity` - from llama.cpp's own logits over fixed windows (no BOS, like the course's
   transformers evaluation), so numbers compare with ``quantedu.evaluate.perplexity``.
-* :func:`quality_report` - KL divergence, same top token and paired NLL against a torch baseline on its own
-  windows, from llama.cpp's full-vocabulary logits.
 * :func:`tokens_per_second` - decode speed.
 * :func:`quantize_file` - ``llama_model_quantize`` (what the ``llama-quantize`` CLI calls), with a mix name
   (or ``F16``) and optionally our importance matrix (``llama_model_imatrix_data`` array, NULL-terminated).
@@ -80,37 +78,6 @@ def perplexity(llm, text: str, n_windows: int = 8, seq_len: int = 512) -> float:
         nll -= logp[np.arange(seq_len - 1), targets].sum()
         count += seq_len - 1
     return math.exp(nll / count)
-
-
-def quality_report(path, baseline, name: str | None = None, n_threads: int = 1, llm=None):
-    """A GGUF file in llama.cpp against a torch baseline, on the very token windows of ``baseline``
-    (:class:`quantedu.evaluate.Baseline`): a :class:`quantedu.evaluate.QualityReport` (KL divergence, same top
-    token, delta-p, paired delta-NLL), from llama.cpp's full-vocabulary logits (``logits_all=True``) turned
-    into log-probabilities in torch. No BOS is added: each window is fed as it is, like the torch side.
-
-    ``llm``: an already loaded ``Llama`` (``logits_all=True``, ``n_ctx`` >= the window length) to reuse.
-    Refuses a file whose vocabulary is not the baseline's width (another tokenizer: nothing to compare)."""
-    import torch
-
-    seq_len = baseline.windows.shape[1]
-    own = llm is None
-    if own:
-        llm = load(path, n_ctx=seq_len, n_threads=n_threads, logits_all=True)
-    try:
-        if llm.n_vocab() != baseline.vocab_size:
-            raise ValueError(f"{Path(path).name} predicts over {llm.n_vocab()} tokens, the baseline over "
-                             f"{baseline.vocab_size}: another vocabulary. Compare a GGUF of the baseline's own model.")
-
-        def logprobs_of(row):
-            llm.reset()
-            llm.eval(row.tolist())
-            logits = np.asarray(llm.scores[baseline.score_from:seq_len - 1], dtype=np.float32)
-            return torch.log_softmax(torch.from_numpy(logits.copy()), dim=-1)
-
-        return baseline.compare_logprobs(logprobs_of, name or Path(path).stem)
-    finally:
-        if own:
-            llm.close()
 
 
 def tokens_per_second(llm, prompt: str = "The capital of France is", n_tokens: int = 64) -> float:
