@@ -76,3 +76,25 @@ def test_table_marks_speeds_that_no_engine_measured():
     assert shown.loc["fp32 (baseline)", "tok/s, 1 user"] == "-"
     r["gptq"].speed = {}
     assert comparison.table(list(r.values())).loc["GPTQ W4 asym g64", "tok/s, 1 user"] == comparison.NA
+
+
+def test_without_vllm_its_rows_keep_torch_quality_and_say_which_engine_ran(monkeypatch):
+    """A machine without .venv-vllm (Colab CPU, the conda route): add_vllm says why, every checkpoint row keeps its
+    torch quality with no speed, and the guide and table never credit vLLM with a measurement."""
+    from quantedu.engines import vllm
+
+    def no_vllm():
+        raise vllm.MissingVLLMError("vLLM is not available: no vLLM environment was found")
+    monkeypatch.setattr(vllm, "require_python", no_vllm)
+    r = rows()
+    for role in ("bf16", "gptq", "awq", "act_order"):
+        r[role].speed, r[role].checkpoint = {}, f"/nonexistent/{role}"
+    info = comparison.add_vllm(list(r.values()), session=None)
+    assert info == {"missing": "vLLM is not available: no vLLM environment was found"}
+    assert all("vLLM not installed here" in r[k].note and not r[k].kernel for k in ("bf16", "gptq", "awq"))
+    shown = comparison.table(list(r.values()))
+    assert shown.loc["GPTQ W4 asym g64", "tok/s, 1 user"] == comparison.NA
+    assert shown.loc["GPTQ W4 asym g64", "engine"] == "torch only: vLLM did not run"
+    assert shown.loc["GGUF Q4_K_M", "engine"] == "llama.cpp"
+    rec = guide.recommend(guide.frame([x for x in r.values() if x.engine != "torch"]), "cpu", "one", accuracy="any")
+    assert rec.engine == "llama.cpp"

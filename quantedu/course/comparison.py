@@ -359,11 +359,19 @@ def table(rows: list[Row], hardware: str = "cpu"):
     from .views import quality_table
     q = quality_table([r.report for r in rows])
     extra = pd.DataFrame([{
-        "engine": r.engine, "MB": round(r.memory_mb, 1),
+        "engine": ran(r), "MB": round(r.memory_mb, 1),
         **{f"tok/s, {k} user{'s' * (k > 1)}": _speed_cell(r, hardware, k) for k in CLIENTS},
         "quantize s": "-" if math.isnan(r.quant_s) else f"{r.quant_s:.0f}"} for r in rows],
         index=q.index)
     return pd.concat([extra[["engine", "MB"]], q, extra.drop(columns=["engine", "MB"])], axis=1)
+
+
+def ran(row: Row) -> str:
+    """The engine that really produced the row's numbers: a vLLM row that vLLM did not serve here (not installed,
+    or it refused the checkpoint) was measured in torch only, on the checkpoint vLLM would serve."""
+    if row.engine == "vLLM" and not row.kernel:
+        return "torch only: vLLM did not run"
+    return row.engine
 
 
 def _speed_cell(row: Row, hardware: str, clients: int) -> str:
@@ -374,4 +382,4 @@ def _speed_cell(row: Row, hardware: str, clients: int) -> str:
 
 
 __all__ = ["Row", "CLIENTS", "NA", "SERVED_TOLERANCE", "baseline_row", "gguf_row", "checkpoint_row", "dense_row",
-           "add_vllm", "kquant_coverage", "table"]
+           "add_vllm", "kquant_coverage", "ran", "table"]

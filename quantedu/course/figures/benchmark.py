@@ -60,7 +60,8 @@ def plot_speed(rows, hardware: str = "cpu", clients=(1, 8), ax=None):
             if v != v:
                 ax.annotate("n/a" if k == 1 else "not measured", (0, yy + (j - (len(clients) - 1) / 2) * h),
                             xytext=(3, 0), textcoords="offset points", va="center", fontsize=7, color="gray")
-    ax.set_yticks(y, [f"{r.variant} ({r.engine})" for r in rows], fontsize=8)
+    from ..comparison import ran
+    ax.set_yticks(y, [f"{r.variant} ({ran(r)})" for r in rows], fontsize=8)
     ax.invert_yaxis()
     ax.set(xlabel=f"tokens/s on this {hardware.upper()} (1 thread per engine)", title="speed with a real kernel")
     ax.legend(fontsize=8, loc="lower right")
