@@ -174,11 +174,12 @@ def _llama_server_throughput(path, clients: int) -> float | None:
     return float(by_concurrency(df).throughput_tok_s.iloc[0])
 
 
-def gguf_row(session, mix: str, imatrix: dict | None = None, heldout: bool = False) -> Row:
+def gguf_row(session, mix: str, imatrix: dict | None = None, heldout: bool = False, many: bool = True) -> Row:
     """A GGUF of the session model made by llama.cpp's quantizer (``mix``: ``F16`` or a ``llama-quantize`` type,
     optionally with an importance matrix), measured in llama.cpp: size, full-logit quality on the eval windows
     (and the held-out ones), decode speed (1 thread) and, where the tools are built, ``llama-server``'s throughput
-    with many clients. The file itself is not kept (the numbers are); cached."""
+    with many clients (``many=False``: not measured, the cell says so). The file itself is not kept (the numbers
+    are); cached."""
     from ..engines.llama_cpp import bindings as llama
     from ..engines.llama_cpp import quality
     from ..gguf.imatrix import imatrix_digest
@@ -187,7 +188,7 @@ def gguf_row(session, mix: str, imatrix: dict | None = None, heldout: bool = Fal
     variant = ("FP16" if mix == "F16" else f"GGUF {mix}") + (" +imatrix" if imatrix is not None else "")
     bases = {"eval": session.baseline("eval"), **({"heldout": session.baseline("heldout")} if heldout else {})}
     key = _key("gguf-row", mix, str(src), src.stat().st_size, imatrix_digest(imatrix) if imatrix else "",
-               [b.id for b in bases.values()], CLIENTS, artifacts.code_fingerprint(llama, quality, gguf_row, kquant_coverage))
+               [b.id for b in bases.values()], CLIENTS if many else CLIENTS[:1], artifacts.code_fingerprint(llama, quality, gguf_row, kquant_coverage))
     names = [f"{variant} [{p}]" for p in bases]
 
     def compute():
@@ -200,9 +201,9 @@ def gguf_row(session, mix: str, imatrix: dict | None = None, heldout: bool = Fal
             m = quality.measure(path, bases, variant, n_threads=1, n_tokens=MAX_TOKENS)
             reports = [_named(m.reports[p], n) for p, n in zip(bases, names)]
             speed = {"1": m.tokens_per_s}
-            many = _llama_server_throughput(path, CLIENTS[-1])
-            if many is not None:
-                speed[str(CLIENTS[-1])] = many
+            served = _llama_server_throughput(path, CLIENTS[-1]) if many else None
+            if served is not None:
+                speed[str(CLIENTS[-1])] = served
             record = {"memory_mb": path.stat().st_size / 1e6, "quant_s": quant_s if mix != "F16" else math.nan,
                       "speed": {"cpu": speed}, "bits": m.sizes["linear_bits_per_weight"],
                       "coverage": None if mix == "F16" else kquant_coverage(session.model, mix, path)}

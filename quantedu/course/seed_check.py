@@ -22,7 +22,7 @@ from .seed import seed_csv
 
 HOLDS, FAILS, TIE, UNTESTED = "holds here", "does not hold here", "a tie at this much text", "cannot be tested here"
 REAL_SHAPE = "llama-3.1-8b"  # where a K-quant claim cannot be tested on this model's shapes: its bits on a 8B shape
-ROLES = ("baseline", "f16", "q4_k_m", "q5_k_m", "bf16", "gptq", "awq", "act_order", "iq4_xs", "q2_k")
+ROLES = ("baseline", "f16", "q4_k_m", "q5_k_m", "bf16", "gptq", "awq", "act_order", "iq4_xs", "q2_k")  # q2_k optional
 
 
 def hardware() -> dict:
