@@ -17,7 +17,7 @@ def test_verdict_bars_are_the_rules_intervals():
         v = a.report.verdict(b.report, metric="kld")
         assert tuple(bar.get_xdata()) == (v.interval.low, v.interval.high)
         assert bar.get_color() == ("tab:gray" if v.tie else "tab:green")
-    assert [t.get_text() for t in right.texts] == ["AWQ better", "tie"]
+    assert [t.get_text() for t in right.texts] == ["AWQ W4 asym g64 better", "tie"]
 
 
 def test_size_and_speed_figures_leave_out_the_baseline_and_name_the_engine_that_ran():

@@ -20,15 +20,16 @@ def plot_size_vs_kld(rows, ax=None, title: str = "quality per byte: mean KL dive
 
     ax = ax or plt.subplots(figsize=(7.5, 4))[1]
     shown = set()
-    for r in rows:
-        if r.engine == "torch":
-            continue  # the baseline: KLD 0, off a log axis
+    rows = sorted((r for r in rows if r.engine != "torch"), key=lambda r: r.memory_mb)  # the baseline: KLD 0
+    for i, r in enumerate(rows):
         marker, color = ENGINE_STYLE.get(r.engine, ("x", "k"))
         k = r.report.kld
         ax.errorbar(r.memory_mb, k.mean, yerr=[[min(Z95 * k.se, 0.9 * k.mean)], [Z95 * k.se]], fmt=marker,
                     color=color, capsize=3, label=None if r.engine in shown else r.engine)
         shown.add(r.engine)
-        ax.annotate(r.variant, (r.memory_mb, k.mean), textcoords="offset points", xytext=(6, 4), fontsize=7)
+        # neighbours in size get labels at staggered heights, so that a cluster of 4-bit files stays readable
+        ax.annotate(r.variant, (r.memory_mb, k.mean), textcoords="offset points", xytext=(7, 6 - 10 * (i % 3)),
+                    fontsize=7, va="center")
         if r.heldout is not None:
             h = r.heldout.kld.mean
             ax.plot([r.memory_mb, r.memory_mb], [k.mean, h], color=color, lw=0.8, alpha=0.6)
@@ -94,7 +95,7 @@ def plot_verdicts(rows, pairs, axes=None):
         color = "tab:gray" if v.tie else ("tab:green" if v.winner == a.variant else "tab:red")
         right.plot([iv.low, iv.high], [i, i], color=color, lw=3)
         right.plot(iv.mean, i, "k|", ms=10)
-        right.annotate("tie" if v.tie else f"{v.winner.split(' ')[0]} better", (iv.high, i), xytext=(4, 0),
+        right.annotate("tie" if v.tie else f"{v.winner} better", (iv.high, i), xytext=(4, 0),
                        textcoords="offset points", va="center", fontsize=7)
     right.axvline(0, color="k", lw=0.8)
     right.set_yticks(range(len(pairs)), [f"{a.variant} - {b.variant}" for a, b in pairs], fontsize=8)
