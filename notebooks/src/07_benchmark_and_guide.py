@@ -221,7 +221,8 @@ table = guide.frame(rows)
 dense_mb = row["BF16"].memory_mb
 for hw, users, mb, acc in [("cpu", "one", math.inf, "moderate"), ("cpu", "many", math.inf, "moderate"),
                            ("cpu", "one", 0.5 * dense_mb, "high"), ("gpu", "many", math.inf, "moderate")]:
-    print(f"--- {hw.upper()}, {users} user{'s' * (users == 'many')}, memory budget {mb:.0f} MB, accuracy '{acc}'")
+    limit = "no memory limit" if mb == math.inf else f"memory budget {mb:.0f} MB"
+    print(f"--- {hw.upper()}, {users} user{'s' * (users == 'many')}, {limit}, accuracy '{acc}'")
     print(guide.recommend(table, hw, users, mb, acc))
 
 # %% [markdown]
