@@ -98,3 +98,11 @@ def test_without_vllm_its_rows_keep_torch_quality_and_say_which_engine_ran(monke
     assert shown.loc["GGUF Q4_K_M", "engine"] == "llama.cpp"
     rec = guide.recommend(guide.frame([x for x in r.values() if x.engine != "torch"]), "cpu", "one", accuracy="any")
     assert rec.engine == "llama.cpp"
+
+
+def test_tiny_klds_are_shown_in_powers_of_ten_and_the_rest_as_the_views_round_them():
+    r = rows()
+    shown = comparison.table([r["baseline"], r["f16"], r["q4_k_m"]])
+    k = r["f16"].report.kld
+    assert shown.loc["FP16", "mean KLD"] == f"{k.mean:.1e} ± {k.se:.0e}" and "e-0" in shown.loc["FP16", "mean KLD"]
+    assert "e" not in shown.loc["GGUF Q4_K_M", "mean KLD"]  # 0.08 ± 0.003: decimals, as quality_table writes them

@@ -359,12 +359,21 @@ def table(rows: list[Row], hardware: str = "cpu"):
 
     from .views import quality_table
     q = quality_table([r.report for r in rows])
+    q["mean KLD"] = [_kld_cell(r.report.kld, cell) for r, cell in zip(rows, q["mean KLD"])]
     extra = pd.DataFrame([{
         "engine": ran(r), "MB": round(r.memory_mb, 1),
         **{f"tok/s, {k} user{'s' * (k > 1)}": _speed_cell(r, hardware, k) for k in CLIENTS},
         "quantize s": "-" if math.isnan(r.quant_s) else f"{r.quant_s:.0f}"} for r in rows],
         index=q.index)
     return pd.concat([extra[["engine", "MB"]], q, extra.drop(columns=["engine", "MB"])], axis=1)
+
+
+def _kld_cell(kld, cell: str) -> str:
+    """A KLD far below 0.001 (a 16-bit row) in powers of ten: ``5.4e-06 ± 2e-07``, not seven decimals."""
+    if not 0 < kld.se < kld.mean < 1e-3:
+        return cell
+    digits = max(0, math.floor(math.log10(kld.mean)) - math.floor(math.log10(kld.se)))
+    return f"{kld.mean:.{digits}e} ± {kld.se:.0e}"
 
 
 def ran(row: Row) -> str:

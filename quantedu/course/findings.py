@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from .seed_check import _short
+
 __all__ = ["differences", "size", "speed", "kquants", "baseline_grid", "calibration", "served"]
 
 
@@ -74,7 +76,7 @@ def baseline_grid(m, offline_file: bool) -> str:
     q4, q5 = m["q4_k_m"], m["q5_k_m"]
     v = q5.report.verdict(q4.report, metric="kld")
     text = (f"Baseline: Q4_K_M {100 * math.expm1(q4.report.delta_nll.mean):+.1f}% perplexity, Q5_K_M "
-            f"{100 * math.expm1(q5.report.delta_nll.mean):+.1f}%; by the rule on KL divergence: {v}")
+            f"{100 * math.expm1(q5.report.delta_nll.mean):+.1f}%; by the rule on KL divergence: {_short(v)}.")
     if offline_file:
         text += (" The offline model's weights were already on a Q4_1 grid (dequantized to fp32), and no K-quant or"
                  " fallback type lines up with that grid, so more bits need not mean a smaller error here.")
@@ -87,7 +89,7 @@ def calibration(m, budget=None) -> str:
     enough = f" ({budget})" if budget is not None else ""
     return (f"Calibration: {g.variant} and {a.variant} both {g.label}{enough}. Quantization took GPTQ "
             f"{g.quant_s:.0f} s and AWQ {a.quant_s:.0f} s on one thread of a shared 2-core CPU, not a GPU: compare "
-            f"them with each other only. KL divergence: {a.report.verdict(g.report, metric='kld')}")
+            f"them with each other only. KL divergence: {_short(a.report.verdict(g.report, metric='kld'))}.")
 
 
 def served(rows, tolerance: float) -> str:
