@@ -9,7 +9,7 @@ import torch
 
 from quantedu.exercises import FAILED, NOT_ATTEMPTED, PASSED, REGISTRY, grade
 from quantedu.exercises.choose_format import example_table
-from quantedu.course.guide import ACCURACY, ENGINES, SPEED_TIE
+from quantedu.course.guide import ACCURACY, SPEED_TIE, USERS
 from quantedu.primitives import QuantConfig, fake_quantize
 from test_exercises_activations import WRONG as WRONG_09
 
@@ -265,24 +265,19 @@ def _sse(first="text", rate="n-1", prefix=5, choices="get", empty="nan"):
 # --- 07 -------------------------------------------------------------------------------------------------
 
 
-def _pick(hardware_filter=True, tie=True, relative=True, strict_budget=False):
-    def pick(table, hardware, memory_budget_mb, accuracy):
-        runnable = set().union(*(k.get(hardware, set()) for k in ENGINES.values()))
-        base = table.loc[table.format == "fp16", "ppl"].iloc[0]
+def _pick(measured_only=True, tie=True, credible=True, strict_budget=False, users_matter=True):
+    def pick(table, hardware, users, memory_budget_mb, accuracy):
+        speed = table[f"{hardware}_tok_s_{USERS[users] if users_matter else 1}"]
         keep = table.memory_mb < memory_budget_mb if strict_budget else table.memory_mb <= memory_budget_mb
-        if hardware_filter:
-            keep &= table.format.isin(runnable)
-        keep &= (table.ppl / base - 1 if relative else table.ppl - base) <= ACCURACY[accuracy]
-        ok = table[keep]
+        if measured_only:
+            keep &= speed.notna()
+        keep &= (table.ppl_increase_high if credible else table.ppl_increase) <= ACCURACY[accuracy]
+        ok = table[keep & (table.engine != "torch")]
         if ok.empty:
             return None
-        speed = ok[f"{hardware}_tok_s"]
-        if tie:
-            fast = speed >= SPEED_TIE * speed.max() if speed.notna().any() else speed.isna()
-        else:
-            fast = speed == speed.max() if speed.notna().any() else speed.isna()
-        ok = ok.assign(fast=fast).sort_values(["fast", "ppl", "memory_mb"], ascending=[False, True, True])
-        return ok.variant.iloc[0]
+        s = speed[ok.index].fillna(0)
+        fast = s >= (SPEED_TIE if tie else 1.0) * s.max()
+        return ok[fast].sort_values("memory_mb").variant.iloc[0]
     return pick
 
 
@@ -382,10 +377,11 @@ WRONG = [
     ("06.sse_timings", (_sse(choices="index"),), "can have no choices"),
     ("06.sse_timings", (_sse(prefix=6),), "strip the space after 'data:'"),
     ("06.sse_timings", (_sse(empty="divide"),), "single token has no decode interval"),
-    ("07.pick_format", (_pick(hardware_filter=False),), "has no kernel on cpu"),
-    ("07.pick_format", (_pick(tie=False),), "within 15%: a tie"),
-    ("07.pick_format", (_pick(relative=False),), "GGUF Q4_K_M fits"),
+    ("07.pick_format", (_pick(measured_only=False),), "the guide recommends only what it measured"),
+    ("07.pick_format", (_pick(tie=False),), "within 15% of the fastest: a tie"),
+    ("07.pick_format", (_pick(credible=False),), "its 95% interval reaches +12.0%"),
     ("07.pick_format", (_pick(strict_budget=True),), "105 MB <= budget 105 MB"),
+    ("07.pick_format", (_pick(users_matter=False),), "with 8 request(s) at once"),
     ("08.mxfp4_block", (_mx(scale="ceil"),), "ceil(log2(amax / 6)) is the no-clipping variant"),
     ("08.mxfp4_block", (_mx(bias=0),), "without the bias"),
     ("08.mxfp4_block", (_mx(pairs="adjacent"),), "not neighbours"),
@@ -432,7 +428,7 @@ def test_an_exception_in_learner_code_is_a_failure_that_points_at_the_line():
 
 
 def test_notebook_table_adds_cases_for_07():
-    table = example_table(**{"GGUF Q5_K_M": {"cpu_tok_s": 45.0}})
+    table = example_table(**{"GGUF Q5_K_M": {"cpu_tok_s_1": 45.0}})
     ex = REGISTRY["07.pick_format"]
     res = grade("07.pick_format", ex.solution[0], table=table)
     plain = grade("07.pick_format", ex.solution[0], table=None)

@@ -1,199 +1,128 @@
-"""Re-measure the course's comparison table (FP16, GPTQ-4bit, AWQ-4bit, GGUF Q4_K_M, GGUF Q5_K_M) on this machine.
+"""Notebook 07's comparison table, re-measured here: one :class:`Row` per (format, engine), every cell a real run.
 
-Every cell comes from a real run, cached with :func:`quantedu.artifacts.cached_json` (keyed by the
-settings) so a notebook re-run reuses it:
+Quality is a :class:`quantedu.evaluate.QualityReport` for **every** row, against the session's baseline on the
+same windows (``session.baseline("eval")``: perplexity, % over the baseline with its interval, mean KLD +/-,
+same top token +/-), and the verdict of the one rule (:mod:`quantedu.verdict`):
 
-* **memory_mb**: bytes of the stored weights - the GGUF file; for FP16 / GPTQ / AWQ, where vLLM runs them,
-  the weights vLLM loads (:func:`vllm_measure`: vLLM's own "Model loading took" figure on a GPU, else the
-  checkpoint's tensors in the dtype vLLM serves), otherwise the safetensors of the fp16 export.
-* **ppl**: perplexity on the course's evaluation text. GGUF rows: llama.cpp's own logits
-  (:func:`quantedu.engines.llama_cpp.bindings.perplexity`). GPTQ/AWQ rows: the quantized model's exact weights
-  (``scales * (codes - zeros)``) in transformers; :func:`fp16_agreement` checks the two paths agree.
-* **quant_s**: wall time of the quantizer (llama.cpp's ``llama_model_quantize``; the course's GPTQ/AWQ with
-  the given calibration set). Machine load inflates it: compare ratios taken in one run.
-* **cpu_tok_s / gpu_tok_s**: decode tokens/s with a **real kernel** only - llama.cpp for GGUF, vLLM
-  (:mod:`quantedu.engines.vllm`: its CPU backend here, CUDA on a GPU) for FP16, GPTQ (v1 export) and AWQ
-  (AutoAWQ GEMM export). A dequantized (fake-quantized) model runs fp32 matmuls, so its speed says nothing
-  about the format: where no engine ran, the cell stays NaN ("n/a on this hardware").
+* **llama.cpp rows** (:func:`gguf_row`): llama.cpp's own full-vocabulary logits on the baseline's very windows
+  (:func:`quantedu.engines.llama_cpp.quality.measure`), compared in torch.
+* **vLLM rows** (:func:`checkpoint_row`, :func:`dense_row`, then :func:`add_vllm`): vLLM returns only the top-k
+  log-probabilities of a prompt, not the whole distribution a KL divergence needs. So the KLD is computed in
+  torch on the exact checkpoint vLLM serves (read back by the package's reader), and vLLM's served
+  log-probability of every scored token is checked against torch's on the same checkpoint: their perplexities
+  must agree within :data:`SERVED_TOLERANCE` (bf16 kernels against fp32), else the row says so.
+* the **baseline row** (:func:`baseline_row`): the model itself in torch, the zero every other row is measured from.
+
+Speed only from a real kernel, 1 thread: llama.cpp (llama-cpp-python) for GGUF files, vLLM for its checkpoints;
+``speed[hardware][clients]`` is decode tokens/s of one request (``"1"``) or total tokens/s of ``K`` requests served
+together (vLLM's continuous batching in its engine; llama.cpp's ``llama-server -np K`` where its tools are built).
+Where no engine ran, the cell is "n/a on this hardware". Everything is cached (:mod:`quantedu.artifacts`), keyed by
+the settings, the baseline's identity and the code's fingerprint, so a second run takes seconds.
 """
 from __future__ import annotations
 
-import importlib
+import hashlib
+import json
 import math
-import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import artifacts
-from ..runtime import torch_threads
+import numpy as np
 
-VARIANTS = ("FP16", "GPTQ-4bit", "AWQ-4bit", "GGUF Q4_K_M", "GGUF Q5_K_M")
-_VERSION = 3  # 2: the AWQ row exports AutoAWQ's GEMM layout (save_awq); 3: ppl halves, GGUF source per model
+from .. import artifacts
+
+SERVED_TOLERANCE = 0.01  # |ppl_vLLM / ppl_torch - 1| on the same checkpoint: bf16 kernels vs fp32, measured < 0.5%
+CLIENTS = (1, 8)         # one user; many users served together
+MAX_TOKENS = 64          # generated per request when timing decode
+PROMPT = "The capital of France is"
+NA = "n/a on this hardware"
+ACT_ORDER_FORMAT = "GPTQ act-order, dynamic (desc_act)"  # vllm_probe.format_exports' label of a desc_act: true export
+_VERSION = 4
+
+
+@dataclass
+class Row:
+    """One line of the table (see the module docstring)."""
+
+    variant: str                  # "GGUF Q4_K_M", "GPTQ W4 asym g64", ...
+    format: str                   # what the guide's engine table knows: fp16, gptq, awq, gguf
+    engine: str                   # the engine that serves it: "llama.cpp", "vLLM" or "torch" (the baseline)
+    report: object                # QualityReport on the "eval" windows
+    memory_mb: float              # the weights the engine loads (MB = 1e6 bytes)
+    quant_s: float = math.nan     # quantization wall time (one thread on a CPU)
+    speed: dict = field(default_factory=dict)   # {"cpu": {"1": tok/s, "8": tok/s}}
+    kernel: str = ""
+    checkpoint: str | None = None  # what vLLM serves (a folder or a hub id)
+    served: dict | None = None     # vLLM's own log-probabilities against torch's, or why it refused
+    heldout: object = None         # QualityReport on the "heldout" windows (calibrated methods)
+    coverage: dict | None = None   # GGUF: matrices that got the mix's type, other K-quants, fallbacks
+    label: str = ""
+    note: str = ""
+
+    def tok_s(self, hardware: str = "cpu", clients: int = 1) -> float:
+        return float(self.speed.get(hardware, {}).get(str(clients), math.nan))
+
+
+# --- cached reports -----------------------------------------------------------------------------------------
+
+def _save_report(report, path: Path) -> None:
+    np.savez(path / f"{report.name.replace('/', '_')}.npz", **report.per_token)
+    meta = {k: getattr(report, k) for k in ("name", "baseline", "seq_len", "score_from", "seconds")}
+    (path / f"{report.name.replace('/', '_')}.json").write_text(json.dumps({**meta, "baseline_id": report.baseline_id}))
+
+
+def _load_report(path: Path, name: str):
+    from ..evaluate import QualityReport
+    meta = json.loads((path / f"{name.replace('/', '_')}.json").read_text())
+    with np.load(path / f"{name.replace('/', '_')}.npz") as z:
+        per_token = {k: z[k] for k in z.files}
+    return QualityReport(meta["name"], meta["baseline"], meta["seq_len"], meta["score_from"],
+                         tuple(meta["baseline_id"]), meta["seconds"], per_token)
+
+
+def _cached(kind_key: str, names: list[str], compute) -> tuple[dict, list]:
+    """``compute() -> (record, [QualityReport...])`` once per key: the record and reports come back from the cache."""
+    def build(tmp: Path) -> None:
+        record, reports = compute()
+        for r in reports:
+            _save_report(r, tmp)
+        (tmp / "row.json").write_text(json.dumps(record, default=float))
+
+    folder = artifacts.cached_dir("comparison", kind_key, build)
+    return json.loads((folder / "row.json").read_text()), [_load_report(folder, n) for n in names]
+
+
+def _key(*parts) -> str:
+    return artifacts.cache_key(*parts, _VERSION)
 
 
 def _model_id(session) -> str:
-    """What the session really loaded (``MODEL="auto"`` means the hub model on one machine, the offline one on another)."""
     return str(getattr(session.model, "name_or_path", "") or session.model_name)
 
 
-def _dir_mb(path: Path) -> float:
-    return sum(p.stat().st_size for p in Path(path).rglob("*.safetensors")) / 1e6
+# --- rows ---------------------------------------------------------------------------------------------------
+
+def baseline_row(session) -> Row:
+    """The session model itself in torch: KLD 0, the reference of every other row (no engine kernel: no speed).
+    Its report reuses the baseline's own log-probabilities (no second forward pass)."""
+    base = session.baseline("eval")
+    own = iter(base.logprobs)
+    name = f"{session.dtype_name} (baseline)"
+    report = base.score(lambda _row: next(own), name)
+    params = {id(p): p for p in session.model.parameters()}.values()  # tied embeddings counted once
+    return Row(name, "fp16", "torch", report, sum(p.numel() * p.element_size() for p in params) / 1e6,
+               note="the reference: quality 0 by definition; no engine kernel, so no speed")
 
 
-def gguf_row(mix: str, text: str, n_windows: int = 4, seq_len: int = 512, n_tokens: int = 64, src=None,
-             imatrix: dict | None = None) -> dict:
-    """A GGUF variant measured with llama.cpp (``mix`` = ``F16`` or a ``llama-quantize`` type), cached.
-
-    ``src``: the GGUF file llama.cpp's quantizer starts from - the session's model
-    (:meth:`quantedu.course.Session.gguf_source`), so every row of a table is one model; default the shipped file.
-    ``imatrix``: quantize with this importance matrix (:func:`quantedu.gguf.imatrix.compute_imatrix`);
-    the variant is then named ``GGUF <mix> +imatrix``."""
-    from ..engines.llama_cpp import bindings as llama
-    from ..gguf.imatrix import imatrix_digest
-    from ..models import offline_gguf_path
-
-    src = Path(src) if src is not None else offline_gguf_path()
-    im = imatrix_digest(imatrix) if imatrix is not None else ""
-    key = artifacts.cache_key("gguf-row", mix, n_windows, seq_len, n_tokens, str(src), src.stat().st_size, im,
-                              _VERSION, artifacts.code_fingerprint(llama, gguf_row))
-
-    def compute() -> dict:
-        r = llama.quantize_and_measure(src, mix, text, n_windows, seq_len, n_threads=1, n_tokens=n_tokens,
-                                       imatrix=imatrix)
-        return {"memory_mb": r["file_MiB"] * 2**20 / 1e6, "ppl": r["perplexity"],
-                "quant_s": float("nan") if mix == "F16" else r["quantize_s"], "cpu_tok_s": r["tokens_per_s"]}
-
-    variant = "FP16" if mix == "F16" else f"GGUF {mix}" + (" +imatrix" if imatrix is not None else "")
-    return {"variant": variant, "format": "fp16" if mix == "F16" else "gguf", "engine": "llama.cpp",
-            **artifacts.cached_json("comparison", key, compute)}
-
-
-def torch_row(method: str, session, n_samples: int = 4, seq_len: int = 256, group_size: int = 64,
-              n_windows: int = 4, eval_len: int = 512, threads: int | None = 1, desc_act: bool = False) -> dict:
-    """GPTQ or AWQ (4-bit, ``group_size``) with the course's own implementation, exported in fp16, cached.
-
-    Returns the row and leaves the export folder in the artifact cache (``row["export"]``) for vLLM.
-    ``threads``: torch CPU threads while measuring: 1, like the llama.cpp rows, so times compare (and on a
-    busy 2-core machine torch's default 2 threads ran this several times slower); None keeps torch's setting.
-    ``desc_act``: GPTQ in activation order (dynamic groups, ``desc_act: true`` in the export); variant
-    ``GPTQ-4bit act-order``. The row's ``ppl, text A`` / ``ppl, text B`` are the two halves of the evaluation
-    windows (:meth:`quantedu.course.Session.scored`), to tell a difference from the text's noise.
-    """
-    import dataclasses
-
-    from ..data import calibration_batches
-
-    if method not in ("gptq", "awq"):
-        raise ValueError(f"method must be 'gptq' or 'awq', got {method!r}")
-    if desc_act and method != "gptq":
-        raise ValueError("desc_act (activation order) is a GPTQ option; AWQ has none")
-    key = artifacts.cache_key("torch-row", method, _model_id(session), n_samples, seq_len, group_size, n_windows, eval_len,
-                              threads, desc_act, _VERSION, _torch_code(method))
-    export = artifacts.entry_dir("exports", key)
-
-    def compute() -> dict:
-        with torch_threads(threads):
-            return measure()
-
-    def measure() -> dict:
-        import copy
-
-        import torch
-
-        model = copy.deepcopy(session.model)
-        batches = calibration_batches(session.tokenizer, n_samples, seq_len)
-        t0 = time.perf_counter()
-        if method == "gptq":
-            from ..gptq import GPTQConfig, gptq_quantize_model
-
-            cfg = GPTQConfig(bits=4, group_size=group_size, sym=True, desc_act=desc_act)
-            layers = gptq_quantize_model(model, batches, cfg, progress=False)
-        else:
-            from ..awq import AWQConfig, awq_quantize_model
-
-            cfg = AWQConfig(bits=4, group_size=group_size, search_samples=min(n_samples, 4))
-            layers = awq_quantize_model(model, batches, cfg, progress=False)
-        quant_s = time.perf_counter() - t0
-        scores = dataclasses.replace(session, n_windows=n_windows, seq_len=eval_len).scored(model)
-
-        def build(tmp: Path) -> None:
-            from ..export.write import save_awq, save_gptq
-
-            half = model.to(torch.float16)
-            save = save_gptq if method == "gptq" else save_awq  # GPTQ v1 / AutoAWQ GEMM: what `vllm serve` loads
-            save(half, layers, cfg, tmp / "model", tokenizer=session.tokenizer)
-
-        folder = artifacts.cached_dir("exports", key, build) / "model"
-        return {"memory_mb": _dir_mb(folder), **scores, "quant_s": quant_s, "cpu_tok_s": float("nan"),
-                "label": cfg.label(), "calibration": f"{n_samples} x {seq_len} tokens"}
-
-    row = artifacts.cached_json("comparison", key, compute)
-    variant = "AWQ-4bit" if method == "awq" else "GPTQ-4bit" + (" act-order" if desc_act else "")
-    # measured in transformers on the dequantized weights until add_vllm serves the export with vLLM's kernels
-    return {"variant": variant, "format": method, "engine": "transformers (dequantized)", "kernel": "",
-            "export": str(export / "model"), **row}
-
-
-def _torch_code(method: str) -> str:
-    """Fingerprint of the code behind a GPTQ/AWQ row: a change to any of it recomputes the row."""
-    from .. import calibration, evaluate
-    from ..export import packing, write
-    algo = importlib.import_module(f"quantedu.{method}")
-    return artifacts.code_fingerprint(algo, calibration, evaluate, packing, write, torch_row)
-
-
-def dense_target(session) -> str:
-    """What vLLM serves for the FP16 row: the session model's own checkpoint folder (or its hub id)."""
-    return str(getattr(session.model, "name_or_path", "") or session.model_name)
-
-
-def vllm_measure(target, dtype: str | None = None, max_tokens: int = 64, n_requests: int = 4,
-                 quantization: str | None = None, cpu_threads: int | None = 1) -> dict:
-    """Serve ``target`` with vLLM and measure it: median decode tokens/s of single requests, TTFT, weights.
-
-    ``cpu_threads=1`` on a CPU: the same single thread as the llama.cpp rows, so the speeds compare.
-    Cached per target, settings and vLLM (``{"tok_s", "ttft_s", "memory_mb", "device", "kernels", ...}``);
-    raises :class:`quantedu.engines.vllm.VLLMError` where vLLM cannot run here.
-    """
-    from ..engines import server as serving
-    from ..engines import load as bench
-    from ..engines import vllm
-
-    info = vllm.probe()
-    dtype = dtype or ("bfloat16" if info["device"] == "cpu" else "half")
-    stamp = Path(target).stat().st_mtime if Path(target).exists() else 0
-    key = artifacts.cache_key("vllm-row", str(target), stamp, dtype, quantization, max_tokens, n_requests,
-                              cpu_threads, info["python"], info["vllm"], info["device"], _VERSION)
-
-    def compute() -> dict:
-        with vllm.start_vllm(target, dtype=dtype, quantization=quantization, cpu_threads=cpu_threads) as s:
-            df = bench.sweep(s, (1,), n_requests=n_requests, max_tokens=max_tokens, model=serving.models(s)[0],
-                             timeout=120)
-            reported = reported_weight_bytes(s)
-            startup = s.startup_s
-            kernels = vllm.engine_choices(s)
-        ok = df[df.error == ""]
-        weights = reported if reported is not None else loaded_bytes(target, dtype)
-        return {"tok_s": float(ok.decode_tps.median()), "ttft_s": float(ok.ttft_s.median()),
-                "memory_mb": weights / 1e6 if weights else math.nan, "memory_source":
-                "vLLM's log" if reported is not None else f"checkpoint tensors as {dtype}",
-                "device": info["device"], "dtype": dtype, "startup_s": startup, "kernels": kernels}
-
-    return artifacts.cached_json("comparison", key, compute)
-
-
-def loaded_bytes(model, dtype: str = "bfloat16") -> int | None:
-    """Bytes of the weights vLLM loads from ``model``: every tensor of its safetensors, floating ones in
-    ``dtype`` (vLLM casts them), packed integer ones as stored; a .gguf file's size. None for a hub id."""
+def loaded_mb(model, dtype: str = "bfloat16") -> float:
+    """MB of the weights an engine loads from a checkpoint folder: every safetensors tensor, floating ones in
+    ``dtype`` (vLLM casts them), packed integer ones as stored; NaN for a hub id (nothing on disk to read)."""
     from safetensors import safe_open
-
-    path = Path(str(model))
-    if path.is_file():
-        return path.stat().st_size
-    files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
+    files = sorted(Path(str(model)).glob("*.safetensors")) if Path(str(model)).is_dir() else []
     if not files:
-        return None
-    width = {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4, "float": 4}.get(dtype, 2)
+        return math.nan
+    width = {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4}.get(dtype, 2)
     sizes = {"I32": 4, "I64": 8, "U8": 1, "I8": 1, "I16": 2, "U32": 4, "BOOL": 1}
     total = 0
     for f in files:
@@ -201,75 +130,266 @@ def loaded_bytes(model, dtype: str = "bfloat16") -> int | None:
             for key in st.keys():
                 t = st.get_slice(key)
                 total += math.prod(t.get_shape()) * sizes.get(t.get_dtype(), width)
-    return total
+    return total / 1e6
 
 
-def reported_weight_bytes(server) -> int | None:
-    """vLLM's own "Model loading took X GiB memory" (its GPU model runner reports it; the CPU one does not)."""
-    found = re.findall(r"Model loading took ([0-9.]+) ?GiB", server.log_tail(2000))
-    return int(float(found[-1]) * 2**30) if found else None
+def kquant_coverage(model, mix: str, path=None) -> dict:
+    """How many of the blocks' matrices got ``mix``'s named type (``Q4_K`` for ``Q4_K_M``), another K-quant, or
+    fell back to a 32-weight block type because their rows are not a multiple of 256; and the bits per weight
+    of those matrices. From the file at ``path`` when given, else planned by :mod:`quantedu.gguf.mixes`."""
+    from ..gguf import mixes
+    from ..gguf.layouts import LAYOUTS
+    from ..memory import model_shape
+    named = mixes.DEFAULT_TYPE[mix.upper()].name
+    if path is not None:
+        from ..gguf.io import contents
+        t = contents(path).tensors
+        linear = [n.startswith("blk.") and mixes.should_quantize(mixes.TensorInfo(n, tuple(s)))
+                  for n, s in zip(t["name"], t["shape"])]
+        t = t[linear]
+        types, bits = list(t.type), float(8 * t.bytes.sum() / t.n_params.sum())
+    else:
+        shape = model_shape(model)
+        infos = mixes.shape_tensor_infos(shape)
+        plan = mixes.assign_types(infos, mix, shape.layers, shape.heads, shape.kv_heads)
+        types = [plan[i.name].name for i in infos if i.name.startswith("blk.") and len(i.shape) == 2]
+        bits = mixes.plan_bits_per_weight(infos, plan)
+    k_family = {t.name for t, lay in LAYOUTS.items() if lay.block_size == 256}
+    got = sum(t == named for t in types)
+    other_k = sum(t in k_family and t != named for t in types)
+    return {"type": named, "matrices": len(types), "got": got, "other_kquant": other_k,
+            "fell_back": len(types) - got - other_k, "bits_per_weight": bits,
+            "types": {t: types.count(t) for t in sorted(set(types))}}
 
 
+def _llama_server_throughput(path, clients: int) -> float | None:
+    """Total tokens/s of ``clients`` requests served together by ``llama-server -np clients`` (1 thread), or
+    None where llama.cpp's tools are not built (a Colab or pip-only install)."""
+    from ..engines import llama_cpp as lt
+    from ..engines.load import by_concurrency, sweep
+    if not lt.available():
+        return None
+    with lt.start_llama_server(path, parallel=clients, n_threads=1, ctx=clients * 256) as s:
+        df = sweep(s, (clients,), n_requests=clients, max_tokens=MAX_TOKENS, prompts=[PROMPT])
+    return float(by_concurrency(df).throughput_tok_s.iloc[0])
 
-def add_vllm(rows: list[dict], session, **kwargs) -> list[dict]:
-    """Measure the FP16, GPTQ-4bit and AWQ-4bit rows with vLLM (in place): speed, weights, engine."""
-    targets = {"FP16": dense_target(session)}
-    targets.update({r["variant"]: r["export"] for r in rows if r.get("export")})
-    for row in rows:
-        if row["variant"] not in targets:
+
+def gguf_row(session, mix: str, imatrix: dict | None = None, heldout: bool = False, many: bool = True) -> Row:
+    """A GGUF of the session model made by llama.cpp's quantizer (``mix``: ``F16`` or a ``llama-quantize`` type,
+    optionally with an importance matrix), measured in llama.cpp: size, full-logit quality on the eval windows
+    (and the held-out ones), decode speed (1 thread) and, where the tools are built, ``llama-server``'s throughput
+    with many clients (``many=False``: not measured, the cell says so). The file itself is not kept (the numbers
+    are); cached."""
+    from ..engines.llama_cpp import bindings as llama
+    from ..engines.llama_cpp import quality
+    from ..gguf.imatrix import imatrix_digest
+
+    src = session.gguf_source()
+    variant = ("FP16" if mix == "F16" else f"GGUF {mix}") + (" +imatrix" if imatrix is not None else "")
+    bases = {"eval": session.baseline("eval"), **({"heldout": session.baseline("heldout")} if heldout else {})}
+    key = _key("gguf-row", mix, str(src), src.stat().st_size, imatrix_digest(imatrix) if imatrix else "",
+               [b.id for b in bases.values()], CLIENTS if many else CLIENTS[:1], artifacts.code_fingerprint(llama, quality, gguf_row, kquant_coverage))
+    names = [f"{variant} [{p}]" for p in bases]
+
+    def compute():
+        import tempfile
+        with tempfile.TemporaryDirectory(prefix="quantedu-07-") as tmp:
+            path = Path(tmp) / f"{mix}.gguf"
+            t0 = time.perf_counter()
+            llama.quantize_file(src, path, mix, imatrix, nthread=1)
+            quant_s = time.perf_counter() - t0
+            m = quality.measure(path, bases, variant, n_threads=1, n_tokens=MAX_TOKENS)
+            reports = [_named(m.reports[p], n) for p, n in zip(bases, names)]
+            speed = {"1": m.tokens_per_s}
+            served = _llama_server_throughput(path, CLIENTS[-1]) if many else None
+            if served is not None:
+                speed[str(CLIENTS[-1])] = served
+            record = {"memory_mb": path.stat().st_size / 1e6, "quant_s": quant_s if mix != "F16" else math.nan,
+                      "speed": {"cpu": speed}, "bits": m.sizes["linear_bits_per_weight"],
+                      "coverage": None if mix == "F16" else kquant_coverage(session.model, mix, path)}
+        return record, reports
+
+    rec, reports = _cached(key, names, compute)
+    return Row(variant, "fp16" if mix == "F16" else "gguf", "llama.cpp", _named(reports[0], variant), rec["memory_mb"],
+               rec["quant_s"], rec["speed"], kernel=f"llama.cpp CPU ({'F16' if mix == 'F16' else mix})",
+               heldout=_named(reports[1], variant) if heldout else None, coverage=rec["coverage"],
+               label=f"{rec['bits']:.2f} bits/weight in the blocks' matrices")
+
+
+def _named(report, name: str):
+    import dataclasses
+    return dataclasses.replace(report, name=name)
+
+
+def _torch_reports(session, key: str, variant: str, make_model, heldout: bool) -> list:
+    bases = {"eval": session.baseline("eval"), **({"heldout": session.baseline("heldout")} if heldout else {})}
+    names = [f"{variant} [{p}]" for p in bases]
+
+    def compute():
+        model = make_model()
+        return {}, [b.compare(model, n, session.tokenizer) for n, b in zip(names, bases.values())]
+
+    _, reports = _cached(_key(key, [b.id for b in bases.values()]), names, compute)
+    return [_named(r, variant) for r in reports]
+
+
+def checkpoint_row(session, ckpt, heldout: bool = True) -> Row:
+    """A GPTQ/AWQ :class:`~quantedu.course.checkpoints.Checkpoint`: quality in torch on the exact checkpoint
+    (read back from its files), on the eval windows and the held-out ones; the engine that serves it is vLLM
+    (:func:`add_vllm` fills its speed, kernel and served check, or says why it cannot here)."""
+    from ..export import load_quantized_model
+    stamp = (ckpt.path / "model.safetensors").stat().st_mtime_ns
+    reports = _torch_reports(session, f"ckpt-row-{ckpt.path.parent.name}-{stamp}", ckpt.label,
+                             lambda: load_quantized_model(ckpt.path), heldout)
+    return Row(ckpt.label, ckpt.method, "vLLM", reports[0], loaded_mb(ckpt.path), ckpt.wall_s,
+               checkpoint=str(ckpt.path), heldout=reports[1] if heldout else None,
+               label=f"calibrated on {ckpt.calibration}")
+
+
+def dense_row(session, dtype: str | None = None) -> Row:
+    """The unquantized model as vLLM serves it (bf16 on a CPU, fp16 on a GPU): quality in torch on the model cast
+    to that dtype; :func:`add_vllm` serves the session model's own checkpoint."""
+    import copy
+
+    import torch
+    dtype = dtype or ("float16" if session.on_gpu else "bfloat16")
+    name = {"bfloat16": "BF16", "float16": "FP16"}[dtype]
+    target = _model_id(session)
+    reports = _torch_reports(session, f"dense-row-{target}-{dtype}", name,
+                             lambda: copy.deepcopy(session.model).to(getattr(torch, dtype)), heldout=False)
+    mb = loaded_mb(target, dtype)
+    return Row(name, "fp16", "vLLM", reports[0], mb if mb == mb else 2 * session.model.num_parameters() / 1e6,
+               checkpoint=target, note=f"the checkpoint vLLM serves, in {dtype}")
+
+
+# --- vLLM ---------------------------------------------------------------------------------------------------
+
+def _served_check(row: Row, result: dict) -> dict:
+    """vLLM's own log-probabilities of the scored tokens against torch's on the same checkpoint."""
+    if result.get("error"):
+        from ..engines.vllm import reason
+        return {"ok": False, "error": reason(result["error"])}
+    served = -np.asarray(result["token_logprobs"], dtype=np.float64)
+    torch_nll = row.report.per_token["nll"]
+    ratio = math.exp(served.mean() - torch_nll.mean()) - 1
+    return {"ok": abs(ratio) <= SERVED_TOLERANCE, "ppl_ratio": ratio,
+            "mean_abs_dnll": float(np.abs(served - torch_nll).mean())}
+
+
+def add_vllm(rows: list[Row], session, dynamic_act_order: bool = True) -> dict:
+    """Serve every row that has a ``checkpoint`` with vLLM's kernels (one vLLM process, 1 thread on a CPU): its
+    speed, kernel and served check (:data:`SERVED_TOLERANCE`). Returns ``{"vllm", "device"}`` or, where vLLM
+    cannot run here, ``{"missing": why}`` (those rows keep their torch quality and show "n/a" speeds).
+
+    ``dynamic_act_order``: also ask vLLM to load a GPTQ checkpoint with dynamic act-order (``desc_act: true``),
+    a tiny one from :func:`quantedu.engines.vllm_probe.format_exports`: ``info["act_order"]`` is served or refused."""
+    from ..engines import vllm
+    try:
+        python = vllm.require_python()
+        info = vllm.probe(python)
+    except vllm.VLLMError as exc:
+        for r in rows:
+            if r.checkpoint:
+                r.note = "vLLM not installed here: speed n/a, quality from torch on the checkpoint vLLM would serve"
+        return {"missing": str(exc).splitlines()[0]}
+    hw = "cpu" if info["device"] == "cpu" else "gpu"
+    dtype = "bfloat16" if hw == "cpu" else "half"
+    windows = session.windows("eval")
+    prompt = session.tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
+    speed = {"prompt": prompt, "max_tokens": MAX_TOKENS, "clients": list(CLIENTS)}
+    digest = hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:16]
+    todo, keys = {}, {}
+    for r in [r for r in rows if r.checkpoint]:
+        stamp = Path(r.checkpoint).stat().st_mtime_ns if Path(r.checkpoint).exists() else 0
+        keys[r.variant] = _key("vllm-row", r.checkpoint, stamp, dtype, info["vllm"], info["device"], speed, digest)
+        if not artifacts.is_complete(artifacts.entry_dir("comparison", keys[r.variant])):
+            todo[r.variant] = {"model": r.checkpoint, "per_token": True, "speed": speed}
+    keys["__act_order__"] = _key("vllm-act-order", info["vllm"], info["device"], python)
+    ask_act_order = dynamic_act_order and not artifacts.is_complete(artifacts.entry_dir("comparison", keys["__act_order__"]))
+    if todo or ask_act_order:
+        import tempfile
+        with tempfile.TemporaryDirectory(prefix="quantedu-07-") as tmp:
+            if ask_act_order:
+                todo["__act_order__"] = _act_order_spec(Path(tmp))
+            got = vllm.vllm_perplexities(todo, windows, dtype=dtype, python=python,
+                                         cpu_threads=1 if hw == "cpu" else None)
+        for variant, res in got.items():
+            if variant == "__act_order__":
+                res = {"served": not res.get("error"), "why": vllm.reason(res["error"]) if res.get("error") else ""}
+            keep = json.dumps({k: v for k, v in res.items() if k != "shards"})
+            artifacts.cached_dir("comparison", keys[variant], lambda d, keep=keep: (d / "result.json").write_text(keep))
+    results = {v: _result(k) for v, k in keys.items() if artifacts.is_complete(artifacts.entry_dir("comparison", k))}
+    for r in [r for r in rows if r.checkpoint]:
+        res = results[r.variant]
+        r.served = _served_check(r, res)
+        if res.get("error"):
+            r.note = f"vLLM refused it here: {r.served['error']}"
             continue
-        m = vllm_measure(targets[row["variant"]], **kwargs)
-        if row["variant"] == "FP16":  # llama.cpp's F16 numbers stay beside vLLM's, in their own columns
-            row["llama_cpp_tok_s"], row["llama_cpp_mb"] = row.get("cpu_tok_s"), row.get("memory_mb")
-            row["cpu_tok_s"] = math.nan
-        speed_col = "cpu_tok_s" if m["device"] == "cpu" else "gpu_tok_s"
-        row.update({speed_col: m["tok_s"], "memory_mb": m["memory_mb"], "engine": "vllm",
-                    "kernel": _kernel(m["kernels"]), "vllm_ttft_s": m["ttft_s"]})
-    return rows
+        r.speed[hw] = res["speed"]
+        kernels = [k.split(" -> ")[-1] for k in res.get("kernels") or {} if " -> " in k]
+        r.kernel = "vLLM " + (", ".join(dict.fromkeys(kernels)) or "dense")
+        r.memory_mb = (res["reported_bytes"] / 1e6 if res.get("reported_bytes") else loaded_mb(r.checkpoint, dtype))
+    return {"vllm": info["vllm"], "device": info["device"], "hardware": hw,
+            "act_order": results.get("__act_order__") if dynamic_act_order else None}
 
 
-def _kernel(choices: list[str]) -> str:
-    used = [c.split()[1] for c in choices if c.startswith("Using ") and "Kernel" in c]
-    return ", ".join(dict.fromkeys(used)) or "dense"
+def _result(key: str) -> dict:
+    return json.loads((artifacts.entry_dir("comparison", key) / "result.json").read_text())
 
 
-def fp16_agreement(session, text: str, n_windows: int = 4, seq_len: int = 512) -> tuple[float, float]:
-    """Perplexity of the session's model in transformers and of its F16 GGUF in llama.cpp (cached): they should agree."""
-    from ..evaluate import perplexity
+def _act_order_spec(folder: Path) -> dict:
+    """A tiny GPTQ checkpoint with dynamic act-order (``desc_act: true``) and its windows, for vLLM to load."""
+    import contextlib
+    import io
 
-    key = artifacts.cache_key("fp32-ppl", _model_id(session), n_windows, seq_len, _VERSION)
-    def compute() -> float:
-        with torch_threads(1):
-            return perplexity(session.model, session.tokenizer, text, n_windows, seq_len, progress=False)
+    from ..calibration import inconclusive
+    from ..engines.vllm_probe import format_exports
+    # its quality is not the question (only whether vLLM loads the layout): starved calibration is fine, and quiet
+    with inconclusive("a tiny probe checkpoint: only its layout matters"), contextlib.redirect_stdout(io.StringIO()):
+        specs, tiny = format_exports(folder)
+    return {**{k: v for k, v in specs[ACT_ORDER_FORMAT].items() if k != "torch_ppl"}, "windows": tiny.tolist()}
 
-    hf = artifacts.cached_json("comparison", key, compute)
-    return hf, gguf_row("F16", text, n_windows, seq_len, src=session.gguf_source())["ppl"]
 
+# --- the table ----------------------------------------------------------------------------------------------
 
-def table(rows: list[dict]):
-    """The rows as a DataFrame in the seed's order, with 'n/a on this hardware' shown for missing speeds."""
+def table(rows: list[Row], hardware: str = "cpu"):
+    """The table as the notebook shows it: quality columns (:func:`quantedu.course.views.quality_table`, rounded to
+    the noise, with the rule's verdict against the baseline) beside engine, memory, speed and quantization time."""
     import pandas as pd
 
-    names = [r["variant"] for r in rows]  # the seed's variants in its order, any others after them
-    order = [v for v in VARIANTS if v in names] + [v for v in names if v not in VARIANTS]
-    df = pd.DataFrame(rows).set_index("variant").reindex(order)
-    for col in ("cpu_tok_s", "gpu_tok_s"):
-        if col not in df:
-            df[col] = math.nan
-    return df.reset_index()
+    from .views import quality_table
+    q = quality_table([r.report for r in rows])
+    q["mean KLD"] = [_kld_cell(r.report.kld, cell) for r, cell in zip(rows, q["mean KLD"])]
+    extra = pd.DataFrame([{
+        "engine": ran(r), "MB": round(r.memory_mb, 1),
+        **{f"tok/s, {k} user{'s' * (k > 1)}": _speed_cell(r, hardware, k) for k in CLIENTS},
+        "quantize s": "-" if math.isnan(r.quant_s) else f"{r.quant_s:.0f}"} for r in rows],
+        index=q.index)
+    return pd.concat([extra[["engine", "MB"]], q, extra.drop(columns=["engine", "MB"])], axis=1)
 
 
-def display_table(df):
-    """Rounded, with 'n/a on this hardware' instead of NaN speeds and '-' for no quantization."""
-    cols = ["variant", "memory_mb", "ppl", "quant_s", "cpu_tok_s", "gpu_tok_s"] + (["engine"] if "engine" in df else [])
-    out = df[cols].copy()
-    out["memory_mb"] = out.memory_mb.round(1)
-    out["ppl"] = out.ppl.round(2)
-    out["quant_s"] = [("-" if math.isnan(v) else f"{v:.1f}") for v in out.quant_s]
-    for col in ("cpu_tok_s", "gpu_tok_s"):
-        out[col] = [("n/a on this hardware" if math.isnan(v) else f"{v:.1f}") for v in out[col]]
-    return out.set_index("variant")
+def _kld_cell(kld, cell: str) -> str:
+    """A KLD far below 0.001 (a 16-bit row) in powers of ten: ``5.4e-06 ± 2e-07``, not seven decimals."""
+    if not 0 < kld.se < kld.mean < 1e-3:
+        return cell
+    digits = max(0, math.floor(math.log10(kld.mean)) - math.floor(math.log10(kld.se)))
+    return f"{kld.mean:.{digits}e} ± {kld.se:.0e}"
 
 
-__all__ = ["VARIANTS", "gguf_row", "torch_row", "dense_target", "vllm_measure", "add_vllm", "fp16_agreement",
-           "table", "display_table"]
+def ran(row: Row) -> str:
+    """The engine that really produced the row's numbers: a vLLM row that vLLM did not serve here (not installed,
+    or it refused the checkpoint) was measured in torch only, on the checkpoint vLLM would serve."""
+    if row.engine == "vLLM" and not row.kernel:
+        return "torch only: vLLM did not run"
+    return row.engine
+
+
+def _speed_cell(row: Row, hardware: str, clients: int) -> str:
+    v = row.tok_s(hardware, clients)
+    if v == v:
+        return f"{v:.0f}"
+    return "-" if row.engine == "torch" else ("not measured" if row.speed.get(hardware) else NA)
+
+
+__all__ = ["Row", "CLIENTS", "NA", "SERVED_TOLERANCE", "baseline_row", "gguf_row", "checkpoint_row", "dense_row",
+           "add_vllm", "kquant_coverage", "ran", "table"]

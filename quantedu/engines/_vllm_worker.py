@@ -4,7 +4,8 @@ A standalone script: it imports only the standard library and vLLM (the vLLM env
 quantedu). vLLM starts processes of its own, so everything runs under ``if __name__ == "__main__"``.
 
     python _vllm_worker.py probe OUT.json          vLLM version, device, CPU features
-    python _vllm_worker.py ppl JOB.json OUT.json   perplexity of each checkpoint in JOB over its windows
+    python _vllm_worker.py ppl JOB.json OUT.json   perplexity of each checkpoint in JOB over its windows (and, on
+                                                   request, each token's log-probability and decode speed)
     python _vllm_worker.py selftest                 `make vllm`'s check: one tiny generate
     python _vllm_worker.py guard CMD...             run CMD (vLLM's server) under a guard, see guard()
 
@@ -131,11 +132,13 @@ def _one(run, windows, LLM, SamplingParams, capture):
         logprobs = [[o.prompt_logprobs[i][w[i]].logprob for i in range(1, len(w))] for w, o in zip(windows, outs)]
         nll, n = -sum(map(sum, logprobs)), sum(map(len, logprobs))
         gib = capture.memory_gib()
-        extra = {"token_logprobs": logprobs} if run.get("token_logprobs") else {}
+        extra = {"token_logprobs": logprobs} if run.get("per_token") else {}  # every scored token, window by window
         if run.get("greedy_prompt"):  # decode steps read the KV cache (a prefill may not)
             greedy = SamplingParams(max_tokens=run.get("greedy_tokens", 16), temperature=0.0)
             gen = llm.generate([{"prompt_token_ids": run["greedy_prompt"]}], greedy, use_tqdm=False)[0]
             extra["greedy_ids"] = list(gen.outputs[0].token_ids)
+        if run.get("speed"):
+            extra["speed"] = _speed(llm, SamplingParams, run["speed"])
         return {**extra, "ppl": math.exp(nll / n), "nll": nll, "tokens": n, "kernels": kernels,
                 "checkpoint_bytes": _checkpoint_bytes(run["model"]),
                 "reported_bytes": None if gib is None else int(gib * 2**30), "shards": shards,
@@ -145,6 +148,26 @@ def _one(run, windows, LLM, SamplingParams, capture):
     finally:
         del llm
         gc.collect()
+
+
+def _speed(llm, SamplingParams, spec):
+    """Decode speed with this engine's kernels: ``{"1": decode tokens/s of one request (the time of its first
+    token subtracted), "K": total tokens/s of K requests served together}`` for K in ``spec["clients"]``; every
+    request generates ``spec["max_tokens"]`` tokens after ``spec["prompt"]`` (token ids), EOS ignored."""
+    prompt = {"prompt_token_ids": spec["prompt"]}
+    n = spec.get("max_tokens", 64)
+
+    def seconds(k, tokens):
+        params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
+        t0 = time.perf_counter()
+        llm.generate([prompt] * k, params, use_tqdm=False)
+        return time.perf_counter() - t0
+
+    seconds(1, 4)  # warm-up: the first request pays one-off costs
+    out = {}
+    for k in spec.get("clients", [1]):
+        out[str(k)] = (n - 1) / (seconds(1, n) - seconds(1, 1)) if k == 1 else k * n / seconds(k, n)
+    return out
 
 
 def ppl(job_path, out):

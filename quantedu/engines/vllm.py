@@ -115,12 +115,15 @@ def _windows(token_windows) -> list[list[int]]:
 
 
 def vllm_perplexities(checkpoints: dict, token_windows, dtype: str = "bfloat16", timeout: float = 900.0,
-                      python: str | None = None) -> dict[str, dict]:
+                      python: str | None = None, cpu_threads: int | None = None) -> dict[str, dict]:
     """Perplexity of several checkpoints over the same windows, in one vLLM process (one import).
 
-    ``checkpoints``: ``{name: path}`` or ``{name: {"model": path, "quantization": ..., "dtype": ...}}``.
+    ``checkpoints``: ``{name: path}`` or ``{name: {"model": path, "quantization": ..., "dtype": ...}}``; a spec
+    may add ``"per_token": True`` (each scored token's log-probability, ``token_logprobs``) and ``"speed":
+    {"prompt": [ids], "max_tokens": 64, "clients": [1, 8]}`` (decode tokens/s, ``speed``).
     Returns ``{name: {"ppl", "kernels", "model_bytes", "load_s", "eval_s", "error"}}``; a checkpoint vLLM
-    refuses has ``ppl`` missing and its reason in ``error`` (the others still run).
+    refuses has ``ppl`` missing and its reason in ``error`` (the others still run). ``cpu_threads``: on a CPU,
+    bind vLLM's threads to that many cores (1 compares with the course's 1-thread llama.cpp measurements).
     """
     python = python or require_python()
     runs = []
@@ -131,8 +134,16 @@ def vllm_perplexities(checkpoints: dict, token_windows, dtype: str = "bfloat16",
             raise FileNotFoundError(f"{name}: checkpoint {model} does not exist")
         runs.append({"name": name, "dtype": dtype, **spec, "model": str(model.resolve())})
     # the engine in the worker's own process: seconds per load instead of a spawned engine core's ~30 s
-    return SIDE.call(python, "ppl", {"runs": runs, "windows": _windows(token_windows)}, timeout,
-                     {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": None})
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": None}
+    if cpu_threads:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = _cores(cpu_threads)
+    return SIDE.call(python, "ppl", {"runs": runs, "windows": _windows(token_windows)}, timeout, env)
+
+
+def _cores(n: int) -> str:
+    """The first ``n`` cores this process may run on, as ``VLLM_CPU_OMP_THREADS_BIND`` takes them."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else range(os.cpu_count())
+    return ",".join(map(str, list(cores)[:n]))
 
 
 def vllm_perplexity(checkpoint, token_windows, dtype: str = "bfloat16", quantization: str | None = None,
@@ -258,8 +269,7 @@ def vllm_server(model, port: int | None = None, log_path=None, python: str | Non
     if device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_gib or kv_cache_gib())
         if cpu_threads:
-            cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else range(os.cpu_count())
-            env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, list(cores)[:cpu_threads]))
+            env["VLLM_CPU_OMP_THREADS_BIND"] = _cores(cpu_threads)
     # the guard (leader of the group) ends the API server, its engine core and worker when we stop it or die
     cmd = [python, str(WORKER), "guard", *cmd]
     return Server(cmd, port, name=f"vllm[{Path(str(model)).name}]", log_path=log_path, env=env,

@@ -64,7 +64,7 @@ def probe_fp8_kv(model=None, windows=None, kv_cache_dtype: str = "fp8", chunk: i
                              "(e.g. quantedu.evaluate.evaluation_windows(tokenizer, text, 4, 512))")
         windows = torch.as_tensor(windows)
         common = {"model": str(model), "max_model_len": max(256, int(windows.shape[1]) + greedy_tokens),
-                  "max_num_batched_tokens": chunk, "token_logprobs": True, "skip_tokenizer_init": tiny,
+                  "max_num_batched_tokens": chunk, "per_token": True, "skip_tokenizer_init": tiny,
                   "greedy_prompt": windows[0, : min(32, windows.shape[1])].tolist(), "greedy_tokens": greedy_tokens}
         runs = {"auto": dict(common), kv_cache_dtype: {**common, "kv_cache_dtype": kv_cache_dtype}}
         res = vllm_perplexities(runs, windows, dtype=dtype, python=python, timeout=timeout)

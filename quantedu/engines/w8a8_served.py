@@ -64,7 +64,7 @@ def served_vs_emulated(dense, checkpoints: dict, windows, dtype: str = "bfloat16
     from ..export.w8a8 import load_w8a8
     from .vllm import vllm_perplexities
 
-    runs = {label: {"model": str(path), "token_logprobs": True, **run_options}
+    runs = {label: {"model": str(path), "per_token": True, **run_options}
             for label, path in {"dense": dense, **checkpoints}.items()}
     served = vllm_perplexities(runs, windows, dtype=dtype, timeout=timeout, python=python)
     if served["dense"].get("error"):

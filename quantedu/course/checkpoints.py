@@ -1,0 +1,99 @@
+"""Quantized checkpoints that several notebooks use, made once and shared through the artifact cache.
+
+``quantize(session, config, n_samples, seq_len)`` runs the course's own GPTQ or AWQ (chosen by the config's
+type) on ``session.calibration(n_samples, seq_len)`` with ``session.quant_threads`` torch threads, times it
+(:func:`quantedu.runtime.timed`), and writes the result as a compressed-tensors ``pack-quantized`` checkpoint in
+fp16 (what llm-compressor writes and vLLM serves) into the cache (:func:`quantedu.artifacts.cached_dir`). The key is
+the model, its dtype, the config, the calibration and the fingerprint of the code that made it, so notebook 07's
+GPTQ/AWQ rows, the same settings in notebooks 03 and 04, and CI's second pass of any of them run the algorithm
+once. :meth:`Checkpoint.model` reads the checkpoint back with the package's own reader
+(:func:`quantedu.export.load_quantized_model`): the exact weights an engine serves, whoever made them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import artifacts
+
+__all__ = ["Checkpoint", "quantize", "method_of"]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A quantized checkpoint in the cache and how it was made."""
+
+    path: Path           # the compressed-tensors folder (vLLM serves it; load_quantized_model reads it)
+    method: str          # "gptq" or "awq"
+    label: str           # the config's label, e.g. "GPTQ W4 asym g64"
+    calibration: str     # "12 x 256 tokens"
+    tokens: int          # calibration tokens
+    wall_s: float        # quantization time when it was made (wall clock)
+    cpu_s: float         # ... and this process's CPU time (the wall clock also counts other jobs)
+    threads: int | None  # torch threads it ran with (None: torch's default)
+
+    def model(self, dtype: torch.dtype = torch.float32):
+        """The checkpoint's weights, dequantized from the file, in a plain transformers model."""
+        from ..export import load_quantized_model
+        return load_quantized_model(self.path, dtype)
+
+
+def method_of(config) -> str:
+    """``"gptq"`` or ``"awq"`` from the config's type (the algorithm that reads it)."""
+    from ..awq import AWQConfig
+    from ..gptq import GPTQConfig
+    if isinstance(config, GPTQConfig):
+        return "gptq"
+    if isinstance(config, AWQConfig):
+        return "awq"
+    raise TypeError(f"config must be a quantedu.gptq.GPTQConfig or quantedu.awq.AWQConfig, got {type(config).__name__}")
+
+
+def _code(method: str) -> str:
+    import importlib
+
+    from .. import calibration, primitives
+    from ..export import packing, write
+    return artifacts.code_fingerprint(importlib.import_module(f"quantedu.{method}"), calibration, primitives,
+                                      packing, write, quantize)
+
+
+def quantize(session, config, n_samples: int, seq_len: int, seed: int = 0) -> Checkpoint:
+    """The session model quantized with ``config`` (GPTQ or AWQ) on ``n_samples x seq_len`` calibration tokens
+    of the session's corpus: a :class:`Checkpoint` in the cache (made here on the first call, read afterwards).
+
+    The session model is not changed (the algorithm runs on a copy). The calibration budget rule applies as
+    everywhere (:func:`quantedu.calibration.warn_if_starved`): too few tokens warn, or fail under
+    ``QUANTEDU_STRICT_CALIBRATION`` unless inside :func:`quantedu.calibration.inconclusive`."""
+    import copy
+
+    from ..runtime import timed, torch_threads
+
+    method = method_of(config)
+    model_id = str(getattr(session.model, "name_or_path", "") or session.model_name)
+    threads = session.quant_threads
+    key = artifacts.cache_key("ckpt", method, model_id, session.dtype_name, repr(config), n_samples, seq_len, seed,
+                              session.corpus.name, threads, _code(method))
+    batches = session.calibration(n_samples, seq_len, seed=seed)
+
+    def build(tmp: Path) -> None:
+        from ..export import save_compressed_tensors
+        model = copy.deepcopy(session.model)
+        if method == "gptq":
+            from ..gptq import gptq_quantize_model
+            run = lambda: gptq_quantize_model(model, batches, config, progress=False)  # noqa: E731
+        else:
+            from ..awq import awq_quantize_model
+            run = lambda: awq_quantize_model(model, batches, config, progress=False)  # noqa: E731
+        with torch_threads(threads):
+            layers, wall, cpu = timed(run)
+        save_compressed_tensors(model.to(torch.float16), layers, config, tmp / "model", tokenizer=session.tokenizer)
+        (tmp / "run.json").write_text(json.dumps({"wall_s": wall, "cpu_s": cpu}))
+
+    folder = artifacts.cached_dir("checkpoints", key, build, meta={"model": model_id, "config": config.label()})
+    run = json.loads((folder / "run.json").read_text())
+    return Checkpoint(folder / "model", method, config.label(), f"{n_samples} x {seq_len} tokens",
+                      batches.numel(), run["wall_s"], run["cpu_s"], threads)

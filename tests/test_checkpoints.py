@@ -1,0 +1,42 @@
+"""quantedu.course.checkpoints: a GPTQ/AWQ checkpoint made once per settings, shared through the cache, timed, and
+read back as the weights an engine serves (the tiny Llama: seconds)."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from quantedu.awq import AWQConfig
+from quantedu.calibration import inconclusive
+from quantedu.course import checkpoints
+from quantedu.gptq import GPTQConfig
+
+
+def _session(model):
+    def calibration(n, seq_len, seed=0):
+        return torch.randint(0, model.config.vocab_size, (n, seq_len), generator=torch.Generator().manual_seed(seed))
+    return SimpleNamespace(model=model, model_name="tiny", dtype_name="fp32", quant_threads=1,
+                           corpus=SimpleNamespace(name="random"), tokenizer=None, calibration=calibration)
+
+
+def test_made_once_then_read_from_the_cache(tiny_llama, tmp_cache):
+    session = _session(tiny_llama)
+    before = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
+    cfg = GPTQConfig(bits=4, group_size=32, sym=False)
+    with inconclusive("a tiny random model: only the caching is tested"):
+        first = checkpoints.quantize(session, cfg, 4, 64)
+        again = checkpoints.quantize(session, cfg, 4, 64)
+        awq = checkpoints.quantize(session, AWQConfig(bits=4, group_size=32, sym=False), 4, 64)
+    assert all(torch.equal(before[k], v) for k, v in tiny_llama.state_dict().items())  # a copy was quantized
+    assert again == first and first.wall_s > 0 and first.threads == 1  # the second call ran nothing
+    assert first.tokens == 256 and first.calibration == "4 x 64 tokens" and first.method == "gptq"
+    assert awq.method == "awq" and awq.path != first.path
+    w = first.model().model.layers[0].mlp.down_proj.weight
+    ref = tiny_llama.model.layers[0].mlp.down_proj.weight
+    groups = w.detach().reshape(w.shape[0], -1, 32)
+    assert max(len(g.unique()) for row in groups for g in row) <= 16  # 4 bits: at most 16 values per group
+    assert not torch.equal(w, ref) and (w - ref).abs().mean() < 0.2 * ref.abs().mean()
+
+
+def test_another_config_type_is_refused():
+    with pytest.raises(TypeError, match="GPTQConfig or quantedu.awq.AWQConfig"):
+        checkpoints.method_of({"bits": 4})
