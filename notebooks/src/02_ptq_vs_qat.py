@@ -144,19 +144,23 @@ for kind, df in layer_err.groupby("kind"):
     axes[1].scatter(df["max/std"], df["W3 rel. error"], s=10, label=kind)
 axes[0].set(xlabel="block", ylabel="relative error", title="W3 g128 RTN error per layer", yscale="log")
 axes[1].set(xlabel="max |w| / std (outlier ratio)", ylabel="relative error", xscale="log", yscale="log",
-            title="layers with larger outliers lose more")
+            title="error against the outlier ratio")
 axes[0].legend(fontsize=7)
 plt.show()
 worst = layer_err.sort_values("W3 rel. error", ascending=False).head(3)
 by_kind = layer_err.groupby("kind")["W3 rel. error"].median().sort_values(ascending=False)
 print("median W3 error by kind:", ", ".join(f"{k} {v:.3f}" for k, v in by_kind.items()))
+extreme = layer_err.loc[layer_err["max/std"].idxmax()]
+rank = int((layer_err["W3 rel. error"] > extreme["W3 rel. error"]).sum()) + 1
+print(f"the largest outlier ratio: {extreme['layer']} (max/std {extreme['max/std']:.0f}), rank {rank} of "
+      f"{len(layer_err)} by error; error spread: {layer_err['W3 rel. error'].min():.3f} to {layer_err['W3 rel. error'].max():.3f}")
 print("largest W3 errors:", ", ".join(f"{r.layer} ({r['W3 rel. error']:.3f}, max/std {r['max/std']:.0f})"
                                        for _, r in worst.iterrows()))
 
 # %% [markdown]
-# **Takeaway:** under the same grid, layers do not lose alike: the error differs several-fold from layer to
-# layer, by kind (the medians printed above) and wherever a layer holds extreme outliers. Spending more
-# bits where the error is (mixed precision, llama.cpp's K-quant mixes in notebook 05) follows from this picture.
+# **Takeaway:** a layer's kind says little here (the medians by kind are close); single layers differ, and
+# the printed rank says where the layer with the most extreme outlier ratio stands. A method that spends
+# bits where the error is must look layer by layer (mixed precision; llama.cpp's K-quant mixes, notebook 05).
 
 # %% [markdown]
 # ## PTQ: RTN on the whole model

@@ -243,13 +243,15 @@ pd.DataFrame(checked).set_index("step")
 # two GPUs would do with this model:
 
 # %%
+from quantedu.course import no_bars
 from quantedu.engines import llama_cpp as lt
 from quantedu.recipes import local
 
 tools = lt.status()
 if not tools["ok"]:  # e.g. on Colab: the rest of this section needs llama.cpp's tools
     raise SystemExit(f"llama.cpp's tools are not built here: {tools['why']}")
-source = local.source_checkpoint(MODEL)
+with no_bars():  # the first run converts the course model once (transformers draws bars)
+    source = local.source_checkpoint(MODEL)
 try:
     recipes.recipe(str(source), method="gptq", group_size=64, dataset="pydoc", n_samples=12, seq_len=256, gpus=2,
                    gpu_memory_gb=24, context=1024, batch=2)
@@ -290,8 +292,9 @@ print(f"client.py got: {' '.join(' '.join(answer).split())[:150]!r}")
 print(f"  {usage.rsplit(': ', 1)[1].rstrip(']')}")
 compare = pd.DataFrame({"plan (MiB)": {k: small_plan.per_gpu[k] / 2**20 for k in ("weights", "KV cache")},
                         "llama.cpp reports (MiB)": {k: reported[k] / 2**20 for k in ("weights", "KV cache")}})
-assert (compare.iloc[:, 0] - compare.iloc[:, 1]).abs().max() < 0.01
+gap = (compare.iloc[:, 0] - compare.iloc[:, 1]).abs().max()
 print(compare.round(2).to_string())
+print(f"largest gap: {gap:.3f} MiB ({'the plan is llama.cpp' + chr(39) + 's own count' if gap < 0.01 else 'they differ'})")
 print(f"compute buffer: llama.cpp {reported['compute'] / 2**20:.1f} MiB, the plan's activation estimate "
       f"{small_plan.per_gpu['activations'] / 2**20:.1f} MiB")
 
