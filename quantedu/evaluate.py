@@ -203,8 +203,14 @@ class Baseline:
     def compare(self, model, name: str = "quantized", tokenizer=None, progress: bool = False) -> "QualityReport":
         """Score ``model`` on the baseline's windows: a :class:`QualityReport` (one forward pass per window)."""
         self._check(model, tokenizer)
+        return self.score(lambda row: _window_logprobs(model, row, self.score_from), name, progress)
+
+    def score(self, logprobs_of, name: str = "quantized", progress: bool = False) -> "QualityReport":
+        """A :class:`QualityReport` from any engine: ``logprobs_of(window)`` returns the ``(positions, vocab)``
+        log-probabilities of the predictions from ``score_from`` on for one ``(seq_len,)`` window of token ids
+        (llama.cpp's: :func:`quantedu.engines.llama_cpp.quality.report`)."""
         t0 = time.perf_counter()
-        rows = [token_metrics(base, _window_logprobs(model, row, self.score_from), target)
+        rows = [token_metrics(base, logprobs_of(row), target)
                 for base, row, target in tqdm(list(zip(self.logprobs, self.windows, self.targets)), desc=name,
                                               disable=not progress, leave=False)]
         per_token = {k: np.stack([r[k] for r in rows]) for k in rows[0]}

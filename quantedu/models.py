@@ -63,7 +63,7 @@ def hub_reachable(timeout: float = 2.0) -> tuple[bool, str]:
         with socket.create_connection(("huggingface.co", 443), timeout=timeout):
             return True, "huggingface.co answered"
     except OSError as exc:
-        return False, f"huggingface.co is unreachable ({exc.__class__.__name__})"
+        return False, "huggingface.co is unreachable"  # the exception class name means nothing to a learner
 
 
 DEVICES = "'auto', 'cpu', 'cuda' or 'cuda:N'"
@@ -227,7 +227,7 @@ def offline_checkpoint() -> Path:
     def convert(tmp: Path) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        print(f"Converting {gguf.name} to fp32 safetensors (once; cached in {artifacts.cache_dir()})")
+        print(f"Converting {gguf.name} to fp32 safetensors (once; cached)")  # no machine path in a notebook
         # transformers' GGUF reader draws a tqdm bar with no switch (a widget in a notebook, else stderr):
         # keep it out of saved notebooks; errors still raise
         with _no_gguf_reader_bar(), contextlib.redirect_stderr(io.StringIO()):

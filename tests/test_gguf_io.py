@@ -167,3 +167,85 @@ def test_llama_runs_our_file(llama_cpp, our_q4_0, theirs_q4_0):
             llm.close()
     assert texts[0] == texts[1] and len(texts[0].strip()) > 0
     assert ppls[0] == pytest.approx(ppls[1]) and 3 < ppls[0] < 60
+
+
+# ----------------------------------------------------- a file read back into torch; what a mix really gives
+
+@pytest.fixture(scope="module")
+def small_llama():
+    """A 2-layer random Llama with the course vocabulary (write_gguf copies the course file's tokenizer) and rows
+    of 256 and 512: every K-quant fits, and q/k have several heads, so a wrong un-permutation would show."""
+    from quantedu.testmodel import tiny_llama
+    return tiny_llama(seed=3, varied=True, vocab_size=49152, hidden_size=256, intermediate_size=512,
+                      num_attention_heads=4, num_key_value_heads=2)
+
+
+def test_read_weights_into_gives_back_what_write_gguf_wrote(small_llama, tmp_path):
+    from quantedu import gguf
+    from quantedu.testmodel import tiny_llama
+    io.write_gguf(small_llama, tmp_path / "f32.gguf", "F32")
+    other = tiny_llama(seed=4, varied=True, vocab_size=49152, hidden_size=256, intermediate_size=512,
+                       num_attention_heads=4, num_key_value_heads=2)
+    io.read_weights_into(other, tmp_path / "f32.gguf")
+    for (name, a), b in zip(small_llama.state_dict().items(), other.state_dict().values()):
+        assert torch.equal(a, b), name
+    # a quantized file: each tensor comes back as the dequantized bytes of its type, in the model's own layout
+    original = io.model_tensors(small_llama)
+    kinds = {"attn_q": "Q4_K", "attn_k": "Q6_K", "attn_v": "Q2_K", "ffn_down": "Q5_K", "ffn_up": "Q4_0"}
+    types = {n: t for n in original for k, t in kinds.items() if f".{k}." in n}  # the rest stays F32
+    plan = io.write_gguf(small_llama, tmp_path / "q.gguf", types)
+    io.read_weights_into(other, tmp_path / "q.gguf")
+    back = io.model_tensors(other)
+    assert {t.name for t in plan.values()} == {"F32", *kinds.values()}
+    for name, w in original.items():
+        if plan[name] == T.F32:
+            assert np.array_equal(back[name], w), name
+        else:
+            expect = gguf.dequantize(gguf.quantize(w, plan[name].name), plan[name].name)
+            assert np.array_equal(back[name], expect), name
+
+
+def test_read_weights_into_refuses_a_file_of_another_model(small_llama, tmp_path):
+    from quantedu.testmodel import tiny_llama
+    io.write_gguf(small_llama, tmp_path / "f32.gguf", "F32")
+    wider = tiny_llama(vocab_size=49152, hidden_size=512, intermediate_size=512, num_attention_heads=4,
+                       num_key_value_heads=2)
+    with pytest.raises(ValueError, match=r"is \(49152, 256\) in .* but \(49152, 512\) in the model"):
+        io.read_weights_into(wider, tmp_path / "f32.gguf")
+    deeper = tiny_llama(vocab_size=49152, hidden_size=256, intermediate_size=512, num_hidden_layers=3,
+                        num_attention_heads=4, num_key_value_heads=2)
+    with pytest.raises(ValueError, match="lacks"):
+        io.read_weights_into(deeper, tmp_path / "f32.gguf")
+
+
+def test_mix_counts_name_what_fell_back(source_infos):
+    from quantedu import memory
+    blocks = [t for t in source_infos if t.name.startswith("blk.") and mixes.should_quantize(t)]
+    narrow = sum(t.shape[0] % 256 != 0 for t in blocks)  # rows of 576: no room for a 256-weight block
+    assert 0 < narrow < len(blocks)
+    for mix in ("Q2_K", "Q4_K_M", "Q5_K_M", "IQ4_XS"):
+        c = mixes.mix_counts(source_infos, mix, 30, 9, 3)
+        assert c.matrices == len(blocks) and c.n_got + c.n_fell_back == len(blocks)
+        assert c.n_fell_back == narrow, mix
+        plan = mixes.assign_types(source_infos, mix, 30, 9, 3)
+        assert c.bits_per_weight == mixes.plan_bits_per_weight(source_infos, plan)
+        assert f"{c.n_got} of {c.matrices}" in str(c)
+    assert mixes.mix_counts(source_infos, "Q8_0", 30, 9, 3).n_fell_back == 0  # blocks of 32 fit 576
+    shape = memory.model_shape("llama-3-8b")
+    c8 = mixes.mix_counts(mixes.shape_tensor_infos(shape), "Q4_K_M", shape.layers, shape.heads, shape.kv_heads)
+    assert c8.n_fell_back == 0 and c8.n_got == 7 * shape.layers
+    assert 4.5 < c8.bits_per_weight < mixes.mix_counts(source_infos, "Q4_K_M", 30, 9, 3).bits_per_weight
+
+
+def test_llama_file_has_the_types_mix_counts_predicts(llama_cpp, source, source_infos, tmp_path):
+    """The counts are llama.cpp's: in the file llama_model_quantize writes, each fallback type holds as many of
+    the blocks' matrices as mix_counts says fell back to it."""
+    from collections import Counter
+    out = llama_cpp.quantize_file(source, tmp_path / "Q2_K.gguf", "Q2_K", nthread=2)
+    in_file = Counter(t.tensor_type.name for t in io.open_gguf(out).tensors
+                      if t.name.startswith("blk.") and len(t.shape) == 2)
+    c = mixes.mix_counts(source_infos, "Q2_K", 30, 9, 3)
+    expected = Counter(c.got)
+    for move, n in c.fell_back.items():
+        expected[move.split("->")[1]] += n
+    assert in_file == expected

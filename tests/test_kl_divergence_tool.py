@@ -33,9 +33,9 @@ import torch
 
 from quantedu import evaluate
 from quantedu.engines import llama_cpp as lt
+from quantedu.engines.llama_cpp.quality import EPS, kld_tolerance
 
 pytestmark = pytest.mark.slow
-EPS = 2e-4
 EXACT = ("-fa", "off", "-ctk", "f32", "-ctv", "f32")
 CTX, CHUNKS = 512, 2
 
@@ -91,12 +91,9 @@ def run(tools, course_model, tmp_path_factory):
 
 
 def bounds(r):
-    """Per-token bound ``b_t`` on |KLD_tool - KLD_ours| (module doc), and the step of each token's storage."""
-    lp, lq, s = r["lp"], r["lq"], r["stored"].step
-    p = np.exp(lp)
-    spread = (p * np.abs(lp - lq)).sum(-1)
-    dropped = (p * np.abs(lp - lq) * (r["stored"].log_probs <= -16)).sum(-1)
-    return (s / 2 + EPS) * (1 + spread) * (1 + 1e-3) + EPS + dropped, s
+    """Per-token bound ``b_t`` on |KLD_tool - KLD_ours| (module doc; ``quality.kld_tolerance``, the one notebook 05
+    states), and the step of each token's storage."""
+    return kld_tolerance(r["stored"], r["lp"], r["lq"], EPS), r["stored"].step
 
 
 def test_the_tool_stores_the_baseline_we_compute_on_the_same_tokens(run):

@@ -401,3 +401,49 @@ def test_a_failing_tool_quotes_its_command_and_output(tools, tmp_path):
     assert not (tmp_path / "out.gguf").exists() and not list(tmp_path.glob(".out.gguf*"))
     with pytest.raises(FileNotFoundError):
         lt.perplexity(tmp_path / "missing.gguf", bad)
+
+
+# ------------------------------------------------- a tool's file against the course; llama.cpp's own logits
+
+def test_course_bytes_holds_each_type_and_catches_one_changed_byte(tiny):
+    tool = tiny["root"] / "tool-q4km-check.gguf"
+    lt.quantize(tiny["f16"], tool, "Q4_K_M")
+    check = lt.course_bytes(tool, tiny["f16"])
+    assert check["identical"].all() and "Q4_K" in set(check["type"]), check
+    assert set(check["type"]) == {t for t, _ in _tensors(tool).values()} - {"F32", "F16"}
+    # one byte changed in the tensor the check reads: that type, and only that one, fails
+    row = check.set_index("type").loc["Q4_K"]
+    meta, table = lt.read_header(tool)
+    offset = next(t["offset"] for t in table if t["name"] == row["checked"])
+    bad = tiny["root"] / "tool-q4km-bad.gguf"
+    data = bytearray(tool.read_bytes())
+    data[offset + 5] ^= 0x10
+    bad.write_bytes(bytes(data))
+    flagged = lt.course_bytes(bad, tiny["f16"]).set_index("type")["identical"]
+    assert not flagged["Q4_K"] and flagged.drop("Q4_K").all()
+    with pytest.raises(ValueError, match="float"):
+        lt.course_bytes(tool, tool)  # the source must be the float file the tool read
+
+
+def test_llama_cpp_logits_scored_against_the_torch_baseline(tiny):
+    import torch
+
+    from quantedu.engines.llama_cpp import quality
+    from quantedu.evaluate import Baseline
+    model = tiny["model"]  # its weights are float16-rounded by an earlier test or not: the F16 file is close either way
+    windows = torch.randint(0, 49152, (4, 96), generator=torch.Generator().manual_seed(0))
+    base = Baseline(model, windows, score_from=8)
+    f16 = quality.measure(tiny["f16"], {"a": base}, "F16", n_tokens=4)
+    q4 = tiny["root"] / "tiny-q4_0.gguf"
+    lt.quantize(tiny["f16"], q4, "Q4_0")
+    r4 = quality.report(q4, base, "Q4_0")
+    r16 = f16.reports["a"]
+    assert r16.tokens == r4.tokens == 4 * (96 - 1 - 8)
+    assert r16.kld.mean < 1e-3 and r16.same_top.mean > 0.97  # llama.cpp's F16 run of the same weights
+    assert r4.kld.mean > 10 * r16.kld.mean
+    assert r16.verdict(r4, metric="kld").winner == "F16"  # paired with torch rows and with each other
+    assert f16.tokens_per_s > 0 and f16.sizes["types"]["F16"] > 0
+    other = Baseline(model, windows[:, :32], score_from=0)
+    other.vocab_size = 1000  # a baseline over another vocabulary is refused before any scoring
+    with pytest.raises(ValueError, match="vocabulary"):
+        quality.report(q4, other, "Q4_0")

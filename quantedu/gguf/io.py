@@ -77,16 +77,16 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def model_tensors(model) -> dict[str, np.ndarray]:
-    """GGUF name -> float32 numpy tensor (GGUF row-major: ``(rows, n_per_row)``), in llama.cpp's order."""
+def tensor_names(model) -> dict[str, str]:
+    """HF state-dict name -> GGUF tensor name, for every tensor a GGUF file of ``model`` holds (a tied
+    ``lm_head`` is stored once, as ``token_embd``)."""
     cfg = model.config
     names = gguf_tensor_names(model)
     import gguf as _g
     tmap = _g.get_tensor_name_map(_g.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
-    out = {}
-    state = model.state_dict()
     tied = getattr(cfg, "tie_word_embeddings", False)
-    for hf_name, tensor in state.items():
+    out = {}
+    for hf_name in model.state_dict():
         base, _, suffix = hf_name.rpartition(".")
         if tied and hf_name.startswith("lm_head"):
             continue
@@ -98,13 +98,60 @@ def model_tensors(model) -> dict[str, np.ndarray]:
             g = f"{mapped}.{suffix}"
         elif suffix != "weight":
             g = g.replace(".weight", f".{suffix}")
-        w = tensor.detach().float().cpu().numpy()
-        if g.endswith("attn_q.weight"):
-            w = permute_qk(w, cfg.num_attention_heads)
-        elif g.endswith("attn_k.weight"):
-            w = permute_qk(w, cfg.num_key_value_heads)
-        out[g] = np.ascontiguousarray(w)
+        out[hf_name] = g
     return out
+
+
+def _qk_heads(model, gguf_name: str) -> int | None:
+    """Heads of a q/k projection, whose rows llama.cpp stores permuted (:func:`permute_qk`); None otherwise."""
+    cfg = model.config
+    if gguf_name.endswith("attn_q.weight"):
+        return cfg.num_attention_heads
+    if gguf_name.endswith("attn_k.weight"):
+        return cfg.num_key_value_heads
+    return None
+
+
+def model_tensors(model) -> dict[str, np.ndarray]:
+    """GGUF name -> float32 numpy tensor (GGUF row-major: ``(rows, n_per_row)``), in llama.cpp's order."""
+    state = model.state_dict()
+    out = {}
+    for hf_name, g in tensor_names(model).items():
+        w = state[hf_name].detach().float().cpu().numpy()
+        heads = _qk_heads(model, g)
+        out[g] = np.ascontiguousarray(permute_qk(w, heads) if heads else w)
+    return out
+
+
+def read_weights_into(model, path):
+    """Copy every tensor of the GGUF file at ``path``, dequantized, into ``model`` (in place; returned): the
+    weights a quantized file holds, in torch, for comparing them with the model they came from on the same
+    tokens. The inverse of :func:`write_gguf` (q/k rows un-permuted); the file must be of this model's shapes."""
+    import torch
+
+    from . import dequantize
+    reader, names = open_gguf(path), tensor_names(model)
+    tensors = {t.name: t for t in reader.tensors}
+    missing = sorted(set(names.values()) - set(tensors))
+    if missing:
+        raise ValueError(f"{path} lacks {len(missing)} of this model's tensors (e.g. {missing[0]}): "
+                         "a GGUF file of another model? Read a file written from this model.")
+    state = model.state_dict()
+    with torch.no_grad():
+        for hf_name, g in names.items():
+            t, target = tensors[g], state[hf_name]
+            shape = tuple(int(n) for n in reversed(t.shape))  # GGUF lists the row length first
+            if t.tensor_type in FLOAT_TYPES:
+                w = np.asarray(t.data, dtype=np.float32).reshape(shape)
+            else:
+                w = dequantize(np.asarray(t.data).reshape(shape[0], -1), t.tensor_type)
+            heads = _qk_heads(model, g)
+            if heads:  # undo permute_qk: (heads, half, 2, cols) -> (heads, 2, half, cols)
+                w = w.reshape(heads, -1, 2, w.shape[-1]).swapaxes(1, 2).reshape(w.shape)
+            if tuple(w.shape) != tuple(target.shape):
+                raise ValueError(f"{g} is {tuple(w.shape)} in {path} but {tuple(target.shape)} in the model")
+            target.copy_(torch.tensor(w))  # a copy: the file's arrays are read-only memory maps
+    return model
 
 
 def plan_types(tensors: dict[str, np.ndarray], types, model_config=None, has_imatrix=False) -> dict[str, T]:

@@ -131,11 +131,12 @@ def should_quantize(t: TensorInfo) -> bool:
 
 
 def assign_types(tensors: list[TensorInfo], mix: str, n_layer: int, n_head: int, n_head_kv: int,
-                 has_imatrix: bool = False) -> dict[str, T]:
+                 has_imatrix: bool = False, fallback: bool = True) -> dict[str, T]:
     """GGML type of every tensor under ``mix`` (e.g. ``"Q4_K_M"``), as ``llama_model_quantize`` picks it.
 
     The layer counters follow llama.cpp's tensor order (:func:`loader_order`), whatever order
-    ``tensors`` come in.
+    ``tensors`` come in. ``fallback=False``: the type the recipe asks for, before a row length that its
+    block does not divide replaces it (:func:`mix_counts` compares the two).
     """
     mix = mix.upper()
     if mix not in DEFAULT_TYPE:
@@ -165,7 +166,7 @@ def assign_types(tensors: list[TensorInfo], mix: str, n_layer: int, n_head: int,
             i_ffn_down += 1
         else:
             new = _rule(mix, cat, 0, n_layer, n_gqa, has_imatrix) or default
-        out[t.name] = _fallback(new, n_cols)
+        out[t.name] = _fallback(new, n_cols) if fallback else new
     return out
 
 
@@ -195,3 +196,43 @@ def plan_bits_per_weight(infos: list[TensorInfo], plan: dict[str, T], linear_onl
     nbytes = sum((n_el(i) // i.shape[0]) * LAYOUTS[plan[i.name]].row_size(i.shape[0]) if plan[i.name] in LAYOUTS
                  else n_el(i) * (2 if plan[i.name] in (T.F16, T.BF16) else 4) for i in keep)
     return 8 * nbytes / sum(n_el(i) for i in keep)
+
+
+@dataclass(frozen=True)
+class MixCounts:
+    """What a mix really gives the matrices of a model's blocks: how many got the type the recipe asked for,
+    how many fell back to another (rows not a multiple of its block), and the bits per weight that result."""
+
+    mix: str
+    matrices: int
+    got: dict[str, int]          # type asked for and kept -> matrices
+    fell_back: dict[str, int]    # "Q4_K->Q5_0" -> matrices
+    bits_per_weight: float       # over the blocks' matrices (plan_bits_per_weight)
+
+    @property
+    def n_got(self) -> int:
+        return sum(self.got.values())
+
+    @property
+    def n_fell_back(self) -> int:
+        return sum(self.fell_back.values())
+
+    def __str__(self) -> str:
+        got = ", ".join(f"{t} x{n}" for t, n in self.got.items()) or "none"
+        back = f"; fell back: {', '.join(f'{k} x{n}' for k, n in self.fell_back.items())}" if self.fell_back else ""
+        return (f"{self.mix}: {self.n_got} of {self.matrices} matrices got the type asked for ({got}){back}; "
+                f"{self.bits_per_weight:.2f} bits/weight")
+
+
+def mix_counts(tensors: list[TensorInfo], mix: str, n_layer: int, n_head: int, n_head_kv: int,
+               has_imatrix: bool = False) -> MixCounts:
+    """Count, over the blocks' 2-D matrices, the types ``mix`` asks for and the fallbacks the row lengths force
+    (a model whose rows are 576 wide gives most of its matrices a 32-block type instead of a K-quant)."""
+    from collections import Counter
+    args = (tensors, mix, n_layer, n_head, n_head_kv, has_imatrix)
+    asked, plan = assign_types(*args, fallback=False), assign_types(*args)
+    blocks = [t for t in tensors if t.name.startswith("blk.") and should_quantize(t)]
+    got = Counter(plan[t.name].name for t in blocks if plan[t.name] == asked[t.name])
+    back = Counter(f"{asked[t.name].name}->{plan[t.name].name}" for t in blocks if plan[t.name] != asked[t.name])
+    return MixCounts(mix.upper(), len(blocks), dict(got.most_common()), dict(back.most_common()),
+                     plan_bits_per_weight(tensors, plan))

@@ -42,6 +42,7 @@ from .server import (LLAMA_CPP_EXTRA, llama_cpp_command, llama_cpp_server, llama
 from .tools import (PerplexityResult, ToolRun, convert_hf_to_gguf, imatrix, perplexity, perplexity_tool_protocol,
                     quantize, run_tool)
 from .tools import KLDivergenceBase, KLDivergenceResult, kl_divergence, kl_divergence_base, read_kl_divergence_base
+from .quality import course_bytes, kld_tolerance
 
 __all__ = [
     "BUILD_COMMAND", "CACHE_ENV_VAR", "CMAKE_FLAGS", "DEFAULT_VERSION", "ENV_VAR", "INSTALL_CMAKE",
@@ -52,6 +53,7 @@ __all__ = [
     "PerplexityResult", "ToolRun", "convert_hf_to_gguf", "imatrix", "perplexity", "perplexity_tool_protocol",
     "quantize", "run_tool",
     "KLDivergenceBase", "KLDivergenceResult", "kl_divergence", "kl_divergence_base", "read_kl_divergence_base",
+    "course_bytes", "kld_tolerance",
     "checkpoint_with_gguf_tokenizer", "convertible_checkpoint",
     "compare_tensors", "metadata_differences", "read_header", "read_imatrix", "tensor_bytes",
     "llama_server", "llama_server_command", "start_llama_server",
