@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,8 +201,8 @@ class BlockFormat:
         return self.layout.name
 
     @property
-    def bits(self) -> int:
-        return int(self.name[1 + self.name.startswith("IQ")])
+    def bits(self) -> int:  # the width in the name: Q4_K, IQ4_NL, MXFP4, NVFP4 -> 4
+        return int(re.search(r"\d+", self.name).group(0))
 
     def bits_per_weight(self, cols: int | None = None) -> float:
         return self.layout.bits_per_weight
@@ -237,7 +238,7 @@ def weight_format(spec) -> FloatFormat | GroupFormat | BlockFormat:
     except KeyError as exc:
         raise ValueError(
             f"unknown weight format {spec!r}: use fp32/fp16/bf16/fp8, int<bits>-g<group>, int<bits>-channel, "
-            f"or a GGUF type such as Q4_0, Q4_K, Q6_K"
+            f"or a GGUF type such as Q4_0, Q4_K, Q6_K, MXFP4, NVFP4"
         ) from exc
 
 

@@ -124,3 +124,11 @@ def test_calculator_function_and_llama_like():
     assert fp["KV cache"] == M.kv_cache_bytes(s, 4096, 2)
     assert set(fp) == {"linear weights", "embeddings + head + norms", "KV cache", "activations"}
     assert torch.tensor(list(fp.values())).min() > 0
+
+
+@pytest.mark.parametrize("name, block, scale_bits", [("MXFP4", 32, 8), ("NVFP4", 16, 8)])
+def test_fp4_formats_are_4_bit_with_their_block_scale(name, block, scale_bits):
+    """MXFP4: 32 E2M1 codes share one E8M0 scale; NVFP4: 16 codes share one UE4M3 scale (GGUF layouts)."""
+    assert M.nominal_bits(name) == 4
+    assert M.bits_per_weight(name) == (block * 4 + scale_bits) / block
+    assert M.tensor_bytes(3, 64, name) == 3 * (64 // block) * (block * 4 + scale_bits) // 8
