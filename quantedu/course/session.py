@@ -223,6 +223,7 @@ COURSE_MAP = [
     ("05_gguf_kquants", "GGUF and K-quants", "bit-exact K-quants vs llama.cpp; size/ppl/speed per GGUF type"),
     ("06_serving", "Serving", "llama.cpp server (CPU) / vLLM (GPU): latency, throughput, concurrency"),
     ("07_benchmark_and_guide", "Benchmark and guide", "the seed's comparison table re-measured; selection guide"),
+    ("08_fp8_fp4", "FP8 and FP4", "MXFP4/NVFP4 bit-exact with ggml; FP4 vs INT4; llama.cpp KLD; GPTQ on FP4 grids"),
 ]
 
 
