@@ -263,6 +263,7 @@ def gptq_quantize_model(
     inputs_from: Literal["quantized", "fp"] = "quantized",
     device: str | torch.device | None = None,
     progress: bool = True,
+    grid=None,
 ) -> dict[str, QuantizedLayer]:
     """Quantize every linear layer of every decoder block in place (weights become dequantized GPTQ).
 
@@ -278,6 +279,10 @@ def gptq_quantize_model(
     full-precision model's activations (errors do not compound in the calibration, but they do at
     inference time). The walk is :func:`quantedu.calibration.sequential_blocks`, shared with AWQ.
 
+    ``grid``: ``W -> grid`` (e.g. a value of :func:`quantedu.fp_grids.default_grids`), called on each weight GPTQ
+    quantizes (q/k/v and gate/up stacked: NVFP4's per-tensor scale is then shared, as llm-compressor shares it);
+    default the integer grid of ``config``. ``config.group_size`` must be the grid's.
+
     Returns ``{"model.layers.3.self_attn.q_proj": QuantizedLayer, ...}`` (codes/scales/zeros/g_idx for export).
     """
     from .calibration import warn_if_starved
@@ -285,10 +290,10 @@ def gptq_quantize_model(
     if inputs_from not in ("quantized", "fp"):
         raise ValueError(f"inputs_from must be 'quantized' or 'fp', got {inputs_from!r}")
     with InPlaceGuard(model, config.label()):
-        return _gptq_model(model, batches, config, inputs_from, device, progress)
+        return _gptq_model(model, batches, config, inputs_from, device, progress, grid)
 
 
-def _gptq_model(model, batches, config, inputs_from, device, progress) -> dict[str, QuantizedLayer]:
+def _gptq_model(model, batches, config, inputs_from, device, progress, grid=None) -> dict[str, QuantizedLayer]:
     from .calibration import decoder_layers, linear_layers, observe_linear_inputs, run_block, sequential_blocks
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -307,7 +312,8 @@ def _gptq_model(model, batches, config, inputs_from, device, progress) -> dict[s
             # Rows are independent given H: layers sharing an input (q/k/v, gate/up) are stacked and
             # quantized in one pass over the columns (one Cholesky, one column loop).
             names = [n for n in linears if owner[n] == first]
-            res = gptq_quantize_weight(torch.cat([linears[n].weight.data for n in names]), acc[first].H, config)
+            W = torch.cat([linears[n].weight.data for n in names])
+            res = gptq_quantize_weight(W, acc[first].H, config, grid=None if grid is None else grid(W))
             start = 0
             for n in names:
                 m = linears[n]

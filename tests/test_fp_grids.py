@@ -97,3 +97,28 @@ def test_gptq_on_fp4_exports_and_reloads_exactly(cfg, scheme, tmp_path):
     reloaded = export_fp.load_fp_checkpoint(export_fp.save_fp_checkpoint(model, records, tmp_path / "ct", scheme))
     for name in records:
         assert torch.equal(reloaded.get_submodule(name).weight, model.get_submodule(name).weight.to(torch.bfloat16))
+
+
+def test_gptq_quantize_model_takes_a_grid_per_weight(tiny_llama):
+    """``grid=``: the integer grid of the config gives the default's weights; an MXFP4 grid is called once per
+    weight GPTQ quantizes, and every layer's weight is then exactly its E2M1 codes x E8M0 scales (what an export
+    stores); the embedding is left alone."""
+    import copy
+
+    from quantedu.gptq import gptq_quantize_model
+    calib = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
+    cfg = fp_grids.gptq_config(GRIDS["INT4 g32 sym"](None))
+    default, hooked, fp4 = (copy.deepcopy(tiny_llama) for _ in range(3))
+    gptq_quantize_model(default, calib, cfg, progress=False)
+    gptq_quantize_model(hooked, calib, cfg, progress=False, grid=GRIDS["INT4 g32 sym"])
+    for a, b in zip(default.parameters(), hooked.parameters()):
+        assert torch.equal(a, b)
+    seen = []
+    layers = gptq_quantize_model(fp4, calib, fp_grids.gptq_config(GRIDS["MXFP4"](None)),
+                                 progress=False, grid=lambda W: seen.append(W.shape) or GRIDS["MXFP4"](W))
+    assert len(seen) == 4 * len(tiny_llama.model.layers)  # q/k/v stacked, o, gate/up stacked, down
+    for name, layer in layers.items():  # the weight is its E2M1 codes x its E8M0 scales, as an export stores it
+        stored = fp_grids.fp4_weight(layer, GRIDS["MXFP4"](None))
+        assert torch.equal(stored.dequantize(), fp4.get_submodule(name).weight.detach().float()), name
+        assert stored.codes.max() < 16 and stored.scale_codes.dtype == torch.uint8
+    assert torch.equal(fp4.model.embed_tokens.weight, tiny_llama.model.embed_tokens.weight)

@@ -44,11 +44,12 @@ def repository_url() -> str:
 REPO_URL = repository_url()
 REPO = REPO_URL.removeprefix("https://github.com/")  # owner/name, what Colab's github/ URLs take
 
-# What each notebook needs beyond the package itself (pyproject extras): llama.cpp for 05-07,
+# What each notebook needs beyond the package itself (pyproject extras): llama.cpp for 05-10,
 # llm-compressor (the reference GPTQ/AWQ) for 03-04.
 EXTRAS = {"00": "course,online", "01": "course,online", "02": "course,online", "03": "course,online,reference",
           "04": "course,online,reference", "05": "course,online,llama", "06": "course,online,llama",
-          "07": "course,online,llama", "10": "course,online,llama"}
+          "07": "course,online,llama", "08": "course,online,llama", "09": "course,online,llama",
+          "10": "course,online,llama"}
 
 # The module that proves each extra is installed: a runtime that has the package without llama.cpp (after
 # notebook 01 on Colab) installs what notebook 05 needs when it gets there.
