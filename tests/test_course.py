@@ -35,7 +35,7 @@ def test_parameter_reads_the_environment(monkeypatch):
         fast_default()
 
 
-def test_scored_halves_and_claims(tiny_llama, capsys):
+def test_session_claims_raise_on_a_real_model(tiny_llama, capsys):
     import torch
     from quantedu.course import Session
     from quantedu.data import Corpus
@@ -46,10 +46,7 @@ def test_scored_halves_and_claims(tiny_llama, capsys):
 
     corpus = Corpus("toy", "w " * 2000, "w " * 2000)
     s = Session(tiny_llama, Tok(), corpus, "tiny", n_windows=4, seq_len=32)
-    r = s.scored(method="fp")
-    assert r["method"] == "fp" and min(r["ppl, text A"], r["ppl, text B"]) <= r["ppl"] <= max(r["ppl, text A"], r["ppl, text B"])
-    assert s.better({"ppl, text A": 1, "ppl, text B": 1}, r) != s.better(r, r)
-    assert "text A = windows 1-2" in s.halves
+    assert not hasattr(s, "better") and not hasattr(s, "halves")  # verdicts come from quantedu.verdict only
     assert s.real_model and s.dtype == torch.float32
     from quantedu.course.session import ClaimError
     with pytest.raises(ClaimError, match="GPTQ beats RTN"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 import os
 from dataclasses import dataclass
 
@@ -157,29 +156,6 @@ class Session:
         key = artifacts.cache_key("gguf-src", name, artifacts.code_fingerprint(gguf_io))
         write = lambda d: gguf_io.write_gguf(self.model, d / "model.gguf", "F32")  # noqa: E731
         return artifacts.cached_dir("gguf-src", key, write, meta={"model": name}) / "model.gguf"
-
-    def scored(self, model=None, **record) -> dict:
-        """``record`` + the perplexity of ``model`` on the session's evaluation windows, and on each half
-        of them ("text A", "text B"): two pieces of text from one forward pass, to see how much a
-        difference moves when the text changes (one that flips between the halves is not a result)."""
-        from ..evaluate import evaluation_windows, window_nll
-        windows = evaluation_windows(self.tokenizer, self.corpus, self.n_windows, self.seq_len)
-        nll = window_nll(model if model is not None else self.model, windows, progress=False)
-        half = self.n_windows // 2
-        of = lambda part: math.exp(part.sum().item() / (len(part) * (self.seq_len - 1)))  # noqa: E731
-        return {**record, "ppl": of(nll), "ppl, text A": of(nll[:half]), "ppl, text B": of(nll[half:])}
-
-    @property
-    def halves(self) -> str:
-        """What "text A" and "text B" of :meth:`scored` are."""
-        half = self.n_windows // 2
-        return (f"text A = window{'s' * (half > 1)} 1{f'-{half}' * (half > 1)}, "
-                f"text B = the other {self.n_windows - half}")
-
-    @staticmethod
-    def better(a: dict, b: dict) -> bool:
-        """``a``'s perplexity is lower than ``b``'s on both halves of the text."""
-        return a["ppl, text A"] < b["ppl, text A"] and a["ppl, text B"] < b["ppl, text B"]
 
     def claim(self, ok: bool, message: str) -> None:
         """Check a quality claim: on a real model a false one raises :class:`ClaimError` (the notebook's
