@@ -48,7 +48,7 @@ REPO = REPO_URL.removeprefix("https://github.com/")  # owner/name, what Colab's 
 # llm-compressor (the reference GPTQ/AWQ) for 03-04.
 EXTRAS = {"00": "course,online", "01": "course,online", "02": "course,online", "03": "course,online,reference",
           "04": "course,online,reference", "05": "course,online,llama", "06": "course,online,llama",
-          "07": "course,online,llama"}
+          "07": "course,online,llama", "09": "course,online,llama"}
 
 # The module that proves each extra is installed: a runtime that has the package without llama.cpp (after
 # notebook 01 on Colab) installs what notebook 05 needs when it gets there.

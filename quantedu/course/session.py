@@ -223,6 +223,8 @@ COURSE_MAP = [
     ("05_gguf_kquants", "GGUF and K-quants", "bit-exact K-quants vs llama.cpp; size/ppl/speed per GGUF type"),
     ("06_serving", "Serving", "llama.cpp server (CPU) / vLLM (GPU): latency, throughput, concurrency"),
     ("07_benchmark_and_guide", "Benchmark and guide", "the seed's comparison table re-measured; selection guide"),
+    ("09_activations_and_kv_cache", "Activations and the KV cache",
+     "W8A8, SmoothQuant, rotations: KLD per method; llama.cpp KV-cache types: bytes, KLD, speed"),
 ]
 
 
