@@ -135,8 +135,8 @@ print(f"in {in_top:.0%} of this window's tokens the largest value sits in one of
 session.claim(errors["per token"] < errors["per tensor"], "per-token scales lose less of this input than one per-tensor scale")
 
 # %% [markdown]
-# Under the per-tensor scale the ordinary channels live on a few codes near zero: the outliers took the
-# range. Per-token scales lose less (each token pays only for its own largest value), but wherever the
+# The median |code| says how many of int8's 127 steps an ordinary channel really gets: the larger the outliers,
+# the fewer are left to the rest under one per-tensor scale. Per-token scales lose less (each token pays only for its own largest value), but wherever the
 # outlier channels are in a token, they set that token's scale too.
 #
 # The whole model in W8A8: every linear layer (the head excepted) gets per-channel int8 weights and int8
