@@ -129,7 +129,8 @@ def kv_cache_kld(model_gguf, text_file, base_file, cases, shape_source, ctx: int
     tokens: one ``--kl-divergence-base`` run with the f16 cache (written to ``base_file``), then one
     ``--kl-divergence`` run per case with ``-ctk/-ctv``. Per case (JSON-ready): the bytes the formula predicts
     for ``shape_source`` (:func:`kv_cache_type_bytes`) and the MiB llama.cpp reports, KLD and same-top with
-    llama-perplexity's ``+/-``, perplexity, tokens per second of the first pass, and whether the cache was rotated."""
+    llama-perplexity's ``+/-``, perplexity, whether the cache was rotated, and tokens per second of the first pass
+    (the f16 base run only: ``--kl-divergence`` prints no timing, so the quantized rows have None)."""
     from .tools import kl_divergence, kl_divergence_base
 
     def row(k, v, out, quality=None):
