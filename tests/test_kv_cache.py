@@ -96,3 +96,15 @@ def test_llama_cpps_rotation_of_a_quantized_cache_can_be_turned_off(gguf, text_f
     assert (on["kv"].rotate_k, on["kv"].rotate_v) == (True, True)
     assert (off["kv"].rotate_k, off["kv"].rotate_v) == (False, False)
     assert on["kv"].total_mib == off["kv"].total_mib and on["ppl"] != off["ppl"]
+
+
+def test_kv_cache_kld_scores_each_type_against_the_f16_cache(gguf, text_file, tmp_path):
+    rows = lt_kv.kv_cache_kld(gguf, text_file, tmp_path / "base.kld", [("q8_0", "q8_0"), ("q4_0", "q4_0")], SHAPE,
+                              ctx=256, chunks=1)
+    assert [(r["K"], r["V"]) for r in rows] == [("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0")]
+    assert all(r["equal"] and r["cells"] == 256 for r in rows) and rows[0]["tokens_per_s"] > 0
+    assert all(r["tokens_per_s"] is None for r in rows[1:])  # --kl-divergence prints no "seconds per pass"
+    assert "kld" not in rows[0] and rows[1]["rotated"] and not rows[0]["rotated"]
+    q8, q4 = rows[1], rows[2]
+    assert 0 <= q8["kld"] < q4["kld"] and q4["same_top"] < 1  # 4 bits lose more than 8 against the same reference
+    assert q8["ppl_base"] == pytest.approx(q4["ppl_base"])

@@ -206,7 +206,8 @@ COURSE_MAP = [
     ("06_serving", "Serving", "llama.cpp server (CPU) / vLLM (GPU): latency, throughput, concurrency"),
     ("07_benchmark_and_guide", "Benchmark and guide", "the seed's comparison table re-measured; selection guide"),
     ("08_fp8_fp4", "FP8 and FP4", "MXFP4/NVFP4 bit-exact with ggml; FP4 vs INT4; llama.cpp KLD; GPTQ on FP4 grids"),
-    ("09_activations_and_kv_cache", "Activations and the KV cache", "W8A8 and SmoothQuant, rotations, llama.cpp KV-cache types"),
+    ("09_activations_and_kv_cache", "Activations and the KV cache",
+     "W8A8, SmoothQuant, rotations: KLD per method; llama.cpp KV-cache types: bytes and KLD"),
     ("10_from_laptop_to_cluster", "From the laptop to the cluster", "plan per GPU and a recipe for 8B-70B; run here"),
 ]
 

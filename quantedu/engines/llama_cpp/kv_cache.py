@@ -121,3 +121,36 @@ def kv_cache_perplexity(model_gguf, text_file, k_type: str = "f16", v_type: str 
     per_pass = _PASS.search(res.run.output)
     return {"kv": parse_kv_cache(res.run.output), "ppl": res.ppl, "stderr": res.stderr,
             "tokens_per_s": ctx / float(per_pass[1]) if per_pass else None, "run": res.run}
+
+
+def kv_cache_kld(model_gguf, text_file, base_file, cases, shape_source, ctx: int = 1024, chunks: int = 2,
+                 n_threads: int = 1, timeout: float = 900.0) -> list[dict]:
+    """Each KV cache type of ``cases`` (``[(k_type, v_type), ...]``) against llama.cpp's own f16 cache on the same
+    tokens: one ``--kl-divergence-base`` run with the f16 cache (written to ``base_file``), then one
+    ``--kl-divergence`` run per case with ``-ctk/-ctv``. Per case (JSON-ready): the bytes the formula predicts
+    for ``shape_source`` (:func:`kv_cache_type_bytes`) and the MiB llama.cpp reports, KLD and same-top with
+    llama-perplexity's ``+/-``, perplexity, whether the cache was rotated, and tokens per second of the first pass
+    (the f16 base run only: ``--kl-divergence`` prints no timing, so the quantized rows have None)."""
+    from .tools import kl_divergence, kl_divergence_base
+
+    def row(k, v, out, quality=None):
+        kv, pred = parse_kv_cache(out), kv_cache_type_bytes(shape_source, ctx, k, v)
+        per_pass = _PASS.search(out)
+        r = {"K": kv.k_type, "V": kv.v_type, "cells": kv.cells, "predicted_bytes": pred["total"],
+             "predicted_MiB": KVCacheReport.mib(pred["total"]), "reported_MiB": kv.total_mib,
+             "equal": (KVCacheReport.mib(pred["K"]), KVCacheReport.mib(pred["V"]), KVCacheReport.mib(pred["total"]))
+             == (kv.k_mib, kv.v_mib, kv.total_mib), "rotated": bool(kv.rotate_k or kv.rotate_v),
+             "tokens_per_s": ctx / float(per_pass[1]) if per_pass else None}
+        if quality is not None:
+            r.update(kld=quality.kld, kld_se=quality.kld_se, same_top=quality.same_top,
+                     same_top_se=quality.same_top_se, ppl=quality.ppl, ppl_base=quality.ppl_base)
+        return r
+
+    base = kl_divergence_base(model_gguf, text_file, base_file, ctx=ctx, chunks=chunks, n_threads=n_threads,
+                              extra=[*kv_cache_flags("f16"), *KV_LOG_FLAGS], timeout=timeout)
+    rows = [row("f16", "f16", base.output)]
+    for k, v in cases:
+        q = kl_divergence(model_gguf, base_file, n_threads=n_threads, timeout=timeout,
+                          extra=[*kv_cache_flags(k, v), *KV_LOG_FLAGS])
+        rows.append(row(k, v if v is not None else k, q.run.output, q))
+    return rows
