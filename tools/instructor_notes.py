@@ -44,7 +44,7 @@ def title(nb) -> str:
     for cell in nb.cells:
         m = re.search(r"^#\s+(.+)$", cell.source, re.M) if cell.cell_type == "markdown" else None
         if m:
-            return m.group(1).strip()
+            return re.sub(r"^\d\d\s*[·:.-]\s*", "", m.group(1).strip())  # "03 · GPTQ" -> "GPTQ"
     return "(untitled)"
 
 
