@@ -230,16 +230,24 @@ def offline_checkpoint() -> Path:
         print(f"Converting {gguf.name} to fp32 safetensors (once; cached)")  # no machine path in a notebook
         # transformers' GGUF reader draws a tqdm bar with no switch (a widget in a notebook, else stderr):
         # keep it out of saved notebooks; errors still raise
-        with _no_gguf_reader_bar(), contextlib.redirect_stderr(io.StringIO()):
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-            # The loaded config says quant_method=gguf; the saved checkpoint is plain fp32.
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
-            model.hf_quantizer = None
-            model.is_quantized = False
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()  # loading/saving bars are notebook widgets, not stderr
+        hf_logging.disable_progress_bar()
+        try:
+            with _no_gguf_reader_bar(), contextlib.redirect_stderr(io.StringIO()):
+                tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+                model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+                # The loaded config says quant_method=gguf; the saved checkpoint is plain fp32.
+                if hasattr(model.config, "quantization_config"):
+                    del model.config.quantization_config
+                model.hf_quantizer = None
+                model.is_quantized = False
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
 
     try:
         return artifacts.cached_dir("models", key, convert, meta={"source": str(gguf)})

@@ -293,6 +293,14 @@ plt.show()
 # %% [markdown]
 # Where the per-token KLD curves sit to the left, fewer tokens were damaged: the curve shows whether a method
 # helps all tokens a little or rescues a tail of badly hit ones.
+#
+# Read the second verdict above before trusting "rotations always help". A rotation helps a quantizer whose
+# *scale* was set by one outlier: per-tensor activations, and weights quantized with error feedback (GPTQ,
+# which QuaRot and SpinQuant pair with their rotations). Plain round-to-nearest per output channel is another
+# story: the rotation first folds the RMSNorm weights into the next layers, which widens each row's range,
+# and spreads every row's outliers over all its columns, so a per-channel grid has no small-range rows left
+# to win on. `benchmarks/bench_rotation.py` separates the two steps ("norms fused only" vs "R1") and runs GPTQ
+# on the rotated model, where the rotation does pay.
 
 # %% [markdown]
 # ## 6. llama.cpp's KV cache types
@@ -337,7 +345,9 @@ table = pd.DataFrame({
                  for r in kv.itertuples()],
     "same top": [views.plus_minus(r.same_top, r.same_top_se, 100, "%") if not pd.isna(r.same_top) else "(the reference)"
                  for r in kv.itertuples()],
-    "tokens/s": kv.tokens_per_s.round(0)})
+    # llama-perplexity's KLD mode prints no timing: only the f16 reference pass is timed here
+    # (benchmarks/bench_kv_cache.py times every type)
+    "tokens/s": [f"{t:.0f}" if not pd.isna(t) else "not timed" for t in kv.tokens_per_s]})
 print(f"KV cache at {KV_CTX} tokens ({KV_CTX // 2} scored per chunk, 2 chunks), {THREADS} thread(s):")
 table
 
