@@ -265,9 +265,9 @@ print(f"{session.label} in int4: KV cache {kv_small['KV cache'] / 2**20:.0f} MiB
 
 # %% [markdown]
 # **Takeaway:** quantizing the weights shrinks one part of the bar. At long context the KV cache takes a
-# large share, or most, of what is left, and the models without GQA (Llama-2-7B and 13B) pay several
-# times more cache per token than those with it (Llama-3-8B, Llama-2-70B): the KV cache needs its own
-# plan (a shorter context, fewer sequences, a quantized cache).
+# large share, or most, of what is left, and the models without GQA (Llama-2-7B and 13B) pay more cache per
+# token than those with it: Llama-2-7B four times Llama-3-8B's, at the same width and depth (32 KV heads
+# against 8). The KV cache needs its own plan (a shorter context, fewer sequences, a quantized cache).
 
 # %% [markdown]
 # ## Predicted vs measured on the course model
@@ -336,9 +336,10 @@ print(f"rows of {shape.hidden} columns: {shape.hidden // 128} groups of 128" + (
 # %% [markdown]
 # ### One model, three "4-bit" sizes
 # The course prints three sizes for a 4-bit checkpoint of this model: the file above (this notebook),
-# notebook 03's saved checkpoint and notebook 07's "GPTQ-4bit" row. All three are right; they count
-# different things, in different units. Computed here from what each notebook writes (RTN codes, the same
-# bytes as GPTQ's for the same grid):
+# notebook 03's saved checkpoint and notebook 07's GPTQ/AWQ rows. They count different things, in different
+# units. Computed here for the symmetric layouts (RTN codes, the same bytes as GPTQ's for the same grid);
+# 03 and 07 now quantize *asymmetrically* (a zero point per group), so their printed sizes are a little
+# larger than these rows, and 03 prints its tensors without the tokenizer files:
 #
 # * **MiB or MB**: a MiB is 2^20 bytes, an MB 10^6 bytes;
 # * **group size**: 03 and 07 use groups of 64 (they divide this model's rows; 128 does not), twice the
@@ -358,9 +359,9 @@ folder_03 = memory.weight_bytes(shape, sym64, embed_spec=in_memory)["total"] + t
 sizes = pd.DataFrame([
     {"notebook": "01 (this file)", "format": "GPTQ layout, int4 g128, 4-bit zeros", "other tensors": "fp16",
      "counts": "the .safetensors file", "bytes": size4},
-    {"notebook": "07 (GPTQ-4bit row)", "format": "GPTQ v1, int4 g64 sym, 4-bit zeros", "other tensors": "fp16/bf16",
+    {"notebook": "like 07's rows", "format": "GPTQ v1, int4 g64 sym, 4-bit zeros", "other tensors": "fp16/bf16",
      "counts": "tensors vLLM loads", "bytes": tensors_07},
-    {"notebook": "03 (saved ... MB)", "format": "compressed-tensors, int4 g64 sym", "other tensors": in_memory,
+    {"notebook": "like 03's folder", "format": "compressed-tensors, int4 g64 sym", "other tensors": in_memory,
      "counts": "predicted: tensors + tokenizer files", "bytes": folder_03},
 ]).set_index("notebook")
 sizes["MiB (2^20 B)"] = (sizes["bytes"] / 2**20).round(1)
