@@ -40,3 +40,22 @@ def test_made_once_then_read_from_the_cache(tiny_llama, tmp_cache):
 def test_another_config_type_is_refused():
     with pytest.raises(TypeError, match="GPTQConfig or quantedu.awq.AWQConfig"):
         checkpoints.method_of({"bits": 4})
+
+
+def test_the_older_layouts_vllm_serves_with_quantization_gptq_or_awq(tiny_llama, tmp_cache):
+    """layout="gptq" writes GPTQ v1's tensors, layout="awq" AutoAWQ's; the same weights come back either way."""
+    from safetensors.torch import load_file
+
+    session = _session(tiny_llama)
+    gptq, awq = GPTQConfig(bits=4, group_size=32, sym=True), AWQConfig(bits=4, group_size=32, sym=False)
+    with inconclusive("a tiny random model: only the layouts are tested"):
+        ct = checkpoints.quantize(session, gptq, 4, 64)
+        v1 = checkpoints.quantize(session, gptq, 4, 64, layout="gptq")
+        aw = checkpoints.quantize(session, awq, 4, 64, layout="awq")
+        with pytest.raises(ValueError, match="'awq' for an AWQ config"):
+            checkpoints.quantize(session, gptq, 4, 64, layout="awq")
+    names = set(load_file(next(v1.path.glob("*.safetensors"))))
+    assert {"model.layers.0.mlp.down_proj.qweight", "model.layers.0.mlp.down_proj.g_idx"} <= names
+    assert "model.layers.0.mlp.down_proj.qzeros" in set(load_file(next(aw.path.glob("*.safetensors"))))
+    w = lambda c: c.model().model.layers[0].mlp.down_proj.weight  # noqa: E731
+    assert v1.path != ct.path and torch.equal(w(v1), w(ct))

@@ -303,17 +303,21 @@ VLLM_THREADS = N_THREADS if VLLM and VLLM["device"] == "cpu" else None  # one co
 from pathlib import Path
 
 from quantedu import calibration
-from quantedu.course import comparison
+from quantedu.awq import AWQConfig
+from quantedu.course import checkpoints, comparison
+from quantedu.gptq import GPTQConfig
 
 exports = {}
 if VLLM:
     with calibration.inconclusive("notebook 06 only serves this export; notebook 07 measures its quality"):
         for method in ("gptq",) if FAST else ("gptq", "awq"):
-            row = comparison.torch_row(method, session, n_samples=2, seq_len=128)
-            exports[method] = row["export"]
-            qc = json.loads((Path(row["export"]) / "config.json").read_text())["quantization_config"]
-            print(f"{row['label']}: " + ", ".join(f"{k}={qc[k]}" for k in ("quant_method", "bits", "group_size", "sym",
-                                                                            "desc_act", "zero_point") if k in qc))
+            cfg = (GPTQConfig(bits=4, group_size=64, sym=True) if method == "gptq"  # AutoAWQ's layout is asymmetric
+                   else AWQConfig(bits=4, group_size=64, sym=False, search_samples=2))
+            ckpt = checkpoints.quantize(session, cfg, 2, 128, layout=method)
+            exports[method] = str(ckpt.path)
+            qc = json.loads((ckpt.path / "config.json").read_text())["quantization_config"]
+            print(f"{ckpt.label}: " + ", ".join(f"{k}={qc[k]}" for k in ("quant_method", "bits", "group_size", "sym",
+                                                                         "desc_act", "zero_point") if k in qc))
 
 # %% [markdown]
 # ### The seed's `vllm serve` commands, run
@@ -391,7 +395,7 @@ if VLLM:
             print(f"ready after {s.startup_s:.0f} s; vLLM chose: {', '.join(vllm.engine_choices(s))}")
             r = bench.stream_completion(s, "The capital of France is", 8, model=models(s)[0], timeout=120)
             time.sleep(2)  # let the engine write its error
-            print(f"first request: {r.n_tokens} tokens; {r.error[:100] or 'no error'}")
+            print(f"first request: {r.n_tokens} tokens; " + (r.error.strip().splitlines()[0][:200] if r.error else "no error"))
             print(f"server still running: {s.running}; its engine says: {vllm.reason(s.log_tail(400))}")
     except vllm.RefusedCheckpointError as exc:
         print("vLLM refused it at start-up:", str(exc).splitlines()[0])

@@ -26,7 +26,7 @@ __all__ = ["Checkpoint", "quantize", "method_of"]
 class Checkpoint:
     """A quantized checkpoint in the cache and how it was made."""
 
-    path: Path           # the compressed-tensors folder (vLLM serves it; load_quantized_model reads it)
+    path: Path           # the checkpoint folder (vLLM serves it; load_quantized_model reads it)
     method: str          # "gptq" or "awq"
     label: str           # the config's label, e.g. "GPTQ W4 asym g64"
     calibration: str     # "12 x 256 tokens"
@@ -61,9 +61,17 @@ def _code(method: str) -> str:
                                       packing, write, quantize)
 
 
-def quantize(session, config, n_samples: int, seq_len: int, seed: int = 0) -> Checkpoint:
+LAYOUTS = ("compressed-tensors", "gptq", "awq")  # what save_compressed_tensors / save_gptq / save_awq write
+
+
+def quantize(session, config, n_samples: int, seq_len: int, seed: int = 0,
+             layout: str = "compressed-tensors") -> Checkpoint:
     """The session model quantized with ``config`` (GPTQ or AWQ) on ``n_samples x seq_len`` calibration tokens
     of the session's corpus: a :class:`Checkpoint` in the cache (made here on the first call, read afterwards).
+
+    ``layout``: ``"compressed-tensors"`` (llm-compressor's, default), or the older ``"gptq"`` (v1: ``qweight``,
+    ``qzeros``, ``scales``, ``g_idx``) / ``"awq"`` (AutoAWQ GEMM) layouts that ``vllm serve --quantization
+    gptq|awq`` loads (``"awq"`` only for an AWQ config).
 
     The session model is not changed (the algorithm runs on a copy). The calibration budget rule applies as
     everywhere (:func:`quantedu.calibration.warn_if_starved`): too few tokens warn, or fail under
@@ -73,14 +81,18 @@ def quantize(session, config, n_samples: int, seq_len: int, seed: int = 0) -> Ch
     from ..runtime import timed, torch_threads
 
     method = method_of(config)
+    if layout not in LAYOUTS or (layout == "awq") != (method == "awq") and layout != "compressed-tensors":
+        raise ValueError(f"layout must be one of {LAYOUTS} ('gptq' for a GPTQ config, 'awq' for an AWQ config), "
+                         f"got {layout!r} for {method}")
     model_id = str(getattr(session.model, "name_or_path", "") or session.model_name)
     threads = session.quant_threads
     key = artifacts.cache_key("ckpt", method, model_id, session.dtype_name, repr(config), n_samples, seq_len, seed,
-                              session.corpus.name, threads, _code(method))
+                              session.corpus.name, threads, layout, _code(method))
     batches = session.calibration(n_samples, seq_len, seed=seed)
 
     def build(tmp: Path) -> None:
-        from ..export import save_compressed_tensors
+        from ..export import save_awq, save_compressed_tensors, save_gptq
+        save = {"compressed-tensors": save_compressed_tensors, "gptq": save_gptq, "awq": save_awq}[layout]
         model = copy.deepcopy(session.model)
         if method == "gptq":
             from ..gptq import gptq_quantize_model
@@ -90,7 +102,7 @@ def quantize(session, config, n_samples: int, seq_len: int, seed: int = 0) -> Ch
             run = lambda: awq_quantize_model(model, batches, config, progress=False)  # noqa: E731
         with torch_threads(threads):
             layers, wall, cpu = timed(run)
-        save_compressed_tensors(model.to(torch.float16), layers, config, tmp / "model", tokenizer=session.tokenizer)
+        save(model.to(torch.float16), layers, config, tmp / "model", tokenizer=session.tokenizer)
         (tmp / "run.json").write_text(json.dumps({"wall_s": wall, "cpu_s": cpu}))
 
     folder = artifacts.cached_dir("checkpoints", key, build, meta={"model": model_id, "config": config.label()})

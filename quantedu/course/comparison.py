@@ -97,7 +97,9 @@ def _key(*parts) -> str:
     return artifacts.cache_key(*parts, _VERSION)
 
 
-def _model_id(session) -> str:
+def dense_target(session) -> str:
+    """What vLLM serves for the unquantized row (and takes as ``--tokenizer`` beside a GGUF file): the session
+    model's own checkpoint folder, or its hub id."""
     return str(getattr(session.model, "name_or_path", "") or session.model_name)
 
 
@@ -254,7 +256,7 @@ def dense_row(session, dtype: str | None = None) -> Row:
     import torch
     dtype = dtype or ("float16" if session.on_gpu else "bfloat16")
     name = {"bfloat16": "BF16", "float16": "FP16"}[dtype]
-    target = _model_id(session)
+    target = dense_target(session)
     reports = _torch_reports(session, f"dense-row-{target}-{dtype}", name,
                              lambda: copy.deepcopy(session.model).to(getattr(torch, dtype)), heldout=False)
     mb = loaded_mb(target, dtype)
