@@ -320,6 +320,21 @@ def _nv(g_rule="2688", div=6, groups="rows", codes=True):
     return nvfp4_scales
 
 
+def _tp(kv_fraction=False, mlp_whole=False, no_padding=False, embedding_replicated=False, norms_split=False):
+    """10.rank_weights with one of the classic slips switched on."""
+    def rank_weight_bytes(shape, tp):
+        h, d = shape.hidden, shape.head_dim
+        kv = shape.kv_heads / tp if kv_fraction else max(1, shape.kv_heads // tp)
+        mlp = shape.intermediate if mlp_whole else shape.intermediate // tp
+        per_layer = 2 * (shape.heads // tp) * d * h + 2 * kv * d * h + 3 * mlp * h
+        vocab = shape.vocab if no_padding else 64 * math.ceil(shape.vocab / 64)
+        vocab = vocab if embedding_replicated else vocab / tp
+        norms = (2 * shape.layers + 1) * h / (tp if norms_split else 1)
+        return 2 * (shape.layers * per_layer + vocab * h * (1 if shape.tied else 2) + norms)
+    return rank_weight_bytes
+
+
+
 WRONG = [
     ("01.weight_bytes", (_wb(overhead=False),), "left out the per-group fp16 scale"),
     ("01.weight_bytes", (_wb(ceil=False),), "ragged last group"),
@@ -394,6 +409,11 @@ WRONG = [
     ("08.nvfp4_scales", (_nv(div=1),), "6 is E2M1's largest value"),
     ("08.nvfp4_scales", (_nv(groups="columns"),), "16 consecutive weights of a ROW"),
     ("08.nvfp4_scales", (_nv(codes=False),), "Return the E4M3 bit patterns"),
+    ("10.rank_weights", (_tp(kv_fraction=True),), "one whole KV head"),
+    ("10.rank_weights", (_tp(mlp_whole=True),), "the MLP splits too"),
+    ("10.rank_weights", (_tp(no_padding=True),), "pads the vocabulary"),
+    ("10.rank_weights", (_tp(embedding_replicated=True),), "vocab-parallel"),
+    ("10.rank_weights", (_tp(norms_split=True),), "replicated, not split"),
 ]
 WRONG += WRONG_09  # notebook 09's mistakes are written out in test_exercises_activations.py
 
