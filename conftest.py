@@ -1,7 +1,9 @@
 """Repository-wide pytest set-up: quiz text mode for nbval, and the time each notebook took."""
+import json
 import os
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +26,27 @@ def pytest_runtest_setup(item):
         os.environ["QUANTEDU_STRICT_CALIBRATION"] = "1"
     else:
         os.environ.pop("QUANTEDU_STRICT_CALIBRATION", None)
+
+
+def _build_seconds(path: Path) -> float:
+    """How long the notebook took when it was last built and executed (its metadata), 0 if not recorded."""
+    try:
+        meta = json.loads(path.read_text())["metadata"]
+        return float(meta.get("quantedu", {}).get("executed_seconds", 0))
+    except (OSError, ValueError, KeyError):
+        return 0.0
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Notebooks first, longest first, then the unit tests in their usual order. ``--dist loadfile`` hands
+    whole files to the workers in collection order: a long notebook collected last (07 takes the longest)
+    kept one worker busy while the other sat idle at the end of each pass. The order is a file's recorded
+    build time, the same on every worker (xdist requires one collection order)."""
+    first = {}
+    for i, item in enumerate(items):
+        first.setdefault(item.path, i)
+    cost = {p: _build_seconds(p) for p in first if p.suffix == ".ipynb"}
+    items.sort(key=lambda it: (-cost.get(it.path, -1.0), first[it.path]))
 
 
 def pytest_runtest_logstart(nodeid, location):

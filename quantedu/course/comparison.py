@@ -117,8 +117,8 @@ def baseline_row(session) -> Row:
                note="the reference: quality 0 by definition; no engine kernel, so no speed")
 
 
-def loaded_mb(model, dtype: str = "bfloat16") -> float:
-    """MB of the weights an engine loads from a checkpoint folder: every safetensors tensor, floating ones in
+def loaded_bytes(model, dtype: str = "bfloat16") -> float:
+    """Bytes of the weights an engine loads from a checkpoint folder: every safetensors tensor, floating ones in
     ``dtype`` (vLLM casts them), packed integer ones as stored; NaN for a hub id (nothing on disk to read)."""
     from safetensors import safe_open
     files = sorted(Path(str(model)).glob("*.safetensors")) if Path(str(model)).is_dir() else []
@@ -132,7 +132,12 @@ def loaded_mb(model, dtype: str = "bfloat16") -> float:
             for key in st.keys():
                 t = st.get_slice(key)
                 total += math.prod(t.get_shape()) * sizes.get(t.get_dtype(), width)
-    return total / 1e6
+    return total
+
+
+def loaded_mb(model, dtype: str = "bfloat16") -> float:
+    """:func:`loaded_bytes` in MB (10^6 bytes), as the comparison table prints it."""
+    return loaded_bytes(model, dtype) / 1e6
 
 
 def kquant_coverage(model, mix: str, path=None) -> dict:
