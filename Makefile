@@ -68,12 +68,15 @@ lab: setup
 # GPU, proving no notebook assumes the shipped file's shapes, names or dtype. TEST_JOBS test files (a notebook
 # is one) run side by side: most cells use one core (GPTQ's column loop, llama.cpp and vLLM at 1 thread) or wait
 # on a server, so two workers on two cores measured 1.8x faster than one (363 s vs 663 s for the second pass).
+# With workers side by side, torch in each runs on one thread (OMP_NUM_THREADS=1): two workers with two OpenMP
+# threads each would share two cores, each worker's threads spinning while they wait for the other's.
 TEST_JOBS ?= 2
 XDIST := $(if $(filter-out 0 1,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile,)
+ONE_THREAD := $(if $(XDIST),OMP_NUM_THREADS=1 MKL_NUM_THREADS=1,)
 test: setup
-	$(BIN)/python -m pytest $(XDIST)
+	$(ONE_THREAD) $(BIN)/python -m pytest $(XDIST)
 	@echo "== second pass: every notebook on the CI test model (QUANTEDU_MODEL)"
-	QUANTEDU_MODEL="$$($(BIN)/python -m quantedu.testmodel)" QUANTEDU_DTYPE=bfloat16 \
+	QUANTEDU_MODEL="$$($(BIN)/python -m quantedu.testmodel)" QUANTEDU_DTYPE=bfloat16 $(ONE_THREAD) \
 	  $(BIN)/python -m pytest notebooks -p no:cacheprovider $(XDIST)
 
 # The course as Colab gets it: the wheel, installed non-editable in a fresh venv, notebooks 01 and 07 run from an
@@ -82,7 +85,7 @@ installed-check: setup
 	PYTHON=$(PYTHON) bash tools/installed_check.sh
 
 unit: setup
-	$(BIN)/python -m pytest tests $(XDIST)
+	$(ONE_THREAD) $(BIN)/python -m pytest tests $(XDIST)
 
 # Developer step: rebuild notebooks/*.ipynb from notebooks/src and execute them. A notebook someone edited
 # in Jupyter is copied to notebooks/.backups/ first, never lost.

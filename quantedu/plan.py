@@ -383,7 +383,7 @@ def plan(model_or_shape, gpus: int = 1, gpu_memory_gb: float = 24.0, context: in
     elif w + act + kv > budget:
         reason = (f"the KV cache for {context} tokens x {batch} sequences needs {kv / GIB:.2f} GiB per GPU, but "
                   f"{free / GIB:.2f} GiB are left after weights and activations: at batch {batch} the largest "
-                  f"context is {mem_ctx} tokens (lower --max-model-len or the batch, quantize the KV cache, or add GPUs)")
+                  f"context is {mem_ctx} tokens (lower {'-c or -np, use -ctk q8_0 -ctv q8_0 -fa on' if sch.gguf else '--max-model-len or --max-num-seqs, use --kv-cache-dtype fp8'}, or add GPUs)")
     elif model_max and context > model_max:
         reason = f"memory would allow it, but the model has {model_max} positions: use a context <= {model_max}"
     else:

@@ -39,3 +39,20 @@ def test_quality_table_and_kld_figure(tiny_llama):
     assert table.loc["RTN W2", "verdict"] in ("worse", "tie") and "%" in table.loc["RTN W2", "vs baseline"]
     ax = views.plot_kld(reports[1:])
     assert len(ax.lines) == 1
+
+
+def test_a_perplexity_ten_times_the_baseline_reads_as_a_factor():
+    """02's W2 rows once read "+19892639%": from 10x up the change is a factor, to 3 significant digits."""
+    import math
+    from types import SimpleNamespace as NS
+
+    def report(name, ratio, low, high):
+        iv = NS(mean=math.log(ratio), low=math.log(low), high=math.log(high))
+        return NS(name=name, ppl=20 * ratio, delta_nll=iv, kld=NS(mean=0.5, se=0.01), same_top=NS(mean=0.5, se=0.01),
+                  verdict=lambda: NS(tie=False, winner="base"))
+
+    table = views.quality_table([report("W4", 1.05, 1.04, 1.06), report("W2", 198927.4, 150123.0, 260456.0)],
+                                verdicts=False)
+    assert table.loc["W4", "vs baseline"].startswith("+5.") and "%" in table.loc["W4", "vs baseline"]
+    assert table.loc["W2", "vs baseline"] == "x199,000 [x150,000, x260,000]"
+    assert views._factor(12.34) == "12.3"

@@ -129,6 +129,15 @@ print(f"source: {seed[seed.table == 'memory'].source.iloc[0]}")
 # (`zero_bits = 0`); a format that kept the zero point in fp16 would pay `zero_bits = 16`.
 # `quantedu.memory.GroupFormat(bits, group_size, scale_bits, zero_bits).bits_per_weight()` is this
 # formula, and every bits-per-weight figure in the course (notebooks and quizzes) comes from it.
+#
+# **Your turn first**: use the formula on one checkpoint before the next cell prints a table of them.
+
+# %%
+from quantedu.course.quiz import Quiz
+
+quiz = Quiz.load("memory", ids=["bpw-int4-g128"],
+                 values={"bpw_g32": memory.GroupFormat(4, 32).bits_per_weight()})
+quiz.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -142,8 +151,13 @@ print(f"int8 per channel (one group per row): {memory.GroupFormat(8, None).bits_
 
 # %% [markdown]
 # GGUF formats are fixed-size blocks. Their bits per weight follow from the block structs of
-# ggml-common.h (`quantedu.gguf.layouts` lists their fields); here are the fields of two of them,
-# then the bits per weight of the common types.
+# ggml-common.h (`quantedu.gguf.layouts` lists their fields). Before the next cell prints the fields of two of
+# them, a guess at the second. The list after them includes the two 4-bit *float* types of 2025-26 (MXFP4: E2M1
+# codes with a power-of-two scale per 32; NVFP4: an E4M3 scale per 16), which notebook 08 builds from their bits.
+
+# %%
+quiz = Quiz.load("memory", ids=["gguf-q4k"])
+quiz.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -155,7 +169,8 @@ for name in ("Q4_0", "Q4_K"):
     print(f"{name}: block of {lay.block_size} weights = {fields} -> {lay.type_size} B = "
           f"{8 * lay.type_size / lay.block_size:.4f} bits/weight")
 gguf_bpw = pd.Series({n: memory.bits_per_weight(n) for n in ("Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q4_1", "Q4_0",
-                                                            "IQ4_XS", "Q3_K", "Q2_K")}, name="bits/weight")
+                                                            "IQ4_XS", "MXFP4", "NVFP4", "Q3_K", "Q2_K")},
+                     name="bits/weight")
 print(gguf_bpw.to_string(float_format=lambda x: f"{x:.4g}"))
 
 # %% [markdown]
@@ -186,12 +201,20 @@ print(f"Q8_0 is not 8 bits per weight: a block holds {q8.block_size} one-byte co
 
 # %% [exercise 01.kv_cache]
 # %% [markdown]
+# With your function (or by hand), one published shape, before the package prints it:
+
+# %%
+llama7 = memory.model_shape("llama-2-7b")
+quiz = Quiz.load("memory", ids=["kv-7b-4k"],
+                 values={"w4_gib": memory.weight_bytes(llama7, "int4-g128")["total"] / 2**30})
+quiz.show()
+
+# %% [markdown]
 # The package's version, on real published shapes (`quantedu.memory.PRESETS`, from each model's
 # config.json):
 
 # %%
 # NBVAL_CHECK_OUTPUT
-llama7 = memory.model_shape("llama-2-7b")
 print(f"llama-2-7b: {memory.kv_bytes_per_token(llama7) / 2**20:.3f} MiB of fp16 KV cache per token; "
       f"{memory.kv_cache_bytes(llama7, CONTEXT) / 2**30:.2f} GiB at {CONTEXT} tokens x batch 1")
 for name in ("llama-2-13b", "llama-3-8b", "llama-2-70b"):
@@ -337,41 +360,48 @@ print(f"rows of {shape.hidden} columns: {shape.hidden // 128} groups of 128" + (
 # ### One model, three "4-bit" sizes
 # The course prints three sizes for a 4-bit checkpoint of this model: the file above (this notebook),
 # notebook 03's saved checkpoint and notebook 07's GPTQ/AWQ rows. They count different things, in different
-# units. Computed here for the symmetric layouts (RTN codes, the same bytes as GPTQ's for the same grid);
-# 03 and 07 now quantize *asymmetrically* (a zero point per group), so their printed sizes are a little
-# larger than these rows, and 03 prints its tensors without the tokenizer files:
+# units. The cell below writes the checkpoint 03 and 07 write (compressed-tensors, 4 bits, groups of 64,
+# asymmetric: a 4-bit zero point per group, here with RTN codes, which take the same bytes as GPTQ's or AWQ's)
+# and counts it both ways:
 #
 # * **MiB or MB**: a MiB is 2^20 bytes, an MB 10^6 bytes;
 # * **group size**: 03 and 07 use groups of 64 (they divide this model's rows; 128 does not), twice the
 #   scales of 128;
-# * **what else is stored, in which dtype**: 03 saves in the session's dtype (fp32 on a CPU: the embedding
-#   and the scales at 4 bytes a number) and counts its whole folder, tokenizer files included; 07 counts
-#   the tensors vLLM loads (16-bit floats, the packed integers as stored, `g_idx` included).
+# * **which dtype the other tensors take**: 03 saves in the session's dtype (fp32 on a CPU: the embedding and
+#   the scales at 4 bytes a number) and counts the tensors of its file; 07 counts the tensors vLLM loads
+#   (floats cast to 16 bits, the packed integers as stored).
 
 # %%
-cfg64 = QuantConfig(bits=4, group_size=64, symmetric=True)
-v1 = gptq_state_dict(model, rtn_layers(model, cfg64), cfg64, checkpoint_format="gptq", dtype=torch.float16)
-tensors_07 = sum(t.numel() * t.element_size() for t in v1.values())       # 16-bit floats: as vLLM holds them
-session.tokenizer.save_pretrained(tmp / "tokenizer")
-tokenizer_files = sum(f.stat().st_size for f in (tmp / "tokenizer").iterdir())
-sym64 = memory.GroupFormat(4, 64, scale_bits=torch.finfo(session.dtype).bits, zero_bits=0)  # scales in that dtype
-folder_03 = memory.weight_bytes(shape, sym64, embed_spec=in_memory)["total"] + tokenizer_files
+from safetensors import safe_open
+
+from quantedu.course.comparison import loaded_bytes
+from quantedu.export.write import save_compressed_tensors
+
+cfg64 = QuantConfig(bits=4, group_size=64, symmetric=False)   # the grid of 03's and 07's checkpoints
+ct64 = save_compressed_tensors(model, rtn_layers(model, cfg64), cfg64, tmp / "w4-asym-g64")
+with safe_open(str(ct64 / "model.safetensors"), "pt") as f:
+    tensors_03 = sum(f.get_tensor(k).nbytes for k in f.keys())     # what 03's "saved ... MB" adds up
+tensors_07 = loaded_bytes(ct64, "bfloat16")                         # what 07's rows count
+asym64 = memory.GroupFormat(4, 64, scale_bits=torch.finfo(session.dtype).bits)  # 4-bit zeros, scales in that dtype
+predicted_03 = memory.weight_bytes(shape, asym64, embed_spec=in_memory)["total"]
 sizes = pd.DataFrame([
-    {"notebook": "01 (this file)", "format": "GPTQ layout, int4 g128, 4-bit zeros", "other tensors": "fp16",
+    {"notebook": "01 (this file)", "format": "GPTQ layout, int4 g128", "other tensors": "fp16",
      "counts": "the .safetensors file", "bytes": size4},
-    {"notebook": "like 07's rows", "format": "GPTQ v1, int4 g64 sym, 4-bit zeros", "other tensors": "fp16/bf16",
+    {"notebook": "like 03's saved", "format": "compressed-tensors, int4 g64 asym", "other tensors": in_memory,
+     "counts": "tensors in the file", "bytes": tensors_03},
+    {"notebook": "like 07's rows", "format": "compressed-tensors, int4 g64 asym", "other tensors": "bf16",
      "counts": "tensors vLLM loads", "bytes": tensors_07},
-    {"notebook": "like 03's folder", "format": "compressed-tensors, int4 g64 sym", "other tensors": in_memory,
-     "counts": "predicted: tensors + tokenizer files", "bytes": folder_03},
 ]).set_index("notebook")
 sizes["MiB (2^20 B)"] = (sizes["bytes"] / 2**20).round(1)
 sizes["MB (10^6 B)"] = (sizes["bytes"] / 1e6).round(1)
 display(sizes.drop(columns="bytes"))
-by_group = {g: memory.weight_bytes(shape, memory.GroupFormat(4, g, zero_bits=0))["linear"] for g in (64, 128)}
+by_group = {g: memory.weight_bytes(shape, memory.GroupFormat(4, g))["linear"] for g in (64, 128)}
 embed = {d: memory.tensor_bytes(shape.vocab, shape.hidden, d) for d in (in_memory, "fp16")}
-print(f"1 MiB = {2**20 / 1e6:.4f} MB. Groups of 64 instead of 128: {(by_group[64] - by_group[128]) / 1e6:.1f} MB more "
-      f"scales. The embedding in {in_memory} instead of fp16: {(embed[in_memory] - embed['fp16']) / 1e6:.1f} MB more. "
-      f"The tokenizer files: {tokenizer_files / 1e6:.1f} MB.")
+print(f"03's tensors predicted by the formula: {predicted_03 / 1e6:.1f} MB (measured {tensors_03 / 1e6:.1f} MB; the "
+      f"rest is compressed-tensors' 16-byte shape record per layer). 1 MiB = {2**20 / 1e6:.4f} MB. Groups of 64 "
+      f"instead of 128: {(by_group[64] - by_group[128]) / 1e6:.1f} MB more scales and zero points. The embedding in "
+      f"{in_memory} instead of 16 bits: {(embed[in_memory] - embed['fp16']) / 1e6:.1f} MB more.")
+assert abs(tensors_03 - predicted_03) < 1e-3 * tensors_03
 
 # %% [markdown]
 # The shipped GGUF file of the offline model, predicted from block layouts and checked tensor by
@@ -464,11 +494,8 @@ print(f"{'total':>26}: {sum(fp.values()) / 2**30:7.3f} GiB")
 # ## Quiz
 
 # %%
-from quantedu.course.quiz import Quiz
-
 w7 = memory.weight_bytes(llama7, "int4-g128")
-quiz = Quiz.load("memory", values={
-    "bpw_g32": memory.GroupFormat(4, 32).bits_per_weight(), "w4_gib": w7["total"] / 2**30,
+quiz = Quiz.load("memory", ids=["gqa", "naive-table-misses", "tied-embedding"], values={
     "g128_over": memory.GroupFormat(4, 128).bits_per_weight() - 4,
     "embed_head_gib": (w7["embedding"] + w7["lm_head"]) / 2**30,
     "embed_head_naive_gib": memory.naive_bytes(llama7.params()["embedding"] + llama7.params()["lm_head"], 4) / 2**30,

@@ -236,8 +236,9 @@ print(f"column 4: rounding errors up to {fb.error[:, 4].abs().max():.2f} steps; 
 
 # %% [markdown]
 # Each column passes on only a few percent of a step to each later column, but every column does, so the
-# moves add up along the row until they decide the rounding of a large share of the codes: that is where
-# GPTQ's gain over RTN comes from.
+# moves add up along the row until they tip the rounding of some codes (the share printed above) and nudge
+# every later weight towards the values that cancel the earlier errors: that is where GPTQ's gain over RTN
+# comes from.
 #
 # Does it pay off on the objective? The error of the layer's output on the evaluation windows (a share of the
 # output's energy, `quantedu.gptq.output_error`, token by token), and, for contrast, the error in the weights
@@ -300,15 +301,15 @@ for knob, labels in KNOBS.items():
         print(f"   {v}")
 
 # %% [markdown]
-# Smaller groups cost more bits per weight (section 5's table prints them for the whole model); act-order
+# Smaller groups cost more bits per weight (one more scale and zero point per group: notebook 01's formula); act-order
 # mostly pays where a few input channels are much larger than the rest, and static groups keep that gain
 # without a permuted `g_idx`, which is why llm-compressor defaults to them.
 #
 # **Damping and the amount of calibration.** A Hessian from `n` tokens has rank at most `n`: `down_proj`
 # reads 1,536 inputs, so with fewer tokens its `H` is singular and only the damping keeps GPTQ's Cholesky
 # alive. The course asks for twice the widest input (`calibration.budget`). Below, **on purpose**, GPTQ on
-# `down_proj` with Hessians of fewer calibration windows than that (the dashed lines: this notebook's old FAST
-# setting was 4 x 256 = 1,024 tokens), against the damping, measured on the evaluation windows.
+# `down_proj` with Hessians of fewer calibration windows than that (the dashed lines mark 4 x 256 = 1,024 tokens,
+# two thirds of `down_proj`'s inputs), against the damping, measured on the evaluation windows.
 
 # %%
 SIZES = sorted({max(1, CALIB_SAMPLES // 4), CALIB_SAMPLES // 3, 2 * CALIB_SAMPLES // 3, CALIB_SAMPLES})
@@ -462,16 +463,18 @@ if llm_compressor.available():
                               if session.dtype == torch.float32 else
                               f" (in {BASE} llm-compressor rounds its scales to {BASE}, ours stay fp32: other grids)"))
     display(runs.table([gq, lib_run]))
-    print(f"the rule, perplexity: {lib_run.report('eval').verdict(gq.report('eval'))}")
-    print(f"the rule, KL divergence: {lib_run.report('eval').verdict(gq.report('eval'), metric='kld')}")
+    for metric, what in (("nll", "negative log-likelihood"), ("kld", "KL divergence")):
+        v = lib_run.report("eval").verdict(gq.report("eval"), metric=metric)
+        print(f"llm-compressor's model minus ours, paired over {v.interval.tokens:,} tokens, {what} per token: {v.interval} "
+              f"({'excludes' if v.interval.low > 0 or v.interval.high < 0 else 'includes'} zero)")
     if session.dtype == torch.float32:
         assert counts[0][0] / counts[0][1] > 0.99, "block 0 sees the same inputs in both libraries: its codes should agree"
 else:
     print(f"llm-compressor is not installed: {llm_compressor.INSTALL}")
 
 # %% [markdown]
-# Read the rule's answer for what it is. Its interval covers the noise of *this text*: these two quantized
-# models do differ on it. It does not cover the noise of *the quantization*: both libraries run the same
+# Read these intervals for what they are: a difference between two sets of **codes**, not between two libraries.
+# Each covers the noise of *this text*: where it excludes zero, these two quantized models do differ on it. It does not cover the noise of *the quantization*: both libraries run the same
 # algorithm on the same settings, their codes agree in block 0, and they part only where float noise (another
 # summation order) flipped a code and the difference grew block by block. Another thread count could change
 # which of the two comes out ahead by that much; it is no verdict on either library.
@@ -579,8 +582,8 @@ assert diff < tol
 # "4-bit" checkpoint, and it stays in the session's dtype here. Notebook 07's exports store it in fp16 (half
 # the bytes), and notebook 01 counts the same bytes by formula; on a 7-8B model the embedding is a few percent.
 #
-# ## Why does AWQ quantize faster than GPTQ? (the seed's question)
-# Both need the same calibration forward passes, block by block. The difference is the per-layer
+# ## Does AWQ quantize faster than GPTQ? (the seed's claim)
+# The seed says it does. Both need the same calibration forward passes, block by block. The difference is the per-layer
 # work: GPTQ visits the input columns **one at a time** (a sequential loop of `cols` small updates,
 # plus a Cholesky of a `cols x cols` matrix), while AWQ evaluates a **grid of scale candidates** per
 # group of layers, each a quantize and a forward pass of part of the block on the calibration tokens.

@@ -9,7 +9,7 @@
 # In this notebook you will:
 # 1. see a real layer's salient channels, and measure the salience effect live: keep 1% of the input channels
 #    in full precision, chosen three ways;
-# 2. see why scaling those channels does nearly as well as keeping them, without a second format;
+# 2. see why AWQ scales those channels instead of keeping them, and measure what a fixed scale gets;
 # 3. write AWQ's scale search and its fold yourself (two exercises), then watch the search on one block;
 # 4. compare RTN, AWQ and GPTQ on the whole model like with like (same calibration, grid, group size; with the
 #    time each took), on text like the calibration's and on text from another source;
@@ -84,7 +84,8 @@ print(f"{len(act_mean)} linear layers observed; in {MLP_IN}, the top 1% of chann
       f"also among the {k} channels with the largest weights")
 
 # %% [markdown]
-# A few channels carry activations many times the others', and they are not where the weights are largest.
+# A few channels carry activations several times the average; the line above says how many of them also hold
+# the largest weights, so the two statistics pick different channels where that count is below the 1%.
 #
 # The experiment from the AWQ paper (and MIT 6.5940's lab): quantize every linear layer to **3 bits**
 # (groups of 128, round to nearest), but keep 1% of each layer's *input channels* (columns of the
@@ -138,6 +139,16 @@ session.claim(all(act.verdict(salience[h].report("sweep"), metric="kld").winner 
 # through the weight a good one (the table says by how much, on this model).
 #
 # ## 2. Why scale instead of keeping fp16?
+# Keeping 1% of the weights in fp16 worked. AWQ does something else: it scales those channels. Why, do you
+# think?
+
+# %%
+from quantedu.course.quiz import Quiz
+
+quiz = Quiz.load("awq", ids=["awq-why-scale"])
+quiz.show()
+
+# %% [markdown]
 # Mixed precision is awkward for hardware: a kernel that multiplies 4-bit weights cannot also hold a
 # scattered 1% of fp16 columns without a second code path (and the memory layout to match). AWQ's
 # observation: multiply salient column `c` by `s > 1` before rounding and divide its input by `s`.
@@ -165,8 +176,15 @@ for r in scaled:
 #
 # The division by `s` is free: it is folded into the operation that produces the input:
 # the RMSNorm weight in front of q/k/v_proj and in front of gate/up_proj, the rows of up_proj in front of
-# down_proj, and the rows of v_proj in front of o_proj. That last pair is skipped with grouped-query
-# attention, where one v channel feeds several o_proj inputs. This model:
+# down_proj, and the rows of v_proj in front of o_proj. On this model one of these pairs cannot take a scale:
+
+# %%
+quiz = Quiz.load("awq", ids=["awq-gqa"])
+quiz.show()
+
+# %% [markdown]
+# The v_proj -> o_proj pair is skipped with grouped-query attention, where one v channel feeds several
+# o_proj inputs. This model's scale groups:
 
 # %%
 cfg_model = model.config
@@ -422,13 +440,23 @@ else:
 
 # %% [markdown]
 # ## GPTQ or AWQ for vLLM?
-# The seed's question. In current vLLM both 4-bit formats (GPTQ, AWQ, and compressed-tensors W4A16,
+# The seed's question, with this notebook's measurements behind it. Your answer first:
+
+# %%
+v4 = aw.report("eval").verdict(gq.report("eval"))
+quiz = Quiz.load("awq", ids=["awq-gptq-vllm"], values={
+    "calib": f"{CALIB_SAMPLES} x {CALIB_LEN}", "fp_eval": aw.report("eval").ppl_base, "awq_w4": aw.report("eval").ppl,
+    "gptq_w4": gq.report("eval").ppl, "awq_cpu": aw.cpu_s, "gptq_cpu": gq.cpu_s,
+    "awq_w4_verdict": "AWQ better" if v4.winner == aw.name else "GPTQ better" if v4.winner == gq.name else "a tie at this much text"})
+quiz.show()
+
+# %% [markdown]
+# In current vLLM both 4-bit formats (GPTQ, AWQ, and compressed-tensors W4A16,
 # which llm-compressor writes for either algorithm) run on NVIDIA GPUs from Ampere on through the same
 # Marlin mixed-precision kernels, so serving speed is not the difference. The choice is about accuracy
 # on your model and data, and the cost of calibration. This notebook's numbers, all timed the same way:
 
 # %%
-v4 = aw.report("eval").verdict(gq.report("eval"))
 print(f"W4 asym g64, {CALIB_SAMPLES} x {CALIB_LEN} calibration tokens, perplexity: {v4}")
 print(f"   KL divergence: {aw.report('eval').verdict(gq.report('eval'), metric='kld')}")
 print(f"time, {THREADS}: AWQ {aw.wall_s:.0f} s wall / {aw.cpu_s:.0f} s CPU ({N_GRID}-point grids"
@@ -438,12 +466,7 @@ print(f"time, {THREADS}: AWQ {aw.wall_s:.0f} s wall / {aw.cpu_s:.0f} s CPU ({N_G
 # ## Quiz
 
 # %%
-from quantedu.course.quiz import Quiz
-
-quiz = Quiz.load("awq", values={
+quiz = Quiz.load("awq", ids=["awq-salience", "awq-fold", "awq-scale-normalization", "awq-alpha-zero"], values={
     "fp_sweep": act.ppl_base, **{k: r.report("sweep").ppl for k, r in salience.items() if k != "none"},
-    "rtn": salience["none"].report("sweep").ppl, "calib": f"{CALIB_SAMPLES} x {CALIB_LEN}",
-    "fp_eval": aw.report("eval").ppl_base, "awq_w4": aw.report("eval").ppl, "gptq_w4": gq.report("eval").ppl,
-    "awq_w4_verdict": "AWQ better" if v4.winner == aw.name else "GPTQ better" if v4.winner == gq.name else "a tie at this much text",
-    "awq_cpu": aw.cpu_s, "gptq_cpu": gq.cpu_s})
+    "rtn": salience["none"].report("sweep").ppl})
 quiz.show()

@@ -111,6 +111,15 @@ pd.DataFrame([{"type": lay.name, "weights/block": lay.block_size, "bytes/block":
 # magnitude with `d = max/-8`, so that extreme lands exactly on code 0 and all 16 levels (-8..7) are
 # used. Five lines, checked against the package (whose bytes are llama.cpp's, section 4); Q8_0 and Q4_1
 # come from the package here, on the real weights of `blk.0.ffn_down`.
+#
+# Remember where the course model's weights come from (section 1). Before the next cell prints the three
+# types' errors on them:
+
+# %%
+from quantedu.course.quiz import Quiz
+
+quiz = Quiz.load("gguf", ids=["q4_1-requant"])
+quiz.show()
 
 # %%
 t_down = next(t for t in reader.tensors if t.name == "blk.0.ffn_down.weight")
@@ -141,8 +150,15 @@ else:
 # super-block. Q4_K: `x = d*sc[j]*q - dmin*m[j]` with 4-bit `q` and 6-bit `sc`, `m`, in 144 bytes:
 # `d` and `dmin` (2 bytes each), the 8 scales and 8 mins in 12 bytes (bytes 0-3 hold `sc[0..3]` in their low
 # 6 bits, bytes 4-7 `m[0..3]`; bytes 8-11 the low 4 bits of `sc[4..7]` and `m[4..7]`, whose top 2 bits sit in
-# the spare top bits of bytes 0-7), then 128 bytes of codes. Here is a real super-block, the first of
-# `blk.0.ffn_down` quantized to Q4_K, byte by byte, and the weights it decodes to:
+# the spare top bits of bytes 0-7), then 128 bytes of codes. First, what that costs per weight:
+
+# %%
+quiz = Quiz.load("gguf", ids=["q4k-bits"])
+quiz.show()
+
+# %% [markdown]
+# Here is a real super-block, the first of `blk.0.ffn_down` quantized to Q4_K, byte by byte, and the weights it
+# decodes to:
 
 # %%
 import matplotlib.pyplot as plt
@@ -282,6 +298,14 @@ print(f"{sum(same)} of {len(pairs)} (type, imatrix) pairs byte-identical to ggml
 # of this model (`tests/test_gguf_quants.py`), and a whole file written by `io.write_gguf` equal to
 # llama.cpp's, tensor by tensor, which llama.cpp then runs (`tests/test_gguf_io.py`).
 #
+# A K-quant row holds whole super-blocks of 256 weights, and the course model's rows are 576 long. Before
+# section 5 says what llama.cpp does about it:
+
+# %%
+quiz = Quiz.load("gguf", ids=["fallback"])
+quiz.show()
+
+# %% [markdown]
 # ## 5. Mixes: what the `_M` in Q4_K_M means
 # "Q4_K_M" is not a bit width: it is a **recipe** that picks a type per tensor (llama.cpp's
 # `llama_tensor_get_type`). The suffix is the size of the recipe: `_S` (small) keeps the base type
@@ -616,7 +640,5 @@ shutil.rmtree(work, ignore_errors=True)
 # ## Quiz
 
 # %%
-from quantedu.course.quiz import Quiz
-
-quiz = Quiz.load("gguf")
+quiz = Quiz.load("gguf", ids=["k-and-m", "imatrix-def", "bit-exact", "iq4-grid"])
 quiz.show()

@@ -445,8 +445,8 @@ if VLLM:
 #
 # ## 5. Three servers, one sweep
 # The same load against the three servers, each computing with one thread: throughput and TTFT against the
-# number of clients. Three 4-bit models of the same network, not the same bytes (Q4_K_M in llama.cpp, the
-# course's GPTQ in vLLM): compare the shapes of the curves more than their heights.
+# number of clients. Two 4-bit models of the same network, not the same bytes (Q4_K_M in both llama.cpp
+# servers, the course's GPTQ in vLLM): compare the shapes of the curves more than their heights.
 
 # %%
 summary = pd.concat({k: bench.by_concurrency(v) for k, v in sweeps.items()}, names=["server"]) if sweeps else None

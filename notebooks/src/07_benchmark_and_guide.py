@@ -149,14 +149,24 @@ plt.show()
 # calibration text: a calibrated row that rises more than its uncalibrated neighbours has fitted its calibration data.
 
 # %%
+hw = "gpu" if served.get("hardware") == "gpu" else "cpu"
 fig, ax = plt.subplots(figsize=(8, 3.6))
-figures.plot_speed(rows, "gpu" if served.get("hardware") == "gpu" else "cpu", comparison.CLIENTS, ax=ax)
+figures.plot_speed(rows, hw, comparison.CLIENTS, ax=ax)
 plt.show()
+timed_rows = sorted([r for r in rows if math.isfinite(r.tok_s(hw))], key=lambda r: r.memory_mb)
+print("one request, smallest first: " + "; ".join(f"{r.variant} {r.memory_mb:.0f} MB {r.tok_s(hw):.0f} tok/s"
+                                                    for r in timed_rows))
+slower = [(a, b) for a in timed_rows for b in timed_rows   # beyond guide.SPEED_TIE: timings move ~15% here
+          if a.memory_mb < b.memory_mb and a.tok_s(hw) < guide.SPEED_TIE * b.tok_s(hw)]
+print("smaller yet slower by more than 15%: " + ("; ".join(f"{a.variant} vs {b.variant}" for a, b in slower)
+                                                 or "none: here fewer bytes never decoded slower"))
 
 # %% [markdown]
-# **Takeaway:** with one request, the engine whose kernel reads the fewest bytes per token fastest wins; with many
-# requests at once, batching (vLLM's continuous batching, `llama-server`'s slots) multiplies throughput, and the
-# ranking can change: ask how many users before picking an engine (notebook 06).
+# **Takeaway:** one request decodes by reading every weight once per token, so fewer bytes have less to read; but
+# each engine's kernel reads its format at its own pace, and the lines above say whether size alone ordered the
+# speeds here (a single timing per row: differences under 15% are noise on a shared machine). With many requests at
+# once, batching (vLLM's continuous batching, `llama-server`'s slots) multiplies throughput, and the ranking can
+# change: ask how many users before picking an engine (notebook 06).
 
 # %% [markdown]
 # ## 5. Side by side with the post's numbers
@@ -253,7 +263,7 @@ ids = ["int4-bytes", "ptq-vs-qat", "gptq-core", "awq-core", "kquant-names", "fak
 quiz = Quiz.load("final", ids=ids, values={
     "q4_kld": q4.report.kld.mean, "q5_kld": q5.report.kld.mean, "tokens": kv.interval.tokens,
     "need": kv.tokens_needed, "winner": kv.winner or "", "fallback": cov["fell_back"], "n_matrices": cov["matrices"]})
-if served.get("hardware") == "cpu":  # the quiz's engine question rests on this measurement
+if hw == "cpu" and "missing" not in served:  # the quiz's engine question rests on this measurement
     session.claim(q4.tok_s("cpu") > row["GPTQ"].tok_s("cpu"), "one request decodes faster in llama.cpp's Q4_K_M "
                   "than in vLLM's GPTQ kernel on this CPU")
 quiz.show()

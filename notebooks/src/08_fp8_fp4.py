@@ -114,8 +114,18 @@ print(f"{below:.0%} of the weights lie below a quarter of their group's largest;
 # An MXFP4 block is 32 weights `x` and one **E8M0** byte `e`: a bare exponent, scale `2**(e - 127)`, no mantissa,
 # no sign. The OCP spec (and ggml, and gguf-py) choose `e = floor(log2(max|x|)) - 2 + 127`: the largest weight
 # divided by the scale lands in [4, 8), and E2M1's largest value is 6, so the top of that range clips to 6.
-# Every weight is then rounded to the nearest E2M1 value times the scale. First write it yourself, byte for byte
-# as llama.cpp stores it:
+# Every weight is then rounded to the nearest E2M1 value times the scale. What that layout costs per weight:
+
+# %%
+from quantedu import microscaling as ms
+from quantedu.course.quiz import Quiz
+
+quiz = Quiz.load("fp4", ids=["mxfp4-bits"], values={"mx_bits": ms.MXFP4.bits_per_weight,
+                                                     "nv_bits": ms.NVFP4.bits_per_weight})
+quiz.show()
+
+# %% [markdown]
+# Now write it yourself, byte for byte as llama.cpp stores it:
 
 # %% [exercise 08.mxfp4_block]
 
@@ -127,7 +137,6 @@ print(f"{below:.0%} of the weights lie below a quarter of their group's largest;
 
 # %%
 from quantedu import gguf
-from quantedu import microscaling as ms
 
 xb = W_DOWN[0, :32]
 scale = 2.0 ** (torch.floor(torch.log2(xb.abs().max())) - 2)           # E8M0: a power of two
@@ -146,7 +155,14 @@ print(f"equal to quantedu.microscaling and to the dequantized GGML bytes ({ggml_
 # %% [markdown]
 # ## 3. NVFP4: a two-level scale, and FP4 against INT4 on the same tensors
 # NVFP4 shrinks the group to 16 and gives each group an **E4M3** scale (3 mantissa bits: the scale is no longer
-# forced to a power of two). E4M3 reaches only 448 and loses precision below 2^-6, while a group's `max/6` is
+# forced to a power of two). It also adds one float32 scale for the whole tensor. Why would it need that?
+
+# %%
+quiz = Quiz.load("fp4", ids=["nvfp4-global"])
+quiz.show()
+
+# %% [markdown]
+# E4M3 reaches only 448 and loses precision below 2^-6, while a group's `max/6` is
 # ~0.01 in an LLM; so a per-tensor float32 `g` first lifts the scales into E4M3's range: value =
 # `E2M1 x s / g`. Write the scales yourself:
 
@@ -193,6 +209,13 @@ plot_error_vs_bits(same)
 plt.show()
 err_by = same.groupby("grid", sort=False)["rel_sq_error"].apply(lambda e: float(np.exp(np.log(e).mean())))
 print("geometric mean over", len(LAYERS), "layers:", ", ".join(f"{k} {v:.2e}" for k, v in err_by.items()))
+
+# %% [markdown]
+# MXFP4 and NVFP4 spend 4 bits on every code; one of them rounds with more error. Before the takeaway says why:
+
+# %%
+quiz = Quiz.load("fp4", ids=["mx-vs-nv"], values={"mx_over_nv": float(err_by["MXFP4"] / err_by["NVFP4"])})
+quiz.show()
 
 # %% [markdown]
 # **Takeaway:** the points sort by bits: FP8 (twice the bits) sits far below every 4-bit grid; among those, MXFP4's
@@ -339,7 +362,14 @@ print(kld_verdict(r["NVFP4 (course)"], r["Q4_0"]))
 
 # %% [markdown]
 # ## 6. GPTQ on a floating-point grid
-# GPTQ (notebook 03) never looks inside its rounding: it rounds one column, measures the error and spreads it over
+# GPTQ was written for integer grids (notebook 03). What would have to change for FP4?
+
+# %%
+quiz = Quiz.load("fp4", ids=["gptq-fp-grid"])
+quiz.show()
+
+# %% [markdown]
+# GPTQ never looks inside its rounding: it rounds one column, measures the error and spreads it over
 # the columns not yet rounded. Any grid with `choose(group) -> scale` and `round(column, scale)` works:
 # `fp_grids.FP4Grid` and `FP8Grid` are those for FP4 and FP8. First, the quantity GPTQ minimizes, the layer's output
 # error `tr(dW H dW^T) / tr(W H W^T)`, for RTN and GPTQ on every grid, with one Hessian `H` per layer from the same
@@ -410,8 +440,13 @@ for label in GPTQ_FORMATS:
 # %% [markdown]
 # ## 7. Which hardware runs each format natively
 # Not measured here (this machine is a CPU: llama.cpp and torch above *emulate* the formats, decoding to float32):
-# what the vendors document.
-#
+# what the vendors document. Your guess first:
+
+# %%
+quiz = Quiz.load("fp4", ids=["native-fp4"])
+quiz.show()
+
+# %% [markdown]
 # | format | runs natively on | source |
 # |---|---|---|
 # | FP8 E4M3 / E5M2 | NVIDIA Hopper (H100, H200) and Ada Lovelace (L4, L40S, RTX 40) tensor cores; AMD Instinct MI300; Intel Gaudi 2/3 | NVIDIA H100 Tensor Core GPU Architecture whitepaper (2022, "Transformer Engine", FP8); NVIDIA Ada GPU Architecture whitepaper (2022); AMD CDNA 3 Architecture whitepaper (2023) |
@@ -425,7 +460,7 @@ for label in GPTQ_FORMATS:
 
 # %% [markdown]
 # ## 8. Selecting a format
-# A note for 07's selection guide (whose table gains the MXFP4 and NVFP4 rows), from what this lesson measured:
+# What this lesson measured, as a note beside 07's selection guide (whose table has no FP4 or FP8 rows yet):
 #
 # * **FP8 (E4M3, one scale per channel, or DeepSeek-V3's 128 x 128 blocks where they divide the shapes)**: many
 #   times less weight error than any 4-bit grid (section 3's ratio), at twice the bits; native on Hopper, Ada, MI300.
@@ -444,13 +479,3 @@ print(f"measured here (llama.cpp, {baseline.tokens:,} tokens): bits/weight of th
 for label, m in measured.items():
     kld = m.reports[PURPOSE].kld
     print(f"  {label:15s} {m.sizes['linear_bits_per_weight']:.2f} bits, KLD {plus_minus(kld.mean, kld.se)}")
-
-# %% [markdown]
-# ## Quiz
-
-# %%
-from quantedu.course.quiz import Quiz
-
-quiz = Quiz.load("fp4", values={"mx_bits": ms.MXFP4.bits_per_weight, "nv_bits": ms.NVFP4.bits_per_weight,
-                                "mx_over_nv": float(ratio_mx)})
-quiz.show()

@@ -4,7 +4,8 @@
 # Everything the course has quantized so far is a weight. Serving holds two more things in memory and
 # arithmetic: the **activations** that flow into every matmul (quantize them too, W8A8, and the matmul
 # itself runs on int8 codes, which is what vLLM's CPU backend and GPU int8 tensor cores accelerate), and
-# the **KV cache**, the keys and values of every past token, which outgrows the weights at long context.
+# the **KV cache**, the keys and values of every past token, which grows with the context and with every
+# sequence served until it can outgrow the weights.
 # This notebook measures where the memory goes, why activations are harder to quantize than weights
 # (outlier channels), two cures (SmoothQuant moves the difficulty into the weights; a Hadamard rotation
 # spreads it out), and what llama.cpp's quantized KV cache types cost on the course model.
@@ -189,13 +190,13 @@ axes[0].set_ylabel("max |value|")
 axes[0].legend(fontsize=8)
 plt.show()
 ratio = lambda v: float(v.max() / v.median())  # noqa: E731
-print(f"max/median over channels: activations {ratio(absmax):.0f} -> {ratio(after_x):.0f}, "
+print(f"max/median over channels: activations {ratio(absmax):.1f} -> {ratio(after_x):.1f}, "
       f"weights {ratio(w_max):.1f} -> {ratio(after_w):.1f}")
 
 # %% [markdown]
-# The outlier channels shrink in the activations and reappear, square-rooted, in the weights, where a
-# per-channel int8 scale per output row absorbs them. Does it help the model? Same W8A8 conversions on the
-# smoothed copy:
+# The outlier channels shrink in the activations and reappear, square-rooted, in the weights, whose spread over
+# channels stays moderate (the line above): the difficulty is now shared by both sides of the matmul. Does it help
+# the model? Same W8A8 conversions on the smoothed copy:
 
 # %%
 sq_dyn, sq_static = copy.deepcopy(smooth), smooth
@@ -304,8 +305,17 @@ plt.show()
 
 # %% [markdown]
 # ## 6. llama.cpp's KV cache types
-# llama.cpp stores K and V in a type of your choice (`-ctk`, `-ctv`): f16, or ggml blocks of 32 values
-# (q8_0: 34 bytes per block, q4_0: 18). A quantized V needs flash attention (`-fa on`). The course's formula
+# llama.cpp stores K and V in a type of your choice (`-ctk`, `-ctv`): f16, or ggml blocks of 32 values. First,
+# what a block costs:
+
+# %%
+from quantedu.course.quiz import Quiz
+
+quiz = Quiz.load("activations", ids=["q8-kv-bytes"])
+quiz.show()
+
+# %% [markdown]
+# q8_0 takes 34 bytes per block, q4_0 18. A quantized V needs flash attention (`-fa on`). The course's formula
 # predicts the bytes from the model's shape; llama-perplexity reports what it allocated, and scores every type
 # against its own f16 cache on the same tokens (`--kl-divergence`). Cached: the runs repeat on a re-run.
 
@@ -417,11 +427,6 @@ print(f"KV cache: q8_0 saves {1 - q8_mib / f16_mib:.0%} of it at KLD {kv.loc['K 
 # ## Quiz
 
 # %%
-from quantedu.course.quiz import Quiz
-
-quiz = Quiz.load("activations", values={
-    "outlier_x": float(absmax.max() / absmax.median()),
-    "kv32k_gib": rows["32k, KV 16-bit"]["KV cache"] / 2**30,
-    "q8_ratio": float(q8_mib / f16_mib),
-    "q4_ratio": float(q4_mib / f16_mib)})
+quiz = Quiz.load("activations", ids=["per-tensor-outliers", "smoothquant-alpha", "rotation-function"], values={
+    "outlier_x": float(absmax.max() / absmax.median())})
 quiz.show()

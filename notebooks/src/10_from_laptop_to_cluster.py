@@ -105,6 +105,19 @@ plan_figures.plan_form(show_plan, model=TARGET, scheme=SCHEME, gpus=GPUS, gpu_me
                        context=CONTEXT, batch=BATCH)
 
 # %% [markdown]
+# **Predict first.** The 70B in W4A16 will not fit one 24 GiB GPU. Before the figure shows why:
+
+# %%
+from quantedu.course.quiz import Quiz
+
+p70_1 = planner.plan("llama-3.1-70b", gpus=1, gpu_memory_gb=24, context=CONTEXT, batch=BATCH, scheme="w4a16")
+p70_4x24 = planner.plan("llama-3.1-70b", gpus=4, gpu_memory_gb=24, context=CONTEXT, batch=BATCH, scheme="w4a16")
+quiz = Quiz.load("cluster", ids=["fit-70b-1x24"], values={"w70_tp1": p70_1.per_gpu["weights"] / GIB,
+                                                          "budget24": p70_1.budget / GIB,
+                                                          "w70_4x24": p70_4x24.per_gpu["weights"] / GIB})
+quiz.show()
+
+# %% [markdown]
 # ### What fits where
 # The same question for a few deployments: the 8B in bf16 and W4A16 on one 24 GiB GPU, the 70B in W4A16 on
 # one such GPU, its GGUF Q4_K_M split by llama.cpp over two and four of them, and W4A16 / bf16 on four
@@ -127,12 +140,16 @@ for q in plans:
 # %% [markdown]
 # **Takeaway:** a plan fails for one of two reasons, and they have different cures. When the weights alone
 # overflow (the 70B on one GPU), only fewer bytes per GPU help: more GPUs or fewer bits. When the KV cache
-# overflows (Q4_K_M on two GPUs), a shorter context, a smaller batch, an fp8 KV cache or more GPUs help.
+# overflows (Q4_K_M on two GPUs), a shorter context, fewer sequences, a quantized KV cache (q8_0 in llama.cpp,
+# fp8 in vLLM) or more GPUs help; the reason printed under the figure names the engine's own flags.
 
 # %% [markdown]
 # ### Refused splits
-# Each GPU must hold whole attention heads. The course model has 9 heads, so vLLM refuses two GPUs;
-# the plan quotes vLLM's reason and what to do:
+# The plan is asked to put the course model on two GPUs. What will it answer?
+
+# %%
+quiz = Quiz.load("cluster", ids=["tp2-course"])
+quiz.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -316,16 +333,11 @@ print(f"compute buffer: llama.cpp {reported['compute'] / 2**20:.1f} MiB, the pla
 # The numbers come from the plans computed above.
 
 # %%
-from quantedu.course.quiz import Quiz
-
-p70_1 = planner.plan("llama-3.1-70b", gpus=1, gpu_memory_gb=24, context=CONTEXT, batch=BATCH, scheme="w4a16")
-p70_4x24 = planner.plan("llama-3.1-70b", gpus=4, gpu_memory_gb=24, context=CONTEXT, batch=BATCH, scheme="w4a16")
 gguf_4x24 = planner.plan("llama-3.1-70b", gpus=4, gpu_memory_gb=24, context=CONTEXT, batch=BATCH, scheme="Q4_K_M")
-quiz = Quiz.load("cluster", values={
+quiz = Quiz.load("cluster", ids=["weights-70b-tp4", "kv-70b-tp4", "layer-split"], values={
     "w70_tp4": p70.per_gpu["weights"] / GIB, "w70_tp1": p70_1.per_gpu["weights"] / GIB,
     "total70_tp4": p70.total / GIB, "budget80": p70.budget / GIB, "kv70_tp4": p70.kv_per_token / 2**10,
-    "kv70_gib": p70.per_gpu["KV cache"] / GIB, "context": CONTEXT, "batch": BATCH, "refusal": refusal,
-    "budget24": p70_1.budget / GIB, "w70_4x24": p70_4x24.per_gpu["weights"] / GIB,
+    "kv70_gib": p70.per_gpu["KV cache"] / GIB, "context": CONTEXT, "batch": BATCH,
     "layers_4x24": " + ".join(map(str, gguf_4x24.layers_per_gpu)),
 })
 quiz.show()

@@ -121,8 +121,7 @@ def loaded_bytes(model, dtype: str = "bfloat16") -> float:
     """Bytes of the weights an engine loads from a checkpoint folder: every safetensors tensor, floating ones in
     ``dtype`` (vLLM casts them), packed integer ones as stored; NaN for a hub id (nothing on disk to read)."""
     from safetensors import safe_open
-    files = sorted(Path(str(model)).glob("*.safetensors")) if Path(str(model)).is_dir() else []
-    if not files:
+    if not (files := sorted(Path(str(model)).glob("*.safetensors")) if Path(str(model)).is_dir() else []):
         return math.nan
     width = {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4}.get(dtype, 2)
     sizes = {"I32": 4, "I64": 8, "U8": 1, "I8": 1, "I16": 2, "U32": 4, "BOOL": 1}
@@ -135,8 +134,7 @@ def loaded_bytes(model, dtype: str = "bfloat16") -> float:
     return total
 
 
-def loaded_mb(model, dtype: str = "bfloat16") -> float:
-    """:func:`loaded_bytes` in MB (10^6 bytes), as the comparison table prints it."""
+def loaded_mb(model, dtype: str = "bfloat16") -> float:  # loaded_bytes in MB (10^6 B), as the table prints it
     return loaded_bytes(model, dtype) / 1e6
 
 

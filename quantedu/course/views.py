@@ -130,6 +130,11 @@ def plus_minus(mean: float, se: float, scale: float = 1.0, unit: str = "") -> st
     return f"{mean * scale:.{d}f}{unit} ± {se * scale:.{d}f}{unit}"
 
 
+def _factor(x: float) -> str:
+    """A perplexity ratio of 10 or more, to 3 significant digits: ``12.3``, ``199,000``."""
+    return f"{x:.3g}" if x < 1000 else f"{float(f'{x:.3g}'):,.0f}"
+
+
 def quality_table(reports, verdicts: bool = True):
     """One row per :class:`~quantedu.evaluate.QualityReport`: perplexity, its change over the baseline on the
     same windows with the 95% interval, mean KLD, same top token, and the verdict of the one rule
@@ -143,9 +148,10 @@ def quality_table(reports, verdicts: bool = True):
         d, kld, top = r.delta_nll, r.kld, r.same_top
         half = (math.expm1(d.high) - math.expm1(d.low)) / 2 / 1.96 * 100  # the interval as a se, in percent
         dp = decimals_for(half)
-        row = {"model": r.name, "perplexity": round(r.ppl, max(2, dp)),
-               "vs baseline": f"{100 * math.expm1(d.mean):+.{dp}f}% [{100 * math.expm1(d.low):+.{dp}f}, "
-                              f"{100 * math.expm1(d.high):+.{dp}f}]",
+        vs = (f"{100 * math.expm1(d.mean):+.{dp}f}% [{100 * math.expm1(d.low):+.{dp}f}, {100 * math.expm1(d.high):+.{dp}f}]"
+              if d.mean < math.log(10) else  # +19892639% reads better as a factor: x198927 [...]
+              f"x{_factor(math.exp(d.mean))} [x{_factor(math.exp(d.low))}, x{_factor(math.exp(d.high))}]")
+        row = {"model": r.name, "perplexity": round(r.ppl, max(2, dp)), "vs baseline": vs,
                "mean KLD": plus_minus(kld.mean, kld.se), "same top token": plus_minus(top.mean, top.se, 100, "%")}
         if verdicts:
             v = r.verdict()
