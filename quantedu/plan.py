@@ -29,7 +29,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import memory
-from .memory import GIB, FloatFormat, GroupFormat, ModelShape
+from .memory import GIB, ModelShape
+from .schemes import SCHEME_HELP, Scheme, parse_scheme
 
 UTILIZATION = 0.9      # vLLM's default --gpu-memory-utilization
 VOCAB_PADDING = 64     # vLLM's DEFAULT_VOCAB_PADDING_SIZE (vocab_parallel_embedding.py)
@@ -42,62 +43,6 @@ MAX_CONTEXT = {  # max_position_embeddings of the presets' published config.json
 
 class PlanError(ValueError):
     """A configuration an engine refuses (the engine's own reason, and what to do)."""
-
-
-# ------------------------------------------------------------------------------------------ schemes
-@dataclass(frozen=True)
-class Scheme:
-    """How the linear layers are stored and run: a ``memory`` weight format (or a GGUF mix name)."""
-
-    name: str
-    weights: object            # memory.FloatFormat / GroupFormat, or a GGUF mix name ("Q4_K_M")
-    activations: str
-    engine: str                # "vllm" (tensor parallel) or "llama.cpp" (layer split)
-
-    @property
-    def gguf(self) -> bool:
-        return self.engine == "llama.cpp"
-
-
-def _group(bits, group, sym=True, scale_bits=16):
-    return GroupFormat(bits, group, scale_bits=scale_bits, zero_bits=0 if sym else None)
-
-
-_FIXED = {  # name -> (weights, activations); per-channel scales are float32 in vLLM's int8/fp8 layers
-    "fp16": (FloatFormat("fp16", 16), "fp16"), "bf16": (FloatFormat("bf16", 16), "bf16"),
-    "w8a8": (_group(8, None, scale_bits=32), "int8, dynamic per token"),
-    "fp8": (_group(8, None, scale_bits=32), "fp8 e4m3, dynamic per token"),
-    # FP4 codes with an fp8 scale per 16 (NVFP4: 4.5 bits) or an e8m0 scale per 32 (MXFP4: 4.25 bits)
-    "nvfp4": (_group(4, 16, scale_bits=8), "fp4, scale per 16"), "nvfp4a16": (_group(4, 16, scale_bits=8), "bf16"),
-    "mxfp4": (_group(4, 32, scale_bits=8), "fp4, scale per 32"), "mxfp4a16": (_group(4, 32, scale_bits=8), "bf16"),
-}
-_WNA16 = re.compile(r"w(?P<bits>[48])a16(?P<opts>(?:-(?:g\d+|channel|asym|sym))*)")
-SCHEME_HELP = ("fp16, bf16, w8a8, fp8, w4a16[-g<group>][-asym] (default group 128), w8a16[-g<group>|-channel], "
-               "nvfp4, nvfp4a16, mxfp4, mxfp4a16, or a GGUF mix (Q4_K_M, Q5_K_M, Q8_0, ...)")
-
-
-def parse_scheme(spec) -> Scheme:
-    """Parse a scheme name (see :data:`SCHEME_HELP`)."""
-    if isinstance(spec, Scheme):
-        return spec
-    from .gguf.mixes import MIXES
-
-    s = str(spec).strip().lower()
-    if s in _FIXED:
-        weights, acts = _FIXED[s]
-        return Scheme(s, weights, acts, "vllm")
-    m = _WNA16.fullmatch(s)
-    if m:
-        opts = [o for o in m["opts"].split("-") if o]
-        group = next((None if o == "channel" else int(o[1:]) for o in opts if o[0] in "gc"), 128)
-        if group is not None and group < 1:
-            raise ValueError(f"group size must be >= 1, got {group}")
-        fmt = _group(int(m["bits"]), group, sym="asym" not in opts)
-        name = f"w{m['bits']}a16-" + (f"g{group}" if group else "channel") + ("-asym" if "asym" in opts else "")
-        return Scheme(name, fmt, "bf16", "vllm")
-    if s.upper() in MIXES:
-        return Scheme(s.upper(), s.upper(), "f32/f16 (llama.cpp)", "llama.cpp")
-    raise ValueError(f"unknown scheme {spec!r}: use {SCHEME_HELP}")
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -124,6 +69,17 @@ def resolve(model) -> tuple[ModelShape, str, int | None]:
 
 # -------------------------------------------------------------------------------- tensor parallelism
 
+def valid_tp_sizes(shape: ModelShape) -> list[int]:
+    """The tensor-parallel sizes vLLM accepts for ``shape``: every rule of :func:`rank_shape` holds."""
+    def ok(tp: int) -> bool:
+        try:
+            rank_shape(shape, tp)
+        except PlanError:
+            return False
+        return True
+    return [tp for tp in range(1, shape.heads + 1) if shape.heads % tp == 0 and ok(tp)]
+
+
 def rank_shape(shape: ModelShape, tp: int) -> ModelShape:
     """One rank's slice of ``shape`` under vLLM's tensor parallelism of ``tp``; refuses what vLLM refuses.
 
@@ -133,10 +89,9 @@ def rank_shape(shape: ModelShape, tp: int) -> ModelShape:
     if tp < 1:
         raise PlanError(f"tensor parallel size must be >= 1, got {tp}")
     if shape.heads % tp:
-        divisors = [d for d in range(1, shape.heads + 1) if shape.heads % d == 0]
         raise PlanError(f"Total number of attention heads ({shape.heads}) must be divisible by tensor parallel "
-                        f"size ({tp}). (vLLM's reason.) What to do: use --tensor-parallel-size in {divisors}, "
-                        f"or split the rest with --pipeline-parallel-size.")
+                        f"size ({tp}). (vLLM's reason.) What to do: use --tensor-parallel-size in "
+                        f"{valid_tp_sizes(shape)}, or split the rest with --pipeline-parallel-size.")
     kv = shape.kv_heads
     if (kv >= tp and kv % tp) or (kv < tp and tp % kv):
         raise PlanError(f"{shape.kv_heads} KV heads cannot be shared by {tp} ranks: vLLM splits them when "
@@ -381,9 +336,11 @@ def plan(model_or_shape, gpus: int = 1, gpu_memory_gb: float = 24.0, context: in
                   f"the {budget / GIB:.2f} GiB usable of {gpu_memory_gb:g} GiB: use more GPUs, a smaller scheme or "
                   f"bigger GPUs")
     elif w + act + kv > budget:
+        flags = ("-c or -np, use -ctk q8_0 -ctv q8_0 -fa on" if sch.gguf else   # each engine's own KV flags
+                 "--max-model-len or --max-num-seqs, use --kv-cache-dtype fp8")
         reason = (f"the KV cache for {context} tokens x {batch} sequences needs {kv / GIB:.2f} GiB per GPU, but "
                   f"{free / GIB:.2f} GiB are left after weights and activations: at batch {batch} the largest "
-                  f"context is {mem_ctx} tokens (lower {'-c or -np, use -ctk q8_0 -ctv q8_0 -fa on' if sch.gguf else '--max-model-len or --max-num-seqs, use --kv-cache-dtype fp8'}, or add GPUs)")
+                  f"context is {mem_ctx} tokens (lower {flags}, or add GPUs)")
     elif model_max and context > model_max:
         reason = f"memory would allow it, but the model has {model_max} positions: use a context <= {model_max}"
     else:
@@ -397,4 +354,4 @@ def plan(model_or_shape, gpus: int = 1, gpu_memory_gb: float = 24.0, context: in
 
 
 __all__ = ["Plan", "PlanError", "Scheme", "SCHEME_HELP", "plan", "parse_scheme", "default_method", "resolve",
-           "rank_shape", "tp_splits", "group_alignment", "gguf_tensor_bytes", "layer_devices", "calibration_peak"]
+           "rank_shape", "valid_tp_sizes", "tp_splits", "group_alignment", "gguf_tensor_bytes", "layer_devices", "calibration_peak"]

@@ -287,8 +287,11 @@ def _train_blockwise(model, data, config, p: QATPlan, seed: int, progress: bool,
                 before = F.mse_loss(first_tensor(block(X[probe], **kwargs)).float(), targets[probe].float()).item()
             opt = make_optimizer(block, p.lr_scale, p.lr_weight)
             block_losses = []
+            order = torch.empty(0, dtype=torch.long)  # epochs of shuffled windows: each seen once before any twice
             for _ in range(p.steps):
-                rows = torch.randint(0, len(X), (min(p.batch_size, len(X)),), generator=gen)
+                if len(order) < min(p.batch_size, len(X)):
+                    order = torch.cat([order, torch.randperm(len(X), generator=gen)])
+                rows, order = order[:min(p.batch_size, len(X))], order[min(p.batch_size, len(X)):]
                 loss = F.mse_loss(first_tensor(block(X[rows], **kwargs)).float(), targets[rows].float())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -324,8 +327,10 @@ def summary_line(r: dict) -> str:
     if "per_block" in r:
         first = sum(b["mse before"] for b in r["per_block"])
         after = sum(b["mse after"] for b in r["per_block"])
-        return (f"block-wise: {r['plan'].steps} steps x {len(r['per_block'])} blocks, {r['plan'].batch_size} x "
-                f"{r['plan'].seq_len} tokens per step, in {r['seconds']:.0f} s; summed block output MSE "
-                f"{first:.4g} with RTN scales -> {after:.4g} after training")
+        p = r["plan"]
+        seen = min(p.n_samples, p.steps * p.batch_size)
+        return (f"block-wise: {p.steps} steps x {len(r['per_block'])} blocks, {p.batch_size} x {p.seq_len} tokens per "
+                f"step (each block sees {seen} of the {p.n_samples} calibration windows), in {r['seconds']:.0f} s;\n"
+                f"summed block output MSE {first:.4g} with RTN scales -> {after:.4g} after training")
     return (f"{r['steps']} steps x {r['plan'].batch_size} x {r['plan'].seq_len} tokens = {r['tokens']:,} tokens "
             f"in {r['seconds']:.0f} s; loss {r['losses'][0]:.4f} -> {min(r['losses'][-3:]):.4f}")

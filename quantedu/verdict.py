@@ -136,19 +136,26 @@ class Verdict:
     def tie(self) -> bool:
         return self.winner is None
 
-    def __str__(self) -> str:
-        return self.sentence
+    def __str__(self) -> str:  # printed: wrapped to a readable width (``sentence`` stays one line)
+        import textwrap
+        return textwrap.fill(self.sentence, 110, subsequent_indent="    ", break_long_words=False)
 
 
 def _fmt(v: float, as_ppl: bool, largest: float = 0.0) -> str:
     """A perplexity ratio in percent, or a metric's difference to 3 significant digits of ``largest`` (the
     largest magnitude in the sentence, so its numbers share one precision; scientific below 0.01)."""
-    if as_ppl:
-        return f"{math.expm1(v):+.2%}"
+    if as_ppl:  # a ratio of 10 or more (or 1/10 or less) reads as a factor: x14.0, not +1300.77%
+        return f"{math.expm1(v):+.2%}" if abs(v) < math.log(10) else f"x{math.exp(v):.3g}"
     largest = max(abs(largest), abs(v))
     if largest < 0.01:
         return f"{v:+.2e}"
     return f"{v:+.{max(0, 2 - math.floor(math.log10(largest)))}f}"
+
+
+def _two_digits(n: float) -> int:
+    """An estimate to two significant digits (7,556 -> 7,600): it is an extrapolation, not a count."""
+    n = math.ceil(n)
+    return int(float(f"{n:.2g}")) if n >= 100 else n
 
 
 def verdict(diff, a: str = "A", b: str = "B", what: str = "negative log-likelihood per token",
@@ -181,5 +188,5 @@ def verdict(diff, a: str = "A", b: str = "B", what: str = "negative log-likeliho
     else:
         winner = None
         sentence = (f"{a} and {b} are a tie at this much text: {gap} ({span}), an interval that contains zero. "
-                    f"About {math.ceil(need):,} tokens would separate them if the difference stayed this size.")
+                    f"About {_two_digits(need):,} tokens would separate them if the difference stayed this size.")
     return Verdict(a, b, what, iv, winner, need, sentence)

@@ -59,3 +59,25 @@ def test_the_older_layouts_vllm_serves_with_quantization_gptq_or_awq(tiny_llama,
     assert "model.layers.0.mlp.down_proj.qzeros" in set(load_file(next(aw.path.glob("*.safetensors"))))
     w = lambda c: c.model().model.layers[0].mlp.down_proj.weight  # noqa: E731
     assert v1.path != ct.path and torch.equal(w(v1), w(ct))
+
+
+def test_smoothquant_w8a8_is_written_once_and_read_back_as_the_int8_emulation(tiny_llama, tmp_cache):
+    """Notebook 07's W8A8 row: SmoothQuant + W8A8 of a copy, cached, read back with W8A8Linear layers whose
+    outputs match the unquantized model's to int8 precision; alpha outside [0, 1] is refused."""
+    from quantedu.w8a8 import W8A8Linear
+
+    session = _session(tiny_llama)
+    before = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
+    first = checkpoints.smoothquant_w8a8(session, 0.5, 4, 64)
+    again = checkpoints.smoothquant_w8a8(session, 0.5, 4, 64)
+    assert all(torch.equal(before[k], v) for k, v in tiny_llama.state_dict().items())
+    assert again == first and first.method == "w8a8" and first.label == "SmoothQuant W8A8 (alpha 0.5)"
+    assert checkpoints.smoothquant_w8a8(session, 0.8, 4, 64).path != first.path
+    model = first.model()
+    assert isinstance(model.model.layers[0].mlp.down_proj, W8A8Linear)
+    ids = session.calibration(1, 32, seed=7)
+    with torch.no_grad():
+        ref, out = tiny_llama(ids).logits, model(ids).logits
+    assert 0 < float((out - ref).abs().max()) < 0.05 * float(ref.abs().max())
+    with pytest.raises(ValueError, match="alpha"):
+        checkpoints.smoothquant_w8a8(session, 1.5, 4, 64)

@@ -76,6 +76,10 @@ def test_table_marks_speeds_that_no_engine_measured():
     assert shown.loc["fp32 (baseline)", "tok/s, 1 user"] == "-"
     r["gptq"].speed = {}
     assert comparison.table(list(r.values())).loc["GPTQ W4 asym g64", "tok/s, 1 user"] == comparison.NA
+    r["q4_k_m"].speed["cpu"]["1_runs"] = [38.0, 40.0, 44.5]  # repeated timings: median and range
+    shown = comparison.table(list(r.values()))
+    assert shown.loc["GGUF Q4_K_M", "tok/s, 1 user"] == "40 (38-44)"
+    assert r["q4_k_m"].tok_s_range("cpu") == (38.0, 44.5) and r["q5_k_m"].tok_s_range("cpu") is None
 
 
 def test_without_vllm_its_rows_keep_torch_quality_and_say_which_engine_ran(monkeypatch):

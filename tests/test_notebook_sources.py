@@ -47,13 +47,30 @@ def test_parser_rejects_malformed_sources():
         ("markdown", "# T\n\nx"), ("code", "a = 1")]
 
 
+# What needs each extra: llama-cpp-python itself, or a quantedu module that loads it or runs llama.cpp's tools.
+# (quantedu.engines.llama_cpp.kv_cache's byte formula, which notebook 01 uses, is arithmetic: no extra.)
+NEEDS = {"llama": (r"\bimport llama_cpp\b", r"llama_cpp import (bindings|quality|ggml|kv_cache|fp4)\b",
+                   r"llama_cpp as \w+", r"[\"']llama_cpp[\"']"),
+         "reference": (r"llmcompressor",)}
+
+
 def test_every_notebook_installs_what_it_needs_on_colab():
-    needs = {"llama": ("llama_cpp",), "reference": ("llmcompressor",)}
+    import re
     for src in SOURCES:
         text, extras = src.read_text(), build_notebooks.EXTRAS[src.name[:2]].split(",")
-        for extra, markers in needs.items():
-            if any(m in text for m in markers):
+        for extra, markers in NEEDS.items():
+            if any(re.search(m, text) for m in markers):
                 assert extra in extras, f"{src.name} uses {extra} but its Colab set-up cell does not install it"
+
+
+def test_the_extras_markers_catch_what_needs_llama_cpp():
+    import re
+    uses = ["import llama_cpp", "from quantedu.engines.llama_cpp import bindings as llama",
+            "from quantedu.engines import llama_cpp as lt", "find_spec(m) for m in ('llama_cpp', 'uvicorn')",
+            "from quantedu.engines.llama_cpp import kv_cache"]
+    assert all(any(re.search(m, u) for m in NEEDS["llama"]) for u in uses)
+    assert not any(re.search(m, "from quantedu.engines.llama_cpp.kv_cache import kv_cache_type_bytes")
+                   for m in NEEDS["llama"])
 
 
 def test_readme_badges_point_at_the_one_repository():

@@ -81,7 +81,7 @@ def test_plan_bytes_equal_the_tensors_vllm_loads(run):
     ``weight_shape`` records, which vLLM reads and drops."""
     from safetensors import safe_open
 
-    from quantedu.course.comparison import loaded_bytes
+    from quantedu.export.read import loaded_bytes
     from quantedu.plan import plan
 
     r, _, ckpt, _ = run

@@ -77,7 +77,8 @@ def test_identical_models_tie_exactly_and_one_block_cannot_be_judged():
     same = V.verdict(np.zeros((4, 100)), "Q8_0", "Q8_0 again", what="KL divergence")
     assert same.tie and "tie exactly" in str(same)
     lone = V.verdict(np.full((1, 40), 0.1) + np.linspace(0, 0.01, 40), block=None)
-    assert lone.tie and "no estimate of the noise" in str(lone)
+    assert lone.tie and "no estimate of the noise" in lone.sentence
+    assert all(len(line) <= 110 for line in str(lone).splitlines()) and " ".join(str(lone).split()) == lone.sentence
 
 
 def test_bad_input_says_what_is_expected():

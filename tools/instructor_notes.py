@@ -3,6 +3,7 @@ from the course itself (nothing typed in here).
 
     python tools/instructor_notes.py            # (re)write notebooks/INSTRUCTOR.md
     python tools/instructor_notes.py --time 01  # also time notebook 01 twice (empty cache, then warm) first
+    python tools/instructor_notes.py --warm DIR 01  # time notebook 01 once on the cache DIR its build filled
 
 Per notebook: its run time on this machine from an empty cache (recorded by ``tools/build_notebooks.py
 --execute`` in the notebook's metadata) and, where ``--time`` measured it, a second run on the warm cache
@@ -48,18 +49,27 @@ def title(nb) -> str:
     return "(untitled)"
 
 
-def time_notebook(path: Path) -> dict:
-    """Execute ``path`` twice in one new cache folder: the first run fills it, the second reads it."""
+def _execute(path: Path, cache: str) -> float:
+    """Seconds to execute ``path`` (not written back) with ``QUANTEDU_CACHE=cache``."""
     from nbclient import NotebookClient
 
-    seconds = []
-    with tempfile.TemporaryDirectory(prefix="quantedu-timing-") as cache:
-        os.environ["QUANTEDU_CACHE"] = cache
-        for _ in range(2):
-            nb = nbformat.read(path, as_version=4)
-            t0 = time.perf_counter()
-            NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(OUT)}}).execute()
-            seconds.append(round(time.perf_counter() - t0, 1))
+    os.environ["QUANTEDU_CACHE"] = cache
+    nb = nbformat.read(path, as_version=4)
+    t0 = time.perf_counter()
+    NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(OUT)}}).execute()
+    return round(time.perf_counter() - t0, 1)
+
+
+def time_notebook(path: Path, warm_cache: str | None = None) -> dict:
+    """Execute ``path`` twice in one new cache folder (the first run fills it, the second reads it); or, with
+    ``warm_cache`` (the folder its ``build_notebooks.py --execute`` run filled), once, beside the empty-cache
+    time that build recorded in the notebook's metadata."""
+    if warm_cache:
+        cold = nbformat.read(path, as_version=4).metadata.get("quantedu", {}).get("executed_seconds")
+        seconds = [cold, _execute(path, warm_cache)]
+    else:
+        with tempfile.TemporaryDirectory(prefix="quantedu-timing-") as cache:
+            seconds = [_execute(path, cache), _execute(path, cache)]
     return {"empty_cache_s": seconds[0], "warm_cache_s": seconds[1], "cpus": os.cpu_count(),
             "machine": platform.machine(), "measured": time.strftime("%Y-%m-%d")}
 
@@ -130,13 +140,18 @@ def _replace(path: Path, text: str) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--time", nargs="*", default=[], metavar="NN", help="time these notebooks first (slow)")
+    ap.add_argument("--warm", nargs="+", metavar=("DIR", "NN"), help="time these notebooks once on the cache DIR "
+                    "their build filled (the empty-cache time is the build's)")
     args = ap.parse_args()
     timings = json.loads(TIMINGS.read_text()) if TIMINGS.exists() else {}
-    for num in args.time:
+    warm, nums = (args.warm[0], args.warm[1:]) if args.warm else (None, args.time)
+    if warm and not Path(warm).is_dir():
+        raise SystemExit(f"--warm: no cache folder {warm}")
+    for num in nums:
         path = next((p for p in notebooks() if p.stem.startswith(num)), None)
         if path is None:
             raise SystemExit(f"no notebook {num}_*.ipynb in {OUT}")
-        timings[path.stem] = time_notebook(path)
+        timings[path.stem] = time_notebook(path, warm)
         print(path.stem, timings[path.stem], flush=True)
         _replace(TIMINGS, json.dumps(timings, indent=1, sort_keys=True) + "\n")
     print(write(timings))

@@ -52,9 +52,10 @@ print(corpus)
 
 # %% [markdown]
 # **A note on the offline model.** The offline copy is SmolLM2-135M-Instruct as a **Q4_1** GGUF file:
-# its weights were already quantized to 4 bits (blocks of 32 weights, each with a scale and a minimum)
-# before we ever touch them. We dequantize them to fp32 and call that our baseline. So in this course
-# "fp32" means "the 4-bit Q4_1 model written out in fp32", and every comparison is relative to it.
+# its linear layers were already quantized to 4 bits (blocks of 32 weights, each with a scale and a minimum;
+# the tied embedding is 8-bit Q8_0, the norms fp32) before we ever touch them. We dequantize them to fp32 and
+# call that our baseline. So in this course "fp32" means "the Q4_1 model written out in fp32", and every
+# comparison is relative to it.
 # Two consequences you will meet later: quantizing it again to Q4_1 is almost lossless (the weights
 # already sit on that grid), and formats that do not line up with that grid pay the full price.
 

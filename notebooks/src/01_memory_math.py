@@ -71,8 +71,9 @@ print(f"E4M3: max {finite.max().item():g}, smallest subnormal 2^{math.log2(tiny)
 assert finite.max().item() == table.loc["fp8_e4m3", "max"]
 
 # %% [markdown]
-# Floats put half their values within a factor of a few of zero; an int4 grid is evenly spaced. Here
-# are the positive halves of the fp8 E4M3, fp4 E2M1 and int4 grids, scaled so each tops out at 1.
+# A float grid is dense near zero and sparse near its maximum (its steps grow with the exponent); an int4 grid
+# is evenly spaced. Here are the positive halves of the fp8 E4M3, fp4 E2M1 and int4 grids, scaled so each tops
+# out at 1.
 
 # %%
 import matplotlib.pyplot as plt
@@ -223,11 +224,25 @@ for name in ("llama-2-13b", "llama-3-8b", "llama-2-70b"):
           f"{memory.kv_cache_bytes(s, CONTEXT) / 2**30:.2f} GiB at {CONTEXT} tokens")
 
 # %% [markdown]
+# The cache need not stay in fp16. llama.cpp can store K and V in the 32-value blocks of its weight types
+# (`-ctk q8_0 -ctv q8_0`: 34 bytes per 32 values; `q4_0`: 18), and the same formula, with each type's bytes per
+# row, predicts what it allocates. Notebook 09 checks the prediction against llama.cpp's own report and
+# measures what each type costs in quality.
+
+# %%
+from quantedu.engines.llama_cpp.kv_cache import kv_cache_type_bytes
+
+print(f"llama-2-7b, KV cache at {CONTEXT} tokens x batch 1, by llama.cpp cache type:")
+for k, v in [("f16", "f16"), ("q8_0", "q8_0"), ("q8_0", "q4_0"), ("q4_0", "q4_0")]:
+    print(f"   K {k:4s} / V {v:4s} {kv_cache_type_bytes(llama7, CONTEXT, k, v)['total'] / 2**30:5.2f} GiB")
+
+# %% [markdown]
 # ### The seed's table, corrected
 # The same four rows for real models of those sizes (Llama-2-7B and Llama-2-70B, their published
 # shapes): the linear layers in each format with its overhead (INT8 per channel, INT4 in groups of
 # 128 with fp16 scales and 4-bit zeros), embeddings and head in fp16 (fp32 in the FP32 row), and the
-# fp16 KV cache of `CONTEXT` tokens x `BATCH` sequences on top. In GB (10^9 bytes), as the seed.
+# fp16 KV cache of `CONTEXT` tokens x `BATCH` sequences on top. In GB (10^9 bytes), as the seed. The INT8 row is
+# also what a W8A8 checkpoint stores (notebook 09): quantizing the activations too changes no weight byte.
 
 # %%
 specs = {"FP32": "fp32", "FP16": "fp16", "INT8": "int8-channel", "INT4": "int4-g128"}
@@ -254,7 +269,8 @@ print(f"INT4 7B: the seed says {r7['seed GB']:g} GB. Llama-2-7B's linear layers 
       f"tokens adds {r7['+ KV cache GB']:.2f} GB of KV cache: {r7['total GB']:.2f} GB, {r7['total / seed']:.1f}x the seed's figure.")
 print(f"'FP16 -> INT4 saves about {claim:g}x': the weights shrink {w16 / r7['weights GB']:.2f}x, the memory with the KV cache "
       f"{fixed.xs('FP16', level='format').iloc[0]['total GB'] / r7['total GB']:.2f}x.")
-print(f"(GB here; in GiB, what memory tools report, every figure is {1e9 / 2**30:.3f}x smaller.)")
+print(f"(GB here; in GiB, what memory tools report, every figure is {1e9 / 2**30:.3f} times as large: "
+      f"{1 - 1e9 / 2**30:.0%} smaller.)")
 
 # %% [markdown]
 # ### Where a model's bytes go
@@ -287,8 +303,8 @@ print(f"{session.label} in int4: KV cache {kv_small['KV cache'] / 2**20:.0f} MiB
       f"{(kv_small['linear weights'] + kv_small['embeddings + head + norms']) / 2**20:.0f} MiB of weights")
 
 # %% [markdown]
-# **Takeaway:** quantizing the weights shrinks one part of the bar. At long context the KV cache takes a
-# large share, or most, of what is left, and the models without GQA (Llama-2-7B and 13B) pay more cache per
+# **Takeaway:** quantizing the weights shrinks one part of the bar. At long context the KV cache can take a
+# large share of what is left, and the models without GQA (Llama-2-7B and 13B) pay more cache per
 # token than those with it: Llama-2-7B four times Llama-3-8B's, at the same width and depth (32 KV heads
 # against 8). The KV cache needs its own plan (a shorter context, fewer sequences, a quantized cache).
 
@@ -372,16 +388,13 @@ print(f"rows of {shape.hidden} columns: {shape.hidden // 128} groups of 128" + (
 #   (floats cast to 16 bits, the packed integers as stored).
 
 # %%
-from safetensors import safe_open
-
-from quantedu.course.comparison import loaded_bytes
+from quantedu.export.read import loaded_bytes
 from quantedu.export.write import save_compressed_tensors
 
 cfg64 = QuantConfig(bits=4, group_size=64, symmetric=False)   # the grid of 03's and 07's checkpoints
 ct64 = save_compressed_tensors(model, rtn_layers(model, cfg64), cfg64, tmp / "w4-asym-g64")
-with safe_open(str(ct64 / "model.safetensors"), "pt") as f:
-    tensors_03 = sum(f.get_tensor(k).nbytes for k in f.keys())     # what 03's "saved ... MB" adds up
-tensors_07 = loaded_bytes(ct64, "bfloat16")                         # what 07's rows count
+tensors_03 = loaded_bytes(ct64, str(session.dtype).removeprefix("torch."))  # what 03's "saved ... MB" adds up
+tensors_07 = loaded_bytes(ct64, "bfloat16")                                  # what 07's rows count
 asym64 = memory.GroupFormat(4, 64, scale_bits=torch.finfo(session.dtype).bits)  # 4-bit zeros, scales in that dtype
 predicted_03 = memory.weight_bytes(shape, asym64, embed_spec=in_memory)["total"]
 sizes = pd.DataFrame([
@@ -397,10 +410,11 @@ sizes["MB (10^6 B)"] = (sizes["bytes"] / 1e6).round(1)
 display(sizes.drop(columns="bytes"))
 by_group = {g: memory.weight_bytes(shape, memory.GroupFormat(4, g))["linear"] for g in (64, 128)}
 embed = {d: memory.tensor_bytes(shape.vocab, shape.hidden, d) for d in (in_memory, "fp16")}
-print(f"03's tensors predicted by the formula: {predicted_03 / 1e6:.1f} MB (measured {tensors_03 / 1e6:.1f} MB; the "
-      f"rest is compressed-tensors' 16-byte shape record per layer). 1 MiB = {2**20 / 1e6:.4f} MB. Groups of 64 "
-      f"instead of 128: {(by_group[64] - by_group[128]) / 1e6:.1f} MB more scales and zero points. The embedding in "
-      f"{in_memory} instead of 16 bits: {(embed[in_memory] - embed['fp16']) / 1e6:.1f} MB more.")
+print(f"03's tensors predicted by the formula: {predicted_03 / 1e6:.1f} MB, measured {tensors_03 / 1e6:.1f} MB (the "
+      f"file adds {tensors_03 - predicted_03:,.0f} bytes:\ncompressed-tensors' 16-byte shape record per layer). "
+      f"1 MiB = {2**20 / 1e6:.4f} MB.\nGroups of 64 instead of 128: {(by_group[64] - by_group[128]) / 1e6:.1f} MB more "
+      f"scales and zero points. The embedding in {in_memory} instead of 16 bits: "
+      f"{(embed[in_memory] - embed['fp16']) / 1e6:.1f} MB more.")
 assert abs(tensors_03 - predicted_03) < 1e-3 * tensors_03
 
 # %% [markdown]
@@ -443,12 +457,13 @@ except ModelError as exc:
     print(f"offline GGUF not installed: {exc}")
 
 # %% [markdown]
-# **KV cache and activations, measured.** On a GPU the allocator's peak shows them directly; on a CPU
-# there is no comparable counter, so the cell only predicts there.
+# **The KV cache, measured.** On a GPU the allocator shows what a prefill leaves allocated; on a CPU there is no
+# comparable counter, so the cell only predicts there (a 16-bit cache, as engines keep it; a model run in fp32
+# keeps twice that).
 
 # %%
 kv_pred = memory.kv_cache_bytes(shape, CONTEXT, BATCH)
-print(f"predicted KV cache at {CONTEXT} tokens x batch {BATCH}: {kv_pred / 2**20:.1f} MiB "
+print(f"predicted 16-bit KV cache at {CONTEXT} tokens x batch {BATCH}: {kv_pred / 2**20:.1f} MiB "
       f"({memory.kv_bytes_per_token(shape):,.0f} B per token)")
 if torch.cuda.is_available() and session.on_gpu:
     from transformers import DynamicCache

@@ -245,6 +245,7 @@ plan = qat.plan(session.device)
 plan.steps = QAT_STEPS or plan.steps
 need = calibration.budget(model, session.calibration(1, plan.seq_len)).minimum
 plan.n_samples = max(plan.n_samples, math.ceil(need / plan.seq_len))
+plan.steps = max(plan.steps, math.ceil(plan.n_samples / plan.batch_size))  # every window seen by every block
 cal = session.calibration(plan.n_samples, plan.seq_len, seed=0)
 print(calibration.budget(model, cal))
 
@@ -299,12 +300,13 @@ for where, verdict in (("eval", mse_e.verdict(rtn_e)), ("eval", qat_e.verdict(ms
 # ### What this short run shows, and what it does not
 # * It shows the mechanism: through the STE the loss reaches every scale and weight, and a handful
 #   of steps per block already move the error at a bit width where RTN struggles. Part of the gain
-#   is the scales shrinking: the same effect the MSE clipping search gets without training, which is
-#   why RTN + MSE clip is the fair PTQ baseline to compare with. Part of it is what no PTQ rounding
+#   may be the scales shrinking, the effect the MSE clipping search gets without training (its verdict against
+#   RTN is above), which is why RTN + MSE clip is the fair PTQ baseline to compare with. Part of it is what no PTQ rounding
 #   rule does: each block is trained to undo the error of the blocks before it.
 # * Block-wise training only matches each block's output; it never sees the final loss. End-to-end
-#   QAT (what runs on a GPU here, and what LLM-QAT and EfficientQAT's second phase do) optimizes the
-#   thing perplexity measures.
+#   QAT (what runs on a GPU here, and what LLM-QAT and EfficientQAT's second phase do) trains the whole
+#   model's output distribution against the baseline's (a KL divergence, what the course's quality
+#   numbers measure).
 # * It does not show what QAT can reach. Printed below: the tokens this run trained on against a full
 #   QAT run like LLM-QAT's, and what that would cost.
 # * The baseline is not a pristine model: the offline weights were stored as **Q4_1** (4-bit codes

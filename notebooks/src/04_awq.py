@@ -54,9 +54,8 @@ from quantedu.runtime import timed, torch_threads
 session = start(MODEL)
 model, tokenizer, BASE = session.model, session.tokenizer, session.dtype_name  # BASE: "fp32", or e.g. "bfloat16"
 THREADS = f"{session.quant_threads or torch.get_num_threads()} torch thread(s)"
-CALIB_SAMPLES = calibration.samples_needed(model, CALIB_LEN, at_least=MIN_SAMPLES)
-CALIB = session.calibration(CALIB_SAMPLES, CALIB_LEN, seed=0)
-print(f"calibration: {CALIB_SAMPLES} x {CALIB_LEN} tokens of the help pages; {calibration.budget(model, CALIB)}")
+CALIB = session.enough_calibration(CALIB_LEN, at_least=MIN_SAMPLES)  # twice the widest layer's inputs, or more
+CALIB_SAMPLES = CALIB.shape[0]
 print(runs.baselines(session, ("sweep", "eval", "heldout")))
 
 # %% [markdown]
@@ -139,7 +138,7 @@ session.claim(all(act.verdict(salience[h].report("sweep"), metric="kld").winner 
 # through the weight a good one (the table says by how much, on this model).
 #
 # ## 2. Why scale instead of keeping fp16?
-# Keeping 1% of the weights in fp16 worked. AWQ does something else: it scales those channels. Why, do you
+# Keeping 1% of the weights in full precision worked. AWQ does something else: it scales those channels. Why, do you
 # think?
 
 # %%
@@ -334,7 +333,7 @@ for m in (aw, gq):
 
 # %% [markdown]
 # A calibrated method's lead that shrinks on the other source was partly learned from the calibration text;
-# choose calibration text like what the model will serve (notebook 03 shows the seed's wikitext pitfall).
+# choose calibration text like what the model will serve (notebook 03 explains the seed's wikitext pitfall).
 #
 # ## 5. The real tools
 # ### AutoAWQ (the seed's snippet), run as written
@@ -365,7 +364,7 @@ else:
     autoawq = lambda **kw: seed_libs.run_autoawq(seed_dir, calibration=CALIB, **kw)  # noqa: E731
     awq_runs["as written (group 128)"] = autoawq(fix=False)
     group = 128
-    if not awq_runs["as written (group 128)"]["ok"]:  # AutoAWQ has no short last group: 128 must divide the rows
+    if not awq_runs["as written (group 128)"]["ok"]:  # AutoAWQ has no short last group: 128 must divide the row length (576)
         shape = (model.config.hidden_size, model.config.intermediate_size)
         group = next(g for g in (64, 32) if all(n % g == 0 for n in shape))
         awq_runs[f"group {group}"] = autoawq(fix=False, group_size=group)
@@ -385,7 +384,8 @@ else:
 if awq_runs:
     fixed, broken = list(awq_runs.values())[-1], list(awq_runs.values())[-2]
     ours_seed = runs.quantize(session, "awq", awq.AWQConfig(bits=4, group_size=group, duo_scaling=True), CALIB,
-                              blocks=LIB_BLOCKS, purposes=("sweep",))
+                              name=f"ours as AutoAWQ, block(s) 0-{LIB_BLOCKS - 1}", blocks=LIB_BLOCKS,
+                              purposes=("sweep",))
     lib_runs = [runs.external(session, f"AutoAWQ {tag}, block(s) 0-{LIB_BLOCKS - 1}",
                               runs.with_blocks(model, seed_libs.load(r, session.dtype)), r["quantize_s"], batches=CALIB,
                               purposes=("sweep",)).release() for tag, r in (("fixed", fixed), ("as shipped", broken))
@@ -407,9 +407,10 @@ if awq_runs:
 # oneshot(model=model, dataset=ds, processor=tokenizer,
 #         recipe=[AWQModifier(), QuantizationModifier(targets="Linear", scheme="W4A16_ASYM", ignore=["lm_head"])])
 # ```
-# Its defaults differ from the paper in two ways: "duo scaling" (`s = s_x^a / s_w^(1-a)`,
-# `AWQConfig(duo_scaling=True)` here) and no clipping search. The test suite checks that with the
-# paper's settings it picks exactly our scales on the same block and data. It refuses groups that do
+# Its defaults differ from the paper in three ways: "duo scaling" (`s = s_x^a / s_w^(1-a)`,
+# `AWQConfig(duo_scaling=True)` here), no clipping search, and its grid of exponents (below). The test suite
+# checks that with the paper's settings and our grid put in place of its own, it picks exactly our scales on the
+# same block and data. It refuses groups that do
 # not divide a layer's columns; ours handles the short last group. On a machine without a GPU it
 # needs one patch (`IntermediatesCache.pin_memory` asks for an accelerator), which
 # `quantedu.engines.llm_compressor.run_oneshot` applies.
@@ -417,7 +418,8 @@ if awq_runs:
 # **Live, on the same settings.** One `AWQConfig` drives both: llm-compressor's method (duo scaling, no
 # clipping) with section 4's `N_GRID`-point grid (llm-compressor's default is 20 points), 4 bits asymmetric,
 # groups of 64, the same calibration windows, threads and timer, on the same first block(s) as AutoAWQ, swapped
-# into the whole model. One difference remains: llm-compressor's grid is `i / (n_grid - 1)`, ours the
+# into the whole model. One difference remains, the grid: with duo scaling llm-compressor tries `alpha = 0`
+# without duo scaling (plain round-to-nearest) and then `i / (n_grid - 2)` for `i < n_grid - 1`, ours the
 # reference's `i / n_grid`. The full-size comparison is `benchmarks/bench_awq.py`.
 
 # %%
@@ -432,7 +434,7 @@ if llm_compressor.available():
     llm_compressor.bake_weights(lib)  # it quantizes inside forward: write the quantized weights before copying them
     lib_run = runs.external(session, f"llm-compressor AWQ, block(s) 0-{LIB_BLOCKS - 1}", runs.with_blocks(model, lib),
                             lib_wall, lib_cpu, CALIB, purposes=("sweep",)).release()
-    ours_lib = runs.quantize(session, "awq", lib_cfg, CALIB, blocks=LIB_BLOCKS, purposes=("sweep",))
+    ours_lib = runs.quantize(session, "awq", lib_cfg, CALIB, name=f"ours as llm-compressor, block(s) 0-{LIB_BLOCKS - 1}", blocks=LIB_BLOCKS, purposes=("sweep",))
     display(runs.table([ours_lib, lib_run], "sweep"))
     print(f"the rule, KL divergence: {lib_run.report('sweep').verdict(ours_lib.report('sweep'), metric='kld')}")
 else:
@@ -451,9 +453,9 @@ quiz = Quiz.load("awq", ids=["awq-gptq-vllm"], values={
 quiz.show()
 
 # %% [markdown]
-# In current vLLM both 4-bit formats (GPTQ, AWQ, and compressed-tensors W4A16,
-# which llm-compressor writes for either algorithm) run on NVIDIA GPUs from Ampere on through the same
-# Marlin mixed-precision kernels, so serving speed is not the difference. The choice is about accuracy
+# In current vLLM the 4-bit checkpoints of both algorithms (GPTQ's and AutoAWQ's layouts, and compressed-tensors
+# W4A16, which llm-compressor writes for either) run on recent NVIDIA GPUs through the same mixed-precision
+# kernels (Marlin; Machete on Hopper), so serving speed is not the difference. The choice is about accuracy
 # on your model and data, and the cost of calibration. This notebook's numbers, all timed the same way:
 
 # %%

@@ -43,6 +43,8 @@ print(f"{cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, intermediate {
 # offset) and then the tensor bytes, aligned to 32 bytes. `quantedu.gguf.io.contents` reads all of it.
 
 # %%
+import textwrap
+
 import numpy as np
 from quantedu.gguf import io
 from quantedu.models import offline_gguf_path
@@ -57,7 +59,8 @@ print(desc)
 desc.metadata[~desc.metadata["key"].str.startswith("tokenizer.ggml.")].head(12)
 
 # %%
-print("tokenizer keys:", ", ".join(k for k in desc.metadata["key"] if k.startswith("tokenizer")))
+print(textwrap.fill("tokenizer keys: " + ", ".join(k for k in desc.metadata["key"] if k.startswith("tokenizer")),
+                    116, subsequent_indent="    "))
 desc.tensors.head(6)
 
 # %% [markdown]
@@ -220,10 +223,10 @@ print(f"random normal weights: min/max grid {naive:.1f}, searched {searched:.1f}
 naive_m, searched_m = grid_vs_search(np.ascontiguousarray(W.reshape(-1, 32)[:4096].T))
 print(f"this model's weights:  min/max grid {naive_m:.2e}, searched {searched_m:.2e}")
 if naive_m == 0:
-    print(f"On random weights the search keeps {searched / naive:.0%} of the min/max grid's error. On this model's "
-          "weights the min/max grid is already exact (they are Q4_1 values: 16 levels from min to max), and the "
-          "search, which also moves the min, lands slightly off it. Real-world K-quants start from bf16 weights, "
-          "where the search helps.")
+    print(f"On random weights the search keeps {searched / naive:.0%} of the min/max grid's error.\n"
+          "On this model's weights the min/max grid is already exact (they are Q4_1 values: 16 levels from min to\n"
+          "max), and the search, which also moves the min, lands slightly off it. Real-world K-quants start from\n"
+          "bf16 weights, where the search helps.")
 else:
     print(f"On random weights the search keeps {searched / naive:.0%} of the min/max grid's error; on this model's "
           f"weights {searched_m / naive_m:.0%}.")
@@ -250,7 +253,9 @@ for t in ["Q4_0", "IQ4_NL", "Q4_K", "IQ4_XS"]:
 
 # %% [markdown]
 # **Takeaway:** the IQ4 levels crowd where the weights crowd (left vs right), so the same 4 bits land closer
-# to most weights.
+# to most weights than Q4_0's evenly spaced levels do (the first two lines). Q4_K's far smaller error here is
+# another story: these weights already lie on a Q4_1 grid, whose form Q4_K's sub-blocks share (section 6 returns
+# to it).
 #
 # ### The importance matrix
 # `llama-imatrix` runs calibration text through the model and records, for every linear layer, the
@@ -332,7 +337,7 @@ def counts(mix, has_imatrix=False):
 def bits_8b(mix):
     return mixes.mix_counts(infos8b, mix, shape8b.layers, shape8b.heads, shape8b.kv_heads).bits_per_weight
 
-plan = pd.DataFrame([{"mix": mix, "got the type asked for": f"{c.n_got} of {c.matrices}",
+plan = pd.DataFrame([{"mix": mix, "kept the types asked for": f"{c.n_got} of {c.matrices}",
                       "fell back": ", ".join(f"{k} x{n}" for k, n in c.fell_back.items()) or "-",
                       "bits/weight here": round(c.bits_per_weight, 2), "on Llama-3-8B": round(bits_8b(mix), 2)}
                      for mix in ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS"]
@@ -497,9 +502,12 @@ for purpose in ("eval", "heldout"):
     print(f"{purpose}: KLD {b.kld.mean:.4f} -> {a.kld.mean:.4f} ({change[purpose]:+.0%}), perplexity "
           f"{b.ppl:.2f} -> {a.ppl:.2f}. {a.verdict(b, metric='kld')}")
 kept = change["heldout"] / change["eval"]
-print(f"on held-out text the importance matrix keeps {kept:.0%} of its in-domain reduction of the KL divergence: "
-      + ("its gain carries over to text it never saw" if kept >= 0.8 else
-         "part of its gain is specific to the kind of text it was calibrated on"))
+held_v = rows[im_name].reports["heldout"].verdict(rows[IMATRIX_MIX].reports["heldout"], metric="kld")
+print(f"held-out text: a KLD change of {kept:.0%} of the in-domain one (a ratio of two point estimates); "
+      + ("the rule still calls the importance matrix better there:\nits gain carries over to text it never saw"
+         if held_v.winner is not None and held_v.winner == held_v.a else
+         "the rule cannot call the importance matrix better there:\npart of its gain may be specific to the kind "
+         "of text it was calibrated on"))
 table("heldout", [IMATRIX_MIX, im_name])
 
 # %% [markdown]

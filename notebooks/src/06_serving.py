@@ -17,8 +17,8 @@
 # `FAST = True` keeps the load test small (a 2-core CPU shared with other work); on a quiet machine or
 # a GPU, raise `MAX_TOKENS` and `SWEEP_TOKENS`. `N_THREADS = 1`: every server here computes with one thread
 # (llama.cpp's `-t`, vLLM's OpenMP threads bound to one core), so the load generator has the other core and
-# the servers compare on equal terms; on a busy 2-core machine llama.cpp's default thread count was measured
-# to collapse to about 1 token/s.
+# the servers compare on equal terms; with its default thread count (every core) llama.cpp would fight the load
+# generator for the same two cores.
 
 # %%
 from quantedu.course import fast_default, parameter
@@ -384,7 +384,8 @@ elif VLLM:
 # %% [markdown]
 # **3. GGUF.** Since vLLM 0.24, GGUF support is not in vLLM itself but in a plugin, `vllm-gguf-plugin`
 # (`make vllm` installs it; without it vLLM 0.32 reads the `.gguf` file as if it were a `config.json` and
-# fails). vLLM needs the base model's tokenizer beside a GGUF file (`--tokenizer`). Watch what happens:
+# fails). vLLM's docs recommend giving it the base model's tokenizer beside a GGUF file (`--tokenizer`). Watch
+# what happens:
 
 # %%
 if VLLM:
@@ -395,18 +396,21 @@ if VLLM:
             print(f"ready after {s.startup_s:.0f} s; vLLM chose: {', '.join(vllm.engine_choices(s))}")
             r = bench.stream_completion(s, "The capital of France is", 8, model=models(s)[0], timeout=120)
             time.sleep(2)  # let the engine write its error
-            print(f"first request: {r.n_tokens} tokens; " + (r.error.strip().splitlines()[0][:200] if r.error else "no error"))
+            print(f"first request: {r.n_tokens} tokens" + ("; the stream reported an engine error" if r.error else
+                                                           "; no error"))
             print(f"server still running: {s.running}; its engine says: {vllm.reason(s.log_tail(400))}")
     except vllm.RefusedCheckpointError as exc:
         print("vLLM refused it at start-up:", str(exc).splitlines()[0])
 
 # %% [markdown]
 # Where the plugin's dequantization kernels need a GPU (they are Triton kernels for CUDA tensors), the
-# first request ends the engine, as the cell shows on a CPU; on a CUDA GPU the same command serves
-# (slower than vLLM's GPTQ/AWQ paths, single-file models only). On a CPU, serve GGUF with llama.cpp.
+# first request on a CPU gets no token, only the engine's error (the cell above); on a CUDA GPU the same command
+# serves (single-file models only; vLLM's docs call its GGUF support experimental; not measured here). On a CPU,
+# serve GGUF with llama.cpp.
 #
 # ### GPTQ with `desc_act=True`, as the seed recommends "for accuracy"
-# vLLM 0.32 refuses **every** GPTQ checkpoint whose config says `desc_act: true`, whatever it holds.
+# vLLM 0.32 refuses every grouped GPTQ checkpoint (`group_size` > 0) whose config says `desc_act: true`,
+# whatever it holds.
 # Act-order with `static_groups=True` keeps each group's columns contiguous in the original order (the
 # quantization order changes, the grid does not), so `quantedu.export.save_gptq` writes it in the natural
 # order with `desc_act: false`: the same weights, in the form vLLM serves. Dynamic act-order permutes `g_idx`
@@ -445,8 +449,9 @@ if VLLM:
 #
 # ## 5. Three servers, one sweep
 # The same load against the three servers, each computing with one thread: throughput and TTFT against the
-# number of clients. Two 4-bit models of the same network, not the same bytes (Q4_K_M in both llama.cpp
-# servers, the course's GPTQ in vLLM): compare the shapes of the curves more than their heights.
+# number of clients. Two quantized files of the same network, not the same bytes (Q4_K_M in both llama.cpp
+# servers, on this model mostly its 5-bit fallbacks (notebook 05); the course's 4-bit GPTQ in vLLM): compare the
+# shapes of the curves more than their heights.
 
 # %%
 summary = pd.concat({k: bench.by_concurrency(v) for k, v in sweeps.items()}, names=["server"]) if sweeps else None

@@ -74,8 +74,8 @@ for name, dtype in [("e4m3", torch.float8_e4m3fn), ("e5m2", torch.float8_e5m2)]:
 
 # %% [markdown]
 # ### Why a floating-point grid
-# An INT4 grid is evenly spaced; E2M1's steps double every two levels (0.5 apart below 2, 1 apart up to 4, then
-# 2), so it has its finest steps near zero. With one scale per group of 32 consecutive weights, what matters is the
+# An INT4 grid is evenly spaced; E2M1's levels (0, 0.5, 1, 1.5, 2, 3, 4, 6) are 0.5 apart up to 2, 1 apart up to
+# 4, then 2 apart, so it has its finest steps near zero. With one scale per group of 32 consecutive weights, what matters is the
 # distribution of `|w| / max |w|` inside a group: here are this model's weights of one MLP projection, against
 # the levels of each grid when the group's largest weight sits on the top level.
 
@@ -162,9 +162,9 @@ quiz = Quiz.load("fp4", ids=["nvfp4-global"])
 quiz.show()
 
 # %% [markdown]
-# E4M3 reaches only 448 and loses precision below 2^-6, while a group's `max/6` is
-# ~0.01 in an LLM; so a per-tensor float32 `g` first lifts the scales into E4M3's range: value =
-# `E2M1 x s / g`. Write the scales yourself:
+# E4M3 reaches only 448 and loses precision below 2^-6 (0.0156), while a group's `max/6` in an LLM's weights
+# (most of them a few hundredths) is often near or below that; so a per-tensor float32 `g` first lifts the scales
+# into E4M3's range: value = `E2M1 x s / g`. Write the scales yourself:
 
 # %% [exercise 08.nvfp4_scales]
 
@@ -260,14 +260,14 @@ session.claim(spread["MXFP4"] < ratio_mx - 1, "MXFP4's rounding rule moves its e
 # %% [markdown]
 # **Takeaway:** the rule is a second-order effect next to the format (the line above compares both): `ceil` and
 # `up` never clip but coarsen the step of many groups, `floor` clips the top of [6, 8) x scale, `round` sits
-# between. NVFP4's E4M3 scale has mantissa bits, so its round-to-nearest choices (and, on these weights, its
-# per-tensor `g`) differ little. Still, ggml writes `floor` and llm-compressor `round`: the same "MXFP4" checkpoint
-# from two tools does not hold the same weights.
+# between. Still, ggml writes `floor` and llm-compressor `round`: the same "MXFP4" checkpoint from two tools does
+# not hold the same weights.
 
 # %% [markdown]
 # ## 5. GGUF files: predicted bytes, then llama.cpp
 # llama.cpp has both formats: `MXFP4` (block of 32: 1 E8M0 byte + 16 bytes of codes = 17 bytes, 4.25 bits per
-# weight) and `NVFP4` (64 weights: 4 UE4M3 scales + 32 bytes = 36 bytes, 4.5 bits; no per-tensor scale). It has
+# weight) and `NVFP4` (64 weights: 4 UE4M3 scales + 32 bytes = 36 bytes, 4.5 bits; no per-tensor scale: so
+# "NVFP4 (course)" below is GGUF's variant, not section 3's two-level one). It has
 # no dense "MXFP4 mix" (`llama-quantize`'s `MXFP4_MOE` converts MoE experts only), so `gguf.fp4_files.fp4_gguf`
 # writes every linear layer of the blocks in the FP4 type with the course's quantizers, the embedding in Q8_0
 # (what the Q4 mixes give it on the course model) and norms in F32. Blocks of 32 and 64 divide the course model's
@@ -348,7 +348,7 @@ def kld_verdict(a, b):
     d = decimals_for(iv.se)
     span = f"difference {iv.mean:+.{d}f} nats/token, 95% interval {iv.low:+.{d}f} to {iv.high:+.{d}f}, {iv.tokens:,} tokens"
     if v.tie:
-        return f"{v.a} vs {v.b}: a tie at this much text ({span}); ~{v.tokens_needed:,.0f} tokens would separate them"
+        return f"{v.a} vs {v.b}: a tie at this much text ({span}); ~{float(f'{v.tokens_needed:.2g}'):,.0f} tokens would separate them"
     return f"{v.winner} is better than {v.b if v.winner == v.a else v.a} by KLD ({span})"
 
 r = {rep.name: rep for rep in reports}
@@ -395,8 +395,9 @@ print(f"relative to INT4 g32 sym: MXFP4 {gain['MXFP4'] / gain['INT4 g32 sym']:.2
       f"NVFP4 {gain['NVFP4'] / gain['INT4 g32 sym']:.2f} (1 = the same share of the error removed)")
 
 # %% [markdown]
-# **Takeaway:** a bar above 1 is error GPTQ's feedback removed on that grid, from the same `H`: compare the FP4 bars
-# with INT4's at the same group size. On the whole model, with the same calibration for every run, GPTQ against RTN
+# **Takeaway:** a bar above 1 is error GPTQ's feedback removed on that grid, from the same `H`: the last line puts
+# each FP4 grid's share beside INT4 g32's (MXFP4's groups are 32 too; NVFP4's are 16). That answers section 6's
+# question on the calibration data, layer by layer. On the whole model, with the same calibration for every run, GPTQ against RTN
 # on the same grid, on the evaluation text ("eval", in the calibration's domain) and on held-out text
 # ("heldout", the standard library's code):
 
@@ -435,7 +436,9 @@ for label in GPTQ_FORMATS:
 
 # %% [markdown]
 # The first table is on the evaluation text, the second on held-out text; the verdicts are the rule's, paired token
-# by token. The layer-level bars above measure the calibration data itself.
+# by token: whether GPTQ's error feedback beat round-to-nearest on each FP4 grid, for the whole model. The
+# layer-level bars above measure the calibration data itself. With `FAST = True` only MXFP4 runs here; notebook
+# 03 runs GPTQ against RTN on INT4 for the whole model.
 
 # %% [markdown]
 # ## 7. Which hardware runs each format natively
@@ -449,7 +452,7 @@ quiz.show()
 # %% [markdown]
 # | format | runs natively on | source |
 # |---|---|---|
-# | FP8 E4M3 / E5M2 | NVIDIA Hopper (H100, H200) and Ada Lovelace (L4, L40S, RTX 40) tensor cores; AMD Instinct MI300; Intel Gaudi 2/3 | NVIDIA H100 Tensor Core GPU Architecture whitepaper (2022, "Transformer Engine", FP8); NVIDIA Ada GPU Architecture whitepaper (2022); AMD CDNA 3 Architecture whitepaper (2023) |
+# | FP8 E4M3 / E5M2 | NVIDIA Hopper (H100, H200), Ada Lovelace (L4, L40S, RTX 40) and Blackwell tensor cores; AMD Instinct MI300 and MI350; Intel Gaudi 2/3 | NVIDIA H100 Tensor Core GPU Architecture whitepaper (2022, "Transformer Engine", FP8); NVIDIA Ada GPU Architecture whitepaper (2022); NVIDIA Blackwell architecture technical brief (2024); AMD CDNA 3 (2023) and CDNA 4 (2025) Architecture whitepapers |
 # | MXFP4 (and MXFP6/MXFP8) | NVIDIA Blackwell (B200, GB200, RTX 50) tensor cores; AMD Instinct MI350/MI355X (CDNA 4) | OCP Microscaling Formats (MX) Specification v1.0 (2023); NVIDIA Blackwell architecture technical brief (2024); AMD CDNA 4 Architecture whitepaper (2025) |
 # | NVFP4 | NVIDIA Blackwell only (5th-generation tensor cores) | NVIDIA technical blog "Introducing NVFP4 for Efficient and Accurate Low-Precision Inference" (2025); NVIDIA Blackwell technical brief |
 # | INT4 weights (Q4_0, GPTQ/AWQ int4) | no 4-bit float unit needed: kernels unpack to fp16/bf16/int8 (Marlin, Machete, llama.cpp) on any GPU or CPU | notebooks 03-06 |
@@ -460,10 +463,12 @@ quiz.show()
 
 # %% [markdown]
 # ## 8. Selecting a format
-# What this lesson measured, as a note beside 07's selection guide (whose table has no FP4 or FP8 rows yet):
+# What this lesson measured, as a note beside 07's selection guide (07's table re-measures the course's MXFP4 and
+# NVFP4 files beside the K-quants, GPTQ and AWQ; it has no FP8 row: GGUF has no FP8 weight type, and vLLM's x86 CPU
+# backend lists kernels only for AWQ, GPTQ and INT8 W8A8):
 #
 # * **FP8 (E4M3, one scale per channel, or DeepSeek-V3's 128 x 128 blocks where they divide the shapes)**: many
-#   times less weight error than any 4-bit grid (section 3's ratio), at twice the bits; native on Hopper, Ada, MI300.
+#   times less weight error than any 4-bit grid (section 3's ratio), at twice the bits; native on Hopper, Ada, Blackwell, MI300, MI350.
 # * **NVFP4**: 16-weight groups with an E4M3 scale; the fast path on Blackwell. On a CPU or an older GPU nothing
 #   runs it natively, and llama.cpp's integer 4-bit types of the same size are its peers: compare them on your
 #   model with the KLD table of section 5, not by name.

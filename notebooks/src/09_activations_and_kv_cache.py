@@ -231,8 +231,11 @@ print(f"llm-compressor's scale / ours: from {f.min():.3f} to {f.max():.3f} (medi
 # %% [markdown]
 # The model's width (576 on the course model) is not a power of two, so `rotation.rotate_model` uses a
 # block-diagonal Hadamard of 64-wide blocks (what llm-compressor's QuIP/SpinQuant transforms do with
-# `transform_block_size=64`); `online_down=True` also rotates down_proj's input at run time. The function
-# must not change:
+# `transform_block_size=64`); `online_down=True` also rotates down_proj's input at run time. Against
+# llm-compressor's `SpinQuantModifier` (R1 + R2, `transform_type="hadamard"`, block 64) on the same model, every
+# linear weight and norm comes out bit-identical; the one difference is its embedding, whose rows it also centers
+# first (QuaRot's step for LayerNorm models), which with RMSNorm changes the function
+# (`tests/test_rotation.py` checks both). The function must not change:
 
 # %%
 from quantedu import rotation
@@ -355,9 +358,8 @@ table = pd.DataFrame({
                  for r in kv.itertuples()],
     "same top": [views.plus_minus(r.same_top, r.same_top_se, 100, "%") if not pd.isna(r.same_top) else "(the reference)"
                  for r in kv.itertuples()],
-    # llama-perplexity's KLD mode prints no timing: only the f16 reference pass is timed here
-    # (benchmarks/bench_kv_cache.py times every type)
-    "tokens/s": [f"{t:.0f}" if not pd.isna(t) else "not timed" for t in kv.tokens_per_s]})
+    # prompt processing at KV_CTX tokens, one pass each (benchmarks/bench_kv_cache.py times more types)
+    "prefill tokens/s": [f"{t:.0f}" if not pd.isna(t) else "not timed" for t in kv.tokens_per_s]})
 print(f"KV cache at {KV_CTX} tokens ({KV_CTX // 2} scored per chunk, 2 chunks), {THREADS} thread(s):")
 table
 
@@ -376,10 +378,18 @@ q8, q4 = kv.loc["K q8_0 / V q8_0"], kv.loc["K q4_0 / V q4_0"]
 session.claim(q4.kld - 2 * q4.kld_se > q8.kld + 2 * q8.kld_se, "a q4_0 cache moves the predictions more than q8_0")
 print(f"predicted = reported for all {len(kv)} types; llama.cpp rotates a quantized cache: "
       f"{', '.join(f'{n}: {r.rotated}' for n, r in kv.iloc[1:].iterrows())}")
+ratios = {n: r.tokens_per_s / kv.tokens_per_s.iloc[0] for n, r in kv.iloc[1:].iterrows()}
+slower = [n for n, x in ratios.items() if x < 0.85]  # beyond the ~15% timing noise of a shared machine
+print("prefill speed against the f16 cache: " + ", ".join(f"{n} x{x:.2f}" for n, x in ratios.items())
+      + (f"; slower beyond the timing noise: {', '.join(slower)}" if slower else "; all within the timing noise"))
 
 # %% [markdown]
 # Each halving of the bits costs more KLD than the one before; K8/V4 keeps the keys, which pass through the
-# softmax, at 8 bits and pays the 4-bit price only on the values. This llama.cpp applies its own Hadamard
+# softmax, at 8 bits and pays the 4-bit price only on the values. The table's last column is the speed of
+# processing the prompt at this context, one pass per type. A quantized row is quantized (and rotated) when it is
+# written and dequantized when attention reads it: extra work that can cost more time than the bytes save, and
+# the last line above says what it did here. A quantized cache is bought for its memory (more context, or more
+# users, on the same machine), not for speed. This llama.cpp applies its own Hadamard
 # rotation to a quantized cache (the idea of section 5, applied online);
 # `tests/test_kv_cache.py::test_llama_cpps_rotation_of_a_quantized_cache_can_be_turned_off` measures it off.
 

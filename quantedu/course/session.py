@@ -179,6 +179,15 @@ class Session:
         """``(n_samples, seq_len)`` calibration token windows from the session's corpus."""
         return calibration_batches(self.tokenizer, n_samples, seq_len, seed=seed, corpus=self.corpus)
 
+    def enough_calibration(self, seq_len: int, at_least: int = 1, seed: int = 0) -> torch.Tensor:
+        """As many calibration windows of ``seq_len`` tokens as the widest layer needs (twice its inputs:
+        :func:`quantedu.calibration.samples_needed`), at least ``at_least``; prints how many, and the budget."""
+        from ..calibration import budget, samples_needed
+        batches = self.calibration(samples_needed(self.model, seq_len, at_least=at_least), seq_len, seed=seed)
+        print(f"calibration: {batches.shape[0]} x {seq_len} tokens of the '{self.corpus.name}' calibration text; "
+              f"{budget(self.model, batches)}")
+        return batches
+
 
 def start(model: str = "auto", corpus: str = "pydoc", seed: int = 0, n_windows: int = 4, seq_len: int = 512,
           **load_kwargs) -> Session:

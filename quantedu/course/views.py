@@ -151,7 +151,8 @@ def quality_table(reports, verdicts: bool = True):
         vs = (f"{100 * math.expm1(d.mean):+.{dp}f}% [{100 * math.expm1(d.low):+.{dp}f}, {100 * math.expm1(d.high):+.{dp}f}]"
               if d.mean < math.log(10) else  # +19892639% reads better as a factor: x198927 [...]
               f"x{_factor(math.exp(d.mean))} [x{_factor(math.exp(d.low))}, x{_factor(math.exp(d.high))}]")
-        row = {"model": r.name, "perplexity": round(r.ppl, max(2, dp)), "vs baseline": vs,
+        ppl = round(r.ppl, max(2, dp)) if r.ppl < 100 else float(f"{r.ppl:.3g}")  # 51278.45 -> 51300
+        row = {"model": r.name, "perplexity": ppl, "vs baseline": vs,
                "mean KLD": plus_minus(kld.mean, kld.se), "same top token": plus_minus(top.mean, top.se, 100, "%")}
         if verdicts:
             v = r.verdict()

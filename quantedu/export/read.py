@@ -22,7 +22,7 @@ from ..primitives import QuantConfig, QuantizedLayer, dequantize, group_index
 from .packing import unpack_awq, unpack_bitstream, unpack_int32
 
 __all__ = ["load_gptq_weights", "load_awq_layers", "load_awq_weights", "load_compressed_tensors_weights",
-           "load_quantized_weights", "load_quantized_model", "load_gptq_model"]
+           "load_quantized_weights", "load_quantized_model", "load_gptq_model", "loaded_bytes"]
 
 _QUANT_SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx", ".weight_packed", ".weight_scale",
                    ".weight_zero_point", ".weight_shape")
@@ -145,3 +145,24 @@ def load_quantized_model(path, dtype=torch.float32):
 def load_gptq_model(path, dtype=torch.float32):
     """A plain transformers model with a GPTQ checkpoint's weights dequantized (kept name; any layout works)."""
     return load_quantized_model(path, dtype)
+
+
+def loaded_bytes(model, dtype: str = "bfloat16") -> float:
+    """Bytes of the weights an engine loads from a checkpoint folder: every safetensors tensor, floating ones in
+    ``dtype`` (vLLM casts them), packed integer ones as stored; NaN for a hub id (nothing on disk to read)."""
+    import math
+
+    from safetensors import safe_open
+    folder = Path(str(model))
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        return math.nan
+    width = {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4}.get(dtype, 2)
+    sizes = {"I32": 4, "I64": 8, "U8": 1, "I8": 1, "I16": 2, "U32": 4, "BOOL": 1}
+    total = 0
+    for f in files:
+        with safe_open(str(f), "pt") as st:
+            for key in st.keys():
+                t = st.get_slice(key)
+                total += math.prod(t.get_shape()) * sizes.get(t.get_dtype(), width)
+    return total

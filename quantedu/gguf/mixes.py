@@ -220,7 +220,7 @@ class MixCounts:
     def __str__(self) -> str:
         got = ", ".join(f"{t} x{n}" for t, n in self.got.items()) or "none"
         back = f"; fell back: {', '.join(f'{k} x{n}' for k, n in self.fell_back.items())}" if self.fell_back else ""
-        return (f"{self.mix}: {self.n_got} of {self.matrices} matrices got the type asked for ({got}){back}; "
+        return (f"{self.mix}: {self.n_got} of {self.matrices} matrices kept the types the mix asks for ({got}){back}; "
                 f"{self.bits_per_weight:.2f} bits/weight")
 
 
@@ -236,3 +236,31 @@ def mix_counts(tensors: list[TensorInfo], mix: str, n_layer: int, n_head: int, n
     back = Counter(f"{asked[t.name].name}->{plan[t.name].name}" for t in blocks if plan[t.name] != asked[t.name])
     return MixCounts(mix.upper(), len(blocks), dict(got.most_common()), dict(back.most_common()),
                      plan_bits_per_weight(tensors, plan))
+
+
+def type_coverage(model, mix: str, tensors=None) -> dict:
+    """How many of the blocks' matrices got ``mix``'s named type (``Q4_K`` for ``Q4_K_M``; the type itself for a
+    single-type file such as ``MXFP4``), another K-quant, or fell back to another type because their rows are not
+    a multiple of its block; and the bits per weight of those matrices. From a file's tensor table when given
+    (``tensors``: ``quantedu.gguf.io.contents(path).tensors``), else planned by :func:`assign_types` for
+    ``model``'s shape."""
+    from ..memory import model_shape
+    named = DEFAULT_TYPE[mix.upper()].name if mix.upper() in DEFAULT_TYPE else mix.upper()
+    if tensors is not None:
+        t = tensors
+        linear = [n.startswith("blk.") and should_quantize(TensorInfo(n, tuple(s)))
+                  for n, s in zip(t["name"], t["shape"])]
+        t = t[linear]
+        types, bits = list(t.type), float(8 * t.bytes.sum() / t.n_params.sum())
+    else:
+        shape = model_shape(model)
+        infos = shape_tensor_infos(shape)
+        plan = assign_types(infos, mix, shape.layers, shape.heads, shape.kv_heads)
+        types = [plan[i.name].name for i in infos if i.name.startswith("blk.") and len(i.shape) == 2]
+        bits = plan_bits_per_weight(infos, plan)
+    k_family = {t.name for t, lay in LAYOUTS.items() if lay.block_size == 256}
+    got = sum(t == named for t in types)
+    other_k = sum(t in k_family and t != named for t in types)
+    return {"type": named, "matrices": len(types), "got": got, "other_kquant": other_k,
+            "fell_back": len(types) - got - other_k, "bits_per_weight": bits,
+            "types": {t: types.count(t) for t in sorted(set(types))}}

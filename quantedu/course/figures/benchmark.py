@@ -44,8 +44,9 @@ def plot_size_vs_kld(rows, ax=None, title: str = "quality per byte: mean KL dive
 
 
 def plot_speed(rows, hardware: str = "cpu", clients=(1, 8), ax=None):
-    """Tokens/s measured with each engine's own kernel (1 thread): one request, and ``clients[-1]`` served together;
-    rows with no kernel measured here are listed as n/a."""
+    """Tokens/s measured with each engine's own kernel (1 thread): one request (the median of its repeated timings,
+    their range as an error bar), and ``clients[-1]`` served together; rows with no kernel measured here are listed
+    as n/a."""
     import matplotlib.pyplot as plt
 
     rows = [r for r in rows if r.engine != "torch"]
@@ -55,8 +56,11 @@ def plot_speed(rows, hardware: str = "cpu", clients=(1, 8), ax=None):
     for j, k in enumerate(clients):
         vals = [r.tok_s(hardware, k) for r in rows]
         colors = [ENGINE_STYLE.get(r.engine, ("x", "k"))[1] for r in rows]
+        spans = [r.tok_s_range(hardware, k) for r in rows]  # repeated timings: their range as an error bar
+        xerr = np.array([[v - sp[0], sp[1] - v] if sp else [0, 0] for v, sp in zip(vals, spans)]).T
         ax.barh(y + (j - (len(clients) - 1) / 2) * h, np.nan_to_num(vals), height=h, color=colors,
-                alpha=1.0 if k == 1 else 0.5, label=f"{k} request{'s' * (k > 1)} at once")
+                alpha=1.0 if k == 1 else 0.5, label=f"{k} request{'s' * (k > 1)} at once",
+                xerr=np.nan_to_num(xerr) if any(spans) else None, error_kw={"lw": 0.8, "capsize": 2})
         for yy, v in zip(y, vals):
             if v != v:
                 ax.annotate("n/a" if k == 1 else "not measured", (0, yy + (j - (len(clients) - 1) / 2) * h),

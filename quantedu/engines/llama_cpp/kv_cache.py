@@ -130,7 +130,8 @@ def kv_cache_kld(model_gguf, text_file, base_file, cases, shape_source, ctx: int
     ``--kl-divergence`` run per case with ``-ctk/-ctv``. Per case (JSON-ready): the bytes the formula predicts
     for ``shape_source`` (:func:`kv_cache_type_bytes`) and the MiB llama.cpp reports, KLD and same-top with
     llama-perplexity's ``+/-``, perplexity, whether the cache was rotated, and tokens per second of the first pass
-    (the f16 base run only: ``--kl-divergence`` prints no timing, so the quantized rows have None)."""
+    (prompt processing at ``ctx`` tokens). ``--kl-divergence`` prints no timing, so each case is also timed by one
+    plain ``llama-perplexity`` chunk with its cache (:func:`kv_cache_perplexity`)."""
     from .tools import kl_divergence, kl_divergence_base
 
     def row(k, v, out, quality=None):
@@ -153,4 +154,6 @@ def kv_cache_kld(model_gguf, text_file, base_file, cases, shape_source, ctx: int
         q = kl_divergence(model_gguf, base_file, n_threads=n_threads, timeout=timeout,
                           extra=[*kv_cache_flags(k, v), *KV_LOG_FLAGS])
         rows.append(row(k, v if v is not None else k, q.run.output, q))
+        rows[-1]["tokens_per_s"] = kv_cache_perplexity(model_gguf, text_file, k, v, ctx=ctx, chunks=1,
+                                                       n_threads=n_threads, timeout=timeout)["tokens_per_s"]
     return rows

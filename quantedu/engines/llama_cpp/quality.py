@@ -13,7 +13,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,13 +45,16 @@ class FileMeasurement:
 
     name: str
     reports: dict            # purpose -> QualityReport
-    tokens_per_s: float      # decode, n_threads threads (nan when not measured)
+    tokens_per_s: float      # decode, n_threads threads (nan when not measured): the median of speed_runs
     sizes: dict              # quantedu.gguf.io.bits_summary: file_MiB, bits_per_weight, linear_bits_per_weight, ...
+    speed_runs: list = field(default_factory=list)  # every timing (``repeats`` of them)
 
 
-def measure(model_gguf, baselines: dict, name: str, n_threads: int = 1, n_tokens: int = 32) -> FileMeasurement:
+def measure(model_gguf, baselines: dict, name: str, n_threads: int = 1, n_tokens: int = 32,
+            repeats: int = 1) -> FileMeasurement:
     """Load ``model_gguf`` once and score it against every baseline of ``baselines`` (``{purpose: Baseline}``,
-    e.g. the session's "eval" and "heldout"), then time ``n_tokens`` of greedy decoding (0: no timing)."""
+    e.g. the session's "eval" and "heldout"), then time ``n_tokens`` of greedy decoding (0: no timing),
+    ``repeats`` times: the speed is their median, and every run is kept (their spread is the timing noise)."""
     from ...gguf.io import bits_summary
     from . import bindings
     if not baselines:
@@ -65,10 +68,11 @@ def measure(model_gguf, baselines: dict, name: str, n_threads: int = 1, n_tokens
                 raise ValueError(f"{Path(model_gguf).name} predicts over {width} tokens, the baseline over "
                                  f"{b.vocab_size}: another vocabulary. Compare a GGUF file of the baseline's model.")
         reports = {p: b.score(_logprobs_of(llm, b.score_from), name) for p, b in baselines.items()}
-        tps = bindings.tokens_per_second(llm, n_tokens=n_tokens) if n_tokens else float("nan")
+        runs = [bindings.tokens_per_second(llm, n_tokens=n_tokens) for _ in range(repeats if n_tokens else 0)]
     finally:
         llm.close()
-    return FileMeasurement(name, reports, tps, bits_summary(model_gguf))
+    return FileMeasurement(name, reports, float(np.median(runs)) if runs else float("nan"), bits_summary(model_gguf),
+                           runs)
 
 
 def kld_tolerance(stored, base_logprobs: np.ndarray, logprobs: np.ndarray, eps: float = EPS) -> np.ndarray:
