@@ -102,8 +102,9 @@ def test_kv_cache_kld_scores_each_type_against_the_f16_cache(gguf, text_file, tm
     rows = lt_kv.kv_cache_kld(gguf, text_file, tmp_path / "base.kld", [("q8_0", "q8_0"), ("q4_0", "q4_0")], SHAPE,
                               ctx=256, chunks=1)
     assert [(r["K"], r["V"]) for r in rows] == [("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0")]
-    assert all(r["equal"] and r["cells"] == 256 for r in rows) and rows[0]["tokens_per_s"] > 0
-    assert all(r["tokens_per_s"] is None for r in rows[1:])  # --kl-divergence prints no "seconds per pass"
+    assert all(r["equal"] and r["cells"] == 256 for r in rows)
+    # --kl-divergence prints no "seconds per pass": each quantized type is timed by a plain llama-perplexity chunk
+    assert all(r["tokens_per_s"] > 0 for r in rows)
     assert "kld" not in rows[0] and rows[1]["rotated"] and not rows[0]["rotated"]
     q8, q4 = rows[1], rows[2]
     assert 0 <= q8["kld"] < q4["kld"] and q4["same_top"] < 1  # 4 bits lose more than 8 against the same reference
