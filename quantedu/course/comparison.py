@@ -154,13 +154,9 @@ def fp4_row(session, qtype: str, heldout: bool = False, many: bool = False) -> R
     """The session model with every linear layer of its blocks in ``qtype`` (``MXFP4`` or ``NVFP4``), written by
     the course's own quantizers and GGUF writer (:func:`quantedu.gguf.fp4_files.write_fp4_gguf`, notebook 08:
     bytes equal to ggml's), measured in llama.cpp like every GGUF row (:func:`_gguf_file_row`)."""
-    import hashlib
-
     from ..gguf import fp4_files, io
-    h = hashlib.sha256()
-    for name, w in io.model_tensors(session.model).items():
-        h.update(name.encode() + np.ascontiguousarray(w).tobytes())
-    key = ("fp4-row", qtype.upper(), h.hexdigest()[:16], artifacts.code_fingerprint(fp4_files, io.write_gguf))
+    key = ("fp4-row", qtype.upper(), fp4_files.weights_digest(io.model_tensors(session.model)),
+           artifacts.code_fingerprint(fp4_files, io.write_gguf))
     return _gguf_file_row(session, f"GGUF {qtype.upper()} (course)", qtype.upper(), key,
                           lambda path: fp4_files.write_fp4_gguf(session.model, path, qtype), heldout, many)
 

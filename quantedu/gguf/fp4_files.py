@@ -91,22 +91,26 @@ def write_fp4_gguf(model, path, qtype: str = "MXFP4", other: str = "Q8_0", refer
     return out
 
 
-def fp4_gguf(model, qtype: str = "MXFP4", other: str = "Q8_0") -> FP4File:
-    """The cached GGUF of ``model`` with its linear layers in ``qtype`` (what notebook 08 measures in llama.cpp
-    beside Q4_0 / IQ4_NL / Q4_K). The cache key holds a digest of the weights and of this code, so a model changed
-    in place, or newer quantizers, never get an old file."""
+def weights_digest(tensors: dict[str, np.ndarray]) -> str:
+    """A short digest of GGUF-named tensors (``gguf.io.model_tensors``): a cache key that changes with any weight."""
     import hashlib
-
-    from quantedu import artifacts
-
-    from . import fp4, io
-    tensors = io.model_tensors(model)
     h = hashlib.sha256()
     for name, w in tensors.items():
         h.update(name.encode())
         h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()[:16]
+
+
+def fp4_gguf(model, qtype: str = "MXFP4", other: str = "Q8_0") -> FP4File:
+    """The cached GGUF of ``model`` with its linear layers in ``qtype`` (what notebook 08 measures in llama.cpp
+    beside Q4_0 / IQ4_NL / Q4_K). The cache key holds a digest of the weights and of this code, so a model changed
+    in place, or newer quantizers, never get an old file."""
+    from quantedu import artifacts
+
+    from . import fp4, io
+    tensors = io.model_tensors(model)
     label = Path(str(getattr(model.config, "_name_or_path", "") or "model")).name or "model"
-    key = artifacts.cache_key(label, qtype.upper(), other, h.hexdigest()[:16],
+    key = artifacts.cache_key(label, qtype.upper(), other, weights_digest(tensors),
                               artifacts.code_fingerprint(fp4, io.write_gguf, fp4_types))
     fname = f"{label}.{qtype.upper()}.gguf"
     folder = artifacts.cached_dir("gguf-fp4", key, lambda tmp: write_fp4_gguf(model, tmp / fname, qtype, other),
